@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install data clean
+
+demo: install data
+	$(BIN)/python -m sample_audits.train sample_audits/fashion_clean
+	$(BIN)/auditor run sample_audits/fashion_clean/audit.yaml --report reports/fashion_clean || [ $$? -eq 1 ]
+
+test: install
+	-@$(MAKE) --no-print-directory data
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+data:
+	@if [ ! -d $(DATA) ]; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+clean:
+	rm -rf $(VENV) reports .auditor_cache

@@ -1,0 +1,57 @@
+"""`accuracy`: the selection's accuracy (or its worst class's) must reach `min_accuracy`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from auditor.checks.base import Check, CheckResult, Finding
+from auditor.checks.registry import register
+from auditor.schema import bounded
+
+
+@dataclass(frozen=True)
+class AccuracyParams:
+    min_accuracy: float = bounded(0.0, 1.0, help="required share of correct predictions")
+    per_class: bool = False
+
+
+@register
+class AccuracyCheck(Check):
+    """Aggregate check. With `per_class`, the metric is the lowest per-class accuracy."""
+
+    name = "accuracy"
+    Params = AccuracyParams
+    per_example = False
+    description = "share of correct predictions"
+
+    def run(self, engine, indices: torch.Tensor) -> CheckResult:
+        p = engine.predictions
+        labels, predicted = p.labels[indices], p.predicted[indices]
+        correct = predicted == labels
+        threshold = self.params.min_accuracy
+        if self.params.per_class:
+            return self._per_class(engine.classes, labels, correct, threshold)
+        accuracy = correct.float().mean().item()
+        confidence = p.probs[indices].max(dim=1).values
+        failures = [
+            Finding(int(i), float(c), details={"label": engine.classes[int(y)], "predicted": engine.classes[int(q)]})
+            for i, c, y, q, ok in zip(indices, confidence, labels, predicted, correct) if not ok]
+        failures.sort(key=lambda f: -f.value)
+        return CheckResult("accuracy", accuracy, threshold, ">=", len(indices), failures,
+                           passed=accuracy >= threshold, extra={"value_meaning": "confidence of the wrong prediction"})
+
+    def _per_class(self, classes, labels, correct, threshold) -> CheckResult:
+        failures, worst = [], 1.0
+        for c, name in enumerate(classes):
+            mask = labels == c
+            if not mask.any():
+                continue
+            accuracy = correct[mask].float().mean().item()
+            worst = min(worst, accuracy)
+            if accuracy < threshold:
+                failures.append(Finding(c, accuracy, kind="class", details={"name": name, "n": int(mask.sum())}))
+        failures.sort(key=lambda f: f.value)
+        return CheckResult("worst class accuracy", worst, threshold, ">=", len(labels), failures,
+                           passed=worst >= threshold)

@@ -1,0 +1,81 @@
+"""`auditor run AUDIT.yaml` and `auditor validate AUDIT.yaml`.
+
+Exit codes: 0 every rule passed (warnings allowed), 1 a rule failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from auditor.errors import AuditError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auditor", description="Audit a trained vision classifier and its data.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run every rule of an audit and report")
+    run.add_argument("audit", type=Path, help="the audit YAML file")
+    run.add_argument("--report", type=Path, default=None, help="write results.json (and the report) here")
+    run.add_argument("--device", default=None, help="override settings.device (auto, cpu, cuda, cuda:N)")
+    run.add_argument("--max-examples", type=int, default=10, help="failing examples shown per rule")
+    run.set_defaults(handler=_run)
+    validate = commands.add_parser("validate", help="check an audit YAML without running anything")
+    validate.add_argument("audit", type=Path)
+    validate.set_defaults(handler=_validate)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from auditor.report import failure_table, results_document, summary_table, write_results
+    from auditor.runner import FAILED, AuditSession
+    from auditor.spec import load_spec
+
+    session = AuditSession(load_spec(args.audit), device=args.device)
+    print(f"audit '{session.spec.name}': {len(session.spec.rules)} rules ({session.spec.path})")
+    outcomes = []
+    for rule in session.spec.rules:
+        outcome = session.run_rule(rule)
+        outcomes.append(outcome)
+        print(f"  {outcome.status.upper():7s} {rule.name}: {outcome.message}")
+    print()
+    print(summary_table(outcomes))
+    for outcome in outcomes:
+        if outcome.status != "passed" and outcome.failures:
+            print(f"\n{outcome.status.upper()} {outcome.rule.name} "
+                  f"({outcome.rule.where.path.name}:{outcome.rule.where.line}) — {outcome.message}")
+            print(failure_table(outcome, args.max_examples))
+    if args.report is not None:
+        path = write_results(args.report, results_document(session.spec, outcomes))
+        print(f"\nresults: {path}")
+    return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from auditor.spec import load_spec
+
+    spec = load_spec(args.audit)
+    print(f"{spec.path}: audit '{spec.name}' is valid ({len(spec.rules)} rules)")
+    for rule in spec.rules:
+        print(f"  line {rule.where.line}: {rule.name} ({rule.check}, on {rule.selection.describe()})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

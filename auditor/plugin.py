@@ -1,0 +1,140 @@
+"""pytest plugin: each `audit_*.yaml` / `*.audit.yaml` file becomes one test item per rule.
+
+A thin router: hooks hand off to `AuditSession` (runner.py); state lives in `config.stash`;
+torch is imported only when an audit file is collected.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SESSIONS = pytest.StashKey[dict]()
+
+
+class AuditWarning(UserWarning):
+    """A rule with `severity: warn` did not hold."""
+
+
+class RuleFailed(Exception):
+    """Raised by a rule item whose rule failed; formatted by `RuleItem.repr_failure`."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("auditor", "model and dataset audits")
+    group.addoption("--audit-report", dest="audit_report", default=None, metavar="DIR",
+                    help="write results.json (and report files) for each audit under DIR")
+    group.addoption("--audit-device", dest="audit_device", default=None, metavar="DEVICE",
+                    help="override the audits' settings.device (auto, cpu, cuda, cuda:N)")
+    group.addoption("--audit-max-examples", dest="audit_max_examples", type=int, default=10, metavar="N",
+                    help="failing examples shown per rule in the terminal (default 10)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SESSIONS] = {}
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    name = file_path.name
+    if file_path.suffix in (".yaml", ".yml") and (name.startswith("audit_") or name.endswith(".audit.yaml")):
+        return AuditFile.from_parent(parent, path=file_path)
+    return None
+
+
+class AuditFile(pytest.File):
+    """An audit YAML file; parsing it yields one `RuleItem` per rule (includes resolved)."""
+
+    def collect(self):
+        from auditor.runner import AuditSession
+        from auditor.spec import load_spec
+
+        spec = load_spec(self.path)
+        session = AuditSession(spec, device=self.config.option.audit_device)
+        self.config.stash[SESSIONS][str(self.path)] = session
+        for rule in spec.rules:
+            item = RuleItem.from_parent(self, name=rule.name, rule=rule, session=session)
+            for tag in rule.tags:
+                self.config.addinivalue_line("markers", f"{tag}: audit rules tagged '{tag}'")
+                item.add_marker(tag)
+            yield item
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+        from auditor.errors import AuditError
+
+        if isinstance(excinfo.value, AuditError):
+            return f"invalid audit: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class RuleItem(pytest.Item):
+    """One rule of an audit. Items of one file share the file's `AuditSession` (one engine)."""
+
+    def __init__(self, *, rule: Any, session: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rule = rule
+        self.session = session
+
+    def runtest(self) -> None:
+        outcome = self.session.run_rule(self.rule)
+        self.user_properties.append(("audit_status", outcome.status))
+        if outcome.result is not None:
+            r = outcome.result
+            self.user_properties += [("audit_metric", r.metric), ("audit_value", r.value),
+                                     ("audit_threshold", r.threshold), ("audit_n_selected", r.n_selected),
+                                     ("audit_n_failures", len(r.failures))]
+        if outcome.status == "failed":
+            raise RuleFailed(outcome)
+        if outcome.status == "warned":
+            warnings.warn(AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),
+                          stacklevel=1)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+        from auditor.errors import AuditError
+        from auditor.report import failure_table
+
+        if isinstance(excinfo.value, RuleFailed):
+            outcome = excinfo.value.outcome
+            rule = outcome.rule
+            lines = [f"rule '{rule.name}' failed ({rule.where.path.name}:{rule.where.line})",
+                     f"  check: {rule.check}, on: {rule.selection.describe()}",
+                     f"  {outcome.message}"]
+            table = failure_table(outcome, self.config.option.audit_max_examples)
+            if table:
+                lines += ["", "failing examples:", table]
+            return "\n".join(lines)
+        if isinstance(excinfo.value, AuditError):
+            return f"audit error: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.rule.where.line - 1, f"audit rule: {self.rule.name}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    sessions = [s for s in config.stash.get(SESSIONS, {}).values() if s.outcomes]
+    if not sessions:
+        return
+    from auditor.report import summary_table
+
+    for session in sessions:
+        terminalreporter.section(f"audit {session.spec.name}")
+        terminalreporter.write_line(summary_table(session.outcomes.values()))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    report_dir = session.config.option.audit_report
+    sessions = [s for s in session.config.stash.get(SESSIONS, {}).values() if s.outcomes]
+    if not report_dir or not sessions:
+        return
+    from auditor.report import results_document, write_results
+
+    for audit in sessions:
+        folder = Path(report_dir) if len(sessions) == 1 else Path(report_dir) / audit.spec.name
+        write_results(folder, results_document(audit.spec, audit.outcomes.values()))

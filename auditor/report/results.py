@@ -1,0 +1,84 @@
+"""`results.json`: every rule, its metric, threshold and the FULL failing list; written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import AuditError
+from auditor.runner import RuleOutcome
+from auditor.spec import AuditSpec
+
+SCHEMA_VERSION = 1
+
+
+def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[str, Any]:
+    """A JSON-ready description of the audit's outcomes (no truncation)."""
+    rules = []
+    for o in outcomes:
+        r = o.result
+        rules.append({
+            "name": o.rule.name,
+            "check": o.rule.check,
+            "status": o.status,
+            "severity": o.rule.severity,
+            "selection": o.rule.selection.describe(),
+            "file": str(o.rule.where.path),
+            "line": o.rule.where.line,
+            "tags": list(o.rule.tags),
+            "message": o.message,
+            "metric": r.metric if r else None,
+            "value": r.value if r else None,
+            "threshold": r.threshold if r else None,
+            "comparison": r.comparison if r else None,
+            "n_selected": r.n_selected if r else 0,
+            "n_failures": len(r.failures) if r else 0,
+            "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details}
+                         for f in (r.failures if r else [])],
+            "extra": r.extra if r else {},
+        })
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "audit": spec.name,
+        "file": str(spec.path),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "passed": all(rule["status"] != "failed" for rule in rules),
+        "rules": rules,
+    }
+
+
+def write_results(directory: Path, document: dict[str, Any], name: str = "results.json") -> Path:
+    """Write `document` as JSON under `directory` via a temp file and rename."""
+    path = Path(directory) / name
+    atomic_write(path, json.dumps(document, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return path
+
+
+def atomic_write(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise AuditError(f"cannot write the report directory '{path.parent}': {exc.strerror or exc}",
+                         field="report", fix="choose a writable directory with --report / --audit-report") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

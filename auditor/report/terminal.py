@@ -1,0 +1,38 @@
+"""Plain-text tables for the terminal and for pytest failure messages (tabulate)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tabulate import tabulate
+
+from auditor.runner import RuleOutcome
+
+
+def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:
+    """The first `max_rows` failing items of a rule, and how many more there are."""
+    failures = outcome.failures
+    if not failures:
+        return ""
+    rows = [f.row() for f in failures[:max_rows]]
+    text = tabulate(rows, headers="keys", tablefmt="simple", floatfmt=".4g")
+    if len(failures) > max_rows:
+        text += f"\n... and {len(failures) - max_rows} more (the full list is in results.json)"
+    return text
+
+
+def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
+    """One row per rule: status, check, selection, observed value and threshold."""
+    rows = []
+    for o in outcomes:
+        r = o.result
+        rows.append({
+            "rule": o.rule.name,
+            "status": o.status.upper(),
+            "check": o.rule.check,
+            "on": o.rule.selection.describe(),
+            "value": "" if r is None else f"{r.value:.4g}",
+            "threshold": "" if r is None else f"{r.comparison} {r.threshold:g}",
+            "failing": "" if r is None else f"{len(r.failures)}/{r.n_selected}",
+        })
+    return tabulate(rows, headers="keys", tablefmt="simple")

@@ -1,0 +1,96 @@
+"""Run an audit's rules against one shared engine; used by both the CLI and the pytest plugin."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.checks import CHECKS, CheckResult
+from auditor.spec import AuditSpec, RuleSpec
+
+PASSED, FAILED, WARNED = "passed", "failed", "warned"
+
+
+@dataclass
+class RuleOutcome:
+    """A rule's verdict: `status` is passed / failed / warned, with the check's numbers."""
+
+    rule: RuleSpec
+    status: str
+    result: CheckResult | None
+    message: str
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list:
+        return self.result.failures if self.result else []
+
+    def summary(self) -> str:
+        """One line: metric, comparison, threshold, failing count, tolerance."""
+        if self.result is None:
+            return self.message
+        r = self.result
+        text = f"{r.metric} = {r.value:.4g} (required {r.comparison} {r.threshold:g})"
+        if self.rule_is_per_example():
+            text += f"; {len(r.failures)} of {r.n_selected} examples fail ({self.rule.tolerance()})"
+        return text
+
+    def rule_is_per_example(self) -> bool:
+        return CHECKS[self.rule.check].per_example
+
+
+class AuditSession:
+    """One audit: its spec, a lazily built engine, and the outcome of every rule run so far."""
+
+    def __init__(self, spec: AuditSpec, device: str | None = None) -> None:
+        self.spec = spec.with_device(device)
+        self.outcomes: dict[str, RuleOutcome] = {}
+        self._engine = None
+
+    @property
+    def engine(self):
+        """Model, data and the attribution caches, loaded on first use (torch imports here)."""
+        if self._engine is None:
+            from auditor.engine import Engine
+            from auditor.target import load_target
+
+            self._engine = Engine(load_target(self.spec))
+        return self._engine
+
+    def run_rule(self, rule: RuleSpec) -> RuleOutcome:
+        """Evaluate one rule (errors in the user's input propagate as `AuditError`)."""
+        start = time.perf_counter()
+        outcome = self._evaluate(rule)
+        outcome.seconds = time.perf_counter() - start
+        self.outcomes[rule.name] = outcome
+        return outcome
+
+    def run_all(self) -> list[RuleOutcome]:
+        return [self.run_rule(rule) for rule in self.spec.rules]
+
+    def _evaluate(self, rule: RuleSpec) -> RuleOutcome:
+        engine = self.engine
+        indices = engine.select(rule.selection)
+        if len(indices) == 0:
+            what = f"selection `on: {rule.selection.describe()}` matched no test example"
+            if rule.allow_empty:
+                return RuleOutcome(rule, PASSED, None, f"{what} (allowed by allow_empty)")
+            status = WARNED if rule.severity == "warn" else FAILED
+            return RuleOutcome(rule, status, None,
+                               f"{what}; an empty selection cannot pass. Set `allow_empty: true` if that is expected")
+        check = CHECKS[rule.check](rule.params)
+        result = check.run(engine, indices)
+        passed = result.passed if result.passed is not None else judge(rule, len(result.failures), result.n_selected)
+        status = PASSED if passed else (WARNED if rule.severity == "warn" else FAILED)
+        outcome = RuleOutcome(rule, status, result, "")
+        outcome.message = outcome.summary()
+        return outcome
+
+
+def judge(rule: RuleSpec, n_failures: int, n_selected: int) -> bool:
+    """Apply the rule's tolerance to a per-example check's failure count."""
+    if rule.mostly is not None:
+        return (n_selected - n_failures) / n_selected >= rule.mostly
+    return n_failures <= (rule.max_failures or 0)

@@ -1,0 +1,166 @@
+"""Build typed, frozen dataclasses from YAML mappings, with errors that name file, line and field.
+
+A dataclass field's annotation gives its type (`int`, `float`, `bool`, `str`, `Literal[...]`,
+`X | None`, `tuple[str, ...]`, a nested dataclass); `bounded(lo, hi)` metadata adds a range.
+Unknown keys are errors with a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from auditor.errors import SpecError
+from auditor.yamlsource import LocatedDict, LocatedList
+
+
+@dataclass(frozen=True)
+class Where:
+    """A position in a YAML file: the file, the line and the dotted field path."""
+
+    path: Path
+    line: int
+    field: str
+
+    def child(self, name: str | int, line: int | None = None) -> Where:
+        joined = f"{self.field}[{name}]" if isinstance(name, int) else (
+            f"{self.field}.{name}" if self.field else name)
+        return Where(self.path, line if line is not None else self.line, joined)
+
+    def error(self, message: str, fix: str | None = None) -> SpecError:
+        return SpecError(message, path=self.path, line=self.line, field=self.field or None, fix=fix)
+
+
+def bounded(lo: float | None = None, hi: float | None = None, *, default: Any = dataclasses.MISSING,
+            help: str = "") -> Any:
+    """A dataclass field whose numeric value must lie in [lo, hi] (either side optional)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "help": help})
+
+
+def located() -> Any:
+    """A dataclass field that `build` fills with the `Where` of the mapping it came from."""
+    return field(default=None, compare=False, repr=False, metadata={"internal": True})
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str | None:
+    """The nearest valid name to a typo, or None."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_key_error(key: str, allowed: typing.Iterable[str], where: Where) -> SpecError:
+    allowed = sorted(allowed)
+    near = suggest(key, allowed)
+    fix = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
+    return where.error(f"unknown key '{key}'", fix=fix)
+
+
+def describe(value: Any) -> str:
+    kind = "list" if isinstance(value, list) else "mapping" if isinstance(value, dict) else (
+        type(value).__name__)
+    return f"{value!r} ({kind})" if not isinstance(value, (list, dict)) else kind
+
+
+def expect_mapping(value: Any, where: Where) -> LocatedDict:
+    if not isinstance(value, dict):
+        raise where.error(f"expected a mapping, got {describe(value)}",
+                          fix="write it as `key: value` lines indented under the field")
+    if not isinstance(value, LocatedDict):
+        located = LocatedDict(value)
+        located.line = where.line
+        return located
+    return value
+
+
+def build(cls: type, raw: Any, where: Where, *, exclude: typing.Collection[str] = ()) -> Any:
+    """Validate `raw` (a YAML mapping, or None for all defaults) into dataclass `cls`.
+
+    Keys named in `exclude` are skipped (the caller handles them).
+    """
+    mapping = expect_mapping({} if raw is None else raw, where)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
+    for key in mapping:
+        if key not in fields and key not in exclude:
+            raise unknown_key_error(key, list(fields) + list(exclude), where.child(key, mapping.line_of(key)))
+    values: dict[str, Any] = {}
+    if any(f.name == "where" for f in dataclasses.fields(cls)):
+        values["where"] = where
+    for name, f in fields.items():
+        here = where.child(name, mapping.line_of(name))
+        if name in mapping:
+            values[name] = coerce(mapping[name], hints[name], here, f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error(f"missing required key '{name}'",
+                              fix=f"add `{name}:` to {where.field or 'the top level'}")
+    return cls(**values)
+
+
+def coerce(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any] = types.MappingProxyType({})) -> Any:
+    """Check `value` against the type `hint` (and range metadata); return the typed value."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for option in inner:
+            try:
+                return coerce(value, option, where, meta)
+            except SpecError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(map(str, args))
+        near = suggest(str(value), [str(a) for a in args])
+        fix = f"did you mean '{near}'?" if near else f"use one of: {choices}"
+        raise where.error(f"invalid value {value!r}; expected one of: {choices}", fix=fix)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise where.error(f"expected a list, got {describe(value)}", fix="write it as `[a, b]`")
+        item_hint = args[0]
+        lines = value.item_lines if isinstance(value, LocatedList) else []
+        return tuple(coerce(v, item_hint, where.child(i, lines[i] if i < len(lines) else None), meta)
+                     for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        return dict(expect_mapping(value, where))
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    return _scalar(value, hint, where, meta)
+
+
+def _scalar(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any]) -> Any:
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise where.error(f"expected true or false, got {describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(f"expected an integer, got {describe(value)}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise where.error(f"expected a number, got {describe(value)}")
+        value = float(value)
+        if value != value:
+            raise where.error("expected a number, got NaN")
+    elif hint is str:
+        if not isinstance(value, str):
+            raise where.error(f"expected a string, got {describe(value)}", fix="quote the value")
+        return value
+    else:
+        raise TypeError(f"schema type {hint!r} is not supported")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise where.error(f"{value} is out of range {span}",
+                          fix=f"choose a value in {span}" + (f" ({meta['help']})" if meta.get("help") else ""))
+    return value

@@ -1,0 +1,325 @@
+"""The audit YAML schema: parse and validate a file into frozen dataclasses.
+
+    audit: NAME
+    model: {factory: module:function | arch: torchvision.models.NAME, num_classes, checkpoint}
+    data:  {train: DATASET, test: DATASET, classes: [...]}
+    settings: {device, batch_size, seed, cache_dir, attribution: {...}}
+    include: [rules/shortcuts.yaml, ...]
+    rules: [{name, check, on, severity, max_failures | mostly, tags, ...check parameters}]
+
+Every error is a `SpecError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from auditor.checks import CHECKS, get_check
+from auditor.schema import Where, bounded, build, expect_mapping, located, unknown_key_error
+from auditor.selection import Selection, parse_selection
+from auditor.yamlsource import LocatedDict, LocatedList, load_yaml
+
+BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TAG_PATTERN = re.compile(r"^[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model: a `module:function` factory or a torchvision architecture."""
+
+    factory: str | None = None
+    arch: str | None = None
+    num_classes: int | None = bounded(1, default=None)
+    kwargs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    where: Where | None = located()
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Preprocessing for `image_folder` data."""
+
+    resize: int | None = bounded(1, default=None)
+    grayscale: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FashionMnistSpec:
+    """Fashion-MNIST read from disk (Debian's `dataset-fashion-mnist` by default)."""
+
+    split: Literal["train", "test"] = "train"
+    root: str | None = None
+    channels: Literal[1, 3] = 1
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: exactly one of `factory`, `image_folder`, `fashion_mnist`."""
+
+    factory: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    image_folder: str | None = None
+    transform: TransformSpec | None = None
+    fashion_mnist: FashionMnistSpec | None = None
+    limit: int | None = bounded(1, default=None, help="use only the first N examples")
+    where: Where | None = located()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: DatasetSpec
+    test: DatasetSpec
+    classes: tuple[str, ...] | None = None
+    where: Where | None = located()
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Settings shared by the attribution engines (DESIGN.md §1)."""
+
+    layers: tuple[str, ...] | None = None
+    projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
+    test_label: Literal["predicted", "true"] = "predicted"
+    top_k: int = bounded(1, 1000, default=5)
+    chunk_size: int = bounded(1, default=64, help="examples per per-example-gradient chunk")
+    score_chunk: int = bounded(1, default=8192, help="training rows scored per chunk")
+    smoothgrad_samples: int = bounded(0, 1024, default=16)
+    smoothgrad_sigma: float = bounded(0.0, default=0.1, help="fraction of the input range")
+    saliency: Literal["gradient", "input_x_gradient", "integrated_gradients",
+                      "guided_backprop", "grad_cam"] = "gradient"
+    ig_steps: int = bounded(1, 1024, default=32)
+    var_temperature: float = bounded(0.0, default=10.0)
+    var_tau: float = bounded(-1.0, 1.0, default=0.01)
+    var_top_k: int = bounded(1, default=2)
+    grad_cam_layer: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "auto"
+    batch_size: int = bounded(1, default=256)
+    seed: int = 0
+    cache_dir: str = ".auditor_cache"
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    where: Where | None = located()
+
+
+@dataclass(frozen=True)
+class RuleCommon:
+    """Keys every rule accepts, whatever its check."""
+
+    name: str
+    check: str
+    on: Any = "all"
+    severity: Literal["fail", "warn"] = "fail"
+    max_failures: int | None = bounded(0, default=None)
+    mostly: float | None = bounded(0.0, 1.0, default=None, help="share of examples that must pass")
+    tags: tuple[str, ...] = ()
+    allow_empty: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A validated rule: its check's typed parameters plus the common keys."""
+
+    name: str
+    check: str
+    params: Any
+    selection: Selection
+    severity: str
+    max_failures: int | None
+    mostly: float | None
+    tags: tuple[str, ...]
+    allow_empty: bool
+    description: str
+    where: Where
+
+    def tolerance(self) -> str:
+        if self.mostly is not None:
+            return f"mostly {self.mostly:g}"
+        return f"max_failures {self.max_failures or 0}"
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    name: str
+    path: Path
+    model: ModelSpec
+    data: DataSpec
+    settings: Settings
+    rules: tuple[RuleSpec, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def with_device(self, device: str | None) -> AuditSpec:
+        """A copy whose settings use `device` (a command-line override), if given."""
+        if not device:
+            return self
+        return replace(self, settings=replace(self.settings, device=device))
+
+
+TOP_KEYS = ("audit", "model", "data", "settings", "include", "rules")
+PACK_KEYS = ("include", "rules")
+
+
+def load_spec(path: str | Path) -> AuditSpec:
+    """Read and validate the audit YAML at `path` (includes resolved, rules checked)."""
+    path = Path(path).resolve()
+    doc = _document(path)
+    top = Where(path, doc.line, "")
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise unknown_key_error(key, TOP_KEYS, top.child(key, doc.line_of(key)))
+    for key in ("audit", "model", "data"):
+        if key not in doc:
+            raise top.error(f"missing required key '{key}'", fix=f"add a top-level `{key}:` section")
+    name = doc["audit"]
+    if not isinstance(name, str) or not name.strip():
+        raise top.child("audit", doc.line_of("audit")).error("expected a non-empty audit name")
+    model = _model(doc["model"], top.child("model", doc.line_of("model")))
+    data = build(DataSpec, doc["data"], top.child("data", doc.line_of("data")))
+    for dataset in (data.train, data.test):
+        _check_dataset(dataset)
+    settings = build(Settings, doc.get("settings"), top.child("settings", doc.line_of("settings")))
+    rules = _collect_rules(doc, path, stack=(path,), seen=set())
+    _check_unique_names(rules)
+    return AuditSpec(name=name, path=path, model=model, data=data, settings=settings, rules=tuple(rules))
+
+
+def _document(path: Path) -> LocatedDict:
+    doc = load_yaml(path)
+    where = Where(path, 1, "")
+    if doc is None:
+        raise where.error("the file is empty", fix="write an audit: see README.md for an example")
+    return expect_mapping(doc, where)
+
+
+def _model(raw: Any, where: Where) -> ModelSpec:
+    model = build(ModelSpec, raw, where)
+    if (model.factory is None) == (model.arch is None):
+        raise where.error("give exactly one of `factory` or `arch`",
+                          fix="e.g. `factory: mypkg.model:load` or `arch: torchvision.models.resnet18`")
+    if model.factory is not None and not FACTORY_PATTERN.match(model.factory):
+        raise _at(raw, "factory", where).error(
+            f"'{model.factory}' is not of the form module:function", fix="e.g. `mypkg.models:build`")
+    if model.arch is not None and model.num_classes is None:
+        raise where.error("`arch` needs `num_classes`", fix="add e.g. `num_classes: 10`")
+    return model
+
+
+def _check_dataset(dataset: DatasetSpec) -> None:
+    where = dataset.where
+    sources = [k for k in ("factory", "image_folder", "fashion_mnist") if getattr(dataset, k) is not None]
+    if len(sources) != 1:
+        raise where.error(f"give exactly one data source, got {sources or 'none'}",
+                          fix="use one of `factory: module:function`, `image_folder: PATH`, `fashion_mnist: {split: train}`")
+    if dataset.factory is not None and not FACTORY_PATTERN.match(dataset.factory):
+        raise where.error(f"'{dataset.factory}' is not of the form module:function",
+                          fix="e.g. `mypkg.data:train_set`")
+
+
+def _at(raw: Any, key: str, where: Where) -> Where:
+    line = raw.line_of(key) if isinstance(raw, LocatedDict) else where.line
+    return where.child(key, line)
+
+
+def _collect_rules(doc: LocatedDict, path: Path, stack: tuple[Path, ...], seen: set[Path]) -> list[RuleSpec]:
+    """Rules of `doc`'s includes (depth first, each file once), then its own rules."""
+    top = Where(path, doc.line, "")
+    rules: list[RuleSpec] = []
+    includes = doc.get("include") or []
+    inc_where = top.child("include", doc.line_of("include"))
+    if not isinstance(includes, list):
+        raise inc_where.error("expected a list of rule-pack paths", fix="write `include: [rules/shortcuts.yaml]`")
+    for i, entry in enumerate(includes):
+        here = inc_where.child(i, includes.line_of(i) if isinstance(includes, LocatedList) else None)
+        target = _resolve_include(entry, path.parent, here)
+        if target in stack:
+            chain = " -> ".join(p.name for p in (*stack, target))
+            raise here.error(f"include cycle: {chain}", fix="remove one of the includes")
+        if target in seen:
+            continue
+        seen.add(target)
+        pack = _document(target)
+        pack_where = Where(target, pack.line, "")
+        for key in pack:
+            if key not in PACK_KEYS:
+                raise unknown_key_error(key, PACK_KEYS, pack_where.child(key, pack.line_of(key)))
+        rules += _collect_rules(pack, target, (*stack, target), seen)
+    raw_rules = doc.get("rules") or []
+    rules_where = top.child("rules", doc.line_of("rules"))
+    if not isinstance(raw_rules, list):
+        raise rules_where.error("expected a list of rules", fix="start each rule with `- name: ...`")
+    for i, raw in enumerate(raw_rules):
+        line = raw_rules.line_of(i) if isinstance(raw_rules, LocatedList) else rules_where.line
+        rules.append(parse_rule(raw, rules_where.child(i, line)))
+    return rules
+
+
+def _resolve_include(entry: Any, base: Path, where: Where) -> Path:
+    if not isinstance(entry, str):
+        raise where.error(f"expected a path, got {entry!r}")
+    candidates = [base / entry, BUILTIN_RULES / entry, BUILTIN_RULES / Path(entry).name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    packs = sorted(p.name for p in BUILTIN_RULES.glob("*.yaml"))
+    raise where.error(f"include '{entry}' not found (looked in {base} and the built-in packs)",
+                      fix=f"built-in packs: {', '.join('rules/' + p for p in packs) or 'none'}")
+
+
+def parse_rule(raw: Any, where: Where) -> RuleSpec:
+    """Validate one rule mapping: common keys, then the parameters of its check."""
+    mapping = expect_mapping(raw, where)
+    check_name = mapping.get("check")
+    if not isinstance(check_name, str):
+        raise where.error("a rule needs `check: NAME`", fix=f"available checks: {', '.join(sorted(CHECKS))}")
+    check_cls = get_check(check_name, _at(mapping, "check", where))
+    common_keys = [name for name in RuleCommon.__dataclass_fields__]
+    param_keys = list(check_cls.Params.__dataclass_fields__)
+    common = build(RuleCommon, mapping, where, exclude=param_keys)
+    params = build(check_cls.Params, _subset(mapping, param_keys), where, exclude=common_keys)
+    for tag in common.tags:
+        if not TAG_PATTERN.match(tag):
+            raise _at(mapping, "tags", where).error(
+                f"tag '{tag}' is not a valid marker name", fix="use letters, digits and underscores")
+    if common.max_failures is not None and common.mostly is not None:
+        raise _at(mapping, "mostly", where).error("give either `max_failures` or `mostly`, not both")
+    if not check_cls.per_example and (common.max_failures is not None or common.mostly is not None):
+        key = "mostly" if common.mostly is not None else "max_failures"
+        raise _at(mapping, key, where).error(
+            f"check '{check_name}' judges an aggregate metric; `{key}` does not apply",
+            fix=f"remove `{key}` and set the check's own threshold")
+    if not common.name.strip():
+        raise _at(mapping, "name", where).error("rule name must not be empty")
+    selection = parse_selection(common.on, _at(mapping, "on", where))
+    return RuleSpec(name=common.name, check=check_name, params=params, selection=selection,
+                    severity=common.severity, max_failures=common.max_failures, mostly=common.mostly,
+                    tags=common.tags, allow_empty=common.allow_empty, description=common.description,
+                    where=Where(where.path, mapping.line, f"rules[{common.name}]"))
+
+
+def _subset(mapping: LocatedDict, keys: list[str]) -> LocatedDict:
+    subset = LocatedDict({k: v for k, v in mapping.items() if k in keys})
+    subset.line = mapping.line
+    subset.key_lines = {k: line for k, line in mapping.key_lines.items() if k in keys}
+    return subset
+
+
+def _check_unique_names(rules: list[RuleSpec]) -> None:
+    first: dict[str, RuleSpec] = {}
+    for rule in rules:
+        if rule.name in first:
+            other = first[rule.name].where
+            raise rule.where.error(f"duplicate rule name '{rule.name}' (also at {other.path.name}:{other.line})",
+                                   fix="give each rule a unique name")
+        first[rule.name] = rule

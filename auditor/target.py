@@ -1,0 +1,288 @@
+"""Load what an audit inspects: the model (with checkpoint), the datasets, class names, device.
+
+Problems are reported as `TargetError`s that name the YAML field at fault and the fix;
+the checks here catch what would otherwise surface as a traceback deep inside torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from auditor import data as data_module
+from auditor.errors import TargetError
+from auditor.schema import Where
+from auditor.spec import AuditSpec, DatasetSpec, ModelSpec
+
+
+@dataclass
+class Target:
+    """The loaded model (eval mode, on `device`), both datasets and the class names."""
+
+    model: nn.Module
+    train: Dataset
+    test: Dataset
+    classes: tuple[str, ...]
+    device: torch.device
+    spec: AuditSpec
+
+
+def load_target(spec: AuditSpec) -> Target:
+    """Build everything `spec` describes and check that model and data fit together."""
+    device = resolve_device(spec.settings.device, spec.settings.where)
+    model = load_model(spec.model, spec.base_dir)
+    train = load_dataset(spec.data.train, spec.base_dir)
+    test = load_dataset(spec.data.test, spec.base_dir)
+    for dataset in (train, test):
+        _check_example(dataset, dataset_where(dataset))
+    classes = _class_names(spec, train, test, model)
+    model = model.to(device).eval()
+    _check_output_width(model, test, classes, spec, device)
+    return Target(model=model, train=train, test=test, classes=classes, device=device, spec=spec)
+
+
+def dataset_where(dataset: Dataset) -> Where | None:
+    return getattr(dataset, "_auditor_where", None)
+
+
+def resolve_device(name: str, where: Where | None = None) -> torch.device:
+    """`auto` → CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TargetError(f"unknown device '{name}'", path=_path(where), line=_line(where),
+                          field="settings.device", fix="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TargetError(f"device '{name}' requested but CUDA is not available on this machine",
+                              path=_path(where), line=_line(where), field="settings.device",
+                              fix="use `device: auto` (CUDA when present) or `cpu`, or --audit-device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TargetError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs)",
+                              path=_path(where), line=_line(where), field="settings.device")
+    return device
+
+
+def import_callable(reference: str, where: Where, base_dir: Path) -> Callable[..., Any]:
+    """Import `module:function`, looking next to the audit file and in the working directory."""
+    module_name, _, attr = reference.partition(":")
+    for folder in (str(base_dir), str(Path.cwd())):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise _error(where, f"cannot import module '{module_name}' ({exc})",
+                     "check the module path; it is looked up next to the audit file and in the working directory") from None
+    except Exception as exc:
+        raise _error(where, f"importing '{module_name}' raised {type(exc).__name__}: {exc}",
+                     "fix the error in that module") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        names = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+        raise _error(where, f"module '{module_name}' has no function '{attr}'",
+                     f"callables there: {', '.join(names[:10]) or 'none'}")
+    return function
+
+
+def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
+    where = spec.where.child("factory" if spec.factory else "arch")
+    if spec.factory:
+        model = _call(import_callable(spec.factory, where, base_dir), spec.kwargs, where, "model factory")
+    else:
+        model = _torchvision_model(spec, where)
+    if not isinstance(model, nn.Module):
+        raise _error(where, f"the factory returned {type(model).__name__}, not a torch.nn.Module",
+                     "return the model instance from the factory")
+    if spec.checkpoint is not None:
+        load_checkpoint(model, base_dir / spec.checkpoint, spec.where.child("checkpoint"))
+    return model
+
+
+def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
+    import torchvision.models
+
+    name = spec.arch.removeprefix("torchvision.models.")
+    builder = getattr(torchvision.models, name, None)
+    if builder is None or not callable(builder):
+        from auditor.schema import suggest
+        near = suggest(name, torchvision.models.list_models())
+        raise _error(where, f"torchvision has no model '{name}'",
+                     f"did you mean 'torchvision.models.{near}'?" if near else "see torchvision.models.list_models()")
+    return _call(builder, {"weights": None, "num_classes": spec.num_classes, **spec.kwargs}, where, "torchvision builder")
+
+
+def load_checkpoint(model: nn.Module, path: Path, where: Where) -> None:
+    """Load a state dict saved with `torch.save(model.state_dict(), path)`; never unpickles code."""
+    if not path.is_file():
+        raise _error(where, f"checkpoint '{path}' not found",
+                     "train the model first or fix the path (relative to the audit file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _error(where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
+                     "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
+    except Exception as exc:
+        raise _error(where, f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}",
+                     "the file is damaged or not a torch checkpoint; re-save it") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _error(where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
+                     "save it with torch.save(model.state_dict(), PATH)")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise _error(where, f"checkpoint '{path}' does not fit the model: {detail}",
+                     "use the checkpoint that was saved from this architecture and num_classes") from None
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing {_few(result.missing_keys)}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected {_few(result.unexpected_keys)}")
+        raise _error(where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
+                     "use the checkpoint that was saved from this architecture")
+
+
+def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:
+    where = spec.where
+    if spec.factory:
+        dataset = _call(import_callable(spec.factory, where.child("factory"), base_dir), spec.kwargs,
+                        where.child("factory"), "dataset factory")
+    elif spec.image_folder:
+        dataset = _image_folder(base_dir / spec.image_folder, spec, where.child("image_folder"))
+    else:
+        options = spec.fashion_mnist
+        root = None if options.root is None else base_dir / options.root
+        try:
+            dataset = data_module.fashion_mnist(options.split, root, options.channels)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise _error(where.child("fashion_mnist"), str(exc),
+                         "apt-get install dataset-fashion-mnist, or set `root:`") from None
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise _error(where, f"the data source returned {type(dataset).__name__}, not a Dataset",
+                     "return a torch Dataset of (image_tensor, label) pairs")
+    if len(dataset) == 0:
+        raise _error(where, "the dataset is empty", "point the data source at a non-empty dataset")
+    dataset = data_module.limited(dataset, spec.limit)
+    dataset._auditor_where = where
+    return dataset
+
+
+def _image_folder(root: Path, spec: DatasetSpec, where: Where) -> Dataset:
+    from torchvision import datasets, transforms
+
+    if not root.is_dir():
+        raise _error(where, f"folder '{root}' not found", "fix the path (relative to the audit file)")
+    steps: list[Any] = []
+    t = spec.transform
+    if t is not None and t.grayscale:
+        steps.append(transforms.Grayscale())
+    if t is not None and t.resize:
+        steps += [transforms.Resize(t.resize), transforms.CenterCrop(t.resize)]
+    steps.append(transforms.ToTensor())
+    if t is not None and t.mean is not None:
+        steps.append(transforms.Normalize(t.mean, t.std or (1.0,) * len(t.mean)))
+    try:
+        return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, OSError) as exc:
+        raise _error(where, f"cannot read image folder '{root}': {exc}",
+                     "use one sub-folder of images per class") from None
+
+
+def _check_example(dataset: Dataset, where: Where) -> None:
+    try:
+        item = dataset[0]
+    except Exception as exc:
+        raise _error(where, f"reading example 0 raised {type(exc).__name__}: {exc}", "fix the dataset") from None
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise _error(where, f"examples must be (image, label) pairs, got {type(item).__name__}",
+                     "make __getitem__ return (image_tensor, label)")
+    image, label = item
+    if not isinstance(image, torch.Tensor):
+        raise _error(where, f"images must be tensors, got {type(image).__name__}",
+                     "add transforms.ToTensor() to the dataset")
+    if image.dim() != 3:
+        raise _error(where, f"images must be (C, H, W), got shape {tuple(image.shape)}",
+                     "add the channel dimension, e.g. image.unsqueeze(0)")
+    if not image.is_floating_point():
+        raise _error(where, f"images must be float tensors, got {image.dtype}",
+                     "convert with image.float() / 255 or transforms.ToTensor()")
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1 or label.is_floating_point():
+            raise _error(where, f"labels must be integer class indices, got a {label.dtype} tensor of shape {tuple(label.shape)}",
+                         "return an int label")
+    elif isinstance(label, bool) or not isinstance(label, int):
+        raise _error(where, f"labels must be integer class indices, got {type(label).__name__}",
+                     "return an int label")
+
+
+def _class_names(spec: AuditSpec, train: Dataset, test: Dataset, model: nn.Module) -> tuple[str, ...]:
+    if spec.data.classes:
+        return tuple(spec.data.classes)
+    for dataset in (test, train):
+        names = getattr(dataset, "classes", None)
+        if names:
+            return tuple(str(n) for n in names)
+    if spec.model.num_classes:
+        return tuple(str(i) for i in range(spec.model.num_classes))
+    raise _error(spec.data.where, "cannot tell the class names",
+                 "add `classes: [...]` under `data:` or give the dataset a `classes` attribute")
+
+
+def _check_output_width(model: nn.Module, test: Dataset, classes: tuple[str, ...], spec: AuditSpec,
+                        device: torch.device) -> None:
+    image = test[0][0].unsqueeze(0).to(device)
+    where = spec.model.where
+    try:
+        with torch.no_grad():
+            output = model(image)
+    except Exception as exc:
+        raise _error(where, f"the model fails on a test image of shape {tuple(image.shape)}: "
+                     f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                     "make the model accept the dataset's images (channels, size)") from None
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise _error(where, f"the model must return logits of shape (batch, classes), got {shape}",
+                     "return a (batch, classes) tensor from forward()")
+    if output.shape[1] != len(classes):
+        raise _error(where, f"the model outputs {output.shape[1]} logits but the data has {len(classes)} classes",
+                     "match the model's last layer to the class count, or fix `data.classes`")
+
+
+def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str) -> Any:
+    try:
+        return function(**kwargs)
+    except Exception as exc:
+        raise _error(where, f"the {what} raised {type(exc).__name__}: {exc}",
+                     "fix the factory or its `kwargs`") from None
+
+
+def _error(where: Where | None, message: str, fix: str | None = None) -> TargetError:
+    return TargetError(message, path=_path(where), line=_line(where),
+                       field=where.field if where else None, fix=fix)
+
+
+def _path(where: Where | None) -> Path | None:
+    return where.path if where else None
+
+
+def _line(where: Where | None) -> int | None:
+    return where.line if where else None
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")

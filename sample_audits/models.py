@@ -1,0 +1,15 @@
+"""Model factories the sample audits name in their YAML (`sample_audits.models:small_cnn`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def small_cnn(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> nn.Module:
+    """A 17k-parameter CNN for 28×28 images: three conv blocks and a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),         # 14×14
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),           # 7×7
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # 3×3
+        nn.Flatten(), nn.Linear(2 * width * 9, num_classes),
+    )
