@@ -59,7 +59,7 @@ class AuditFile(pytest.File):
         session = AuditSession(spec, device=self.config.option.audit_device)
         self.config.stash[SESSIONS][str(self.path)] = session
         for rule in spec.rules:
-            item = RuleItem.from_parent(self, name=rule.name, rule=rule, session=session)
+            item = RuleItem.from_parent(self, name=rule.name, rule=rule, audit=session)
             for tag in rule.tags:
                 self.config.addinivalue_line("markers", f"{tag}: audit rules tagged '{tag}'")
                 item.add_marker(tag)
@@ -76,13 +76,13 @@ class AuditFile(pytest.File):
 class RuleItem(pytest.Item):
     """One rule of an audit. Items of one file share the file's `AuditSession` (one engine)."""
 
-    def __init__(self, *, rule: Any, session: Any, **kwargs: Any) -> None:
+    def __init__(self, *, rule: Any, audit: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rule = rule
-        self.session = session
+        self.audit = audit
 
     def runtest(self) -> None:
-        outcome = self.session.run_rule(self.rule)
+        outcome = self.audit.run_rule(self.rule)
         self.user_properties.append(("audit_status", outcome.status))
         if outcome.result is not None:
             r = outcome.result
@@ -92,8 +92,9 @@ class RuleItem(pytest.Item):
         if outcome.status == "failed":
             raise RuleFailed(outcome)
         if outcome.status == "warned":
-            warnings.warn(AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),
-                          stacklevel=1)
+            warnings.warn_explicit(
+                AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),
+                AuditWarning, filename=str(self.rule.where.path), lineno=self.rule.where.line)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         from auditor.errors import AuditError

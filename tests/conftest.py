@@ -1,0 +1,67 @@
+"""Shared fixtures: real Fashion-MNIST (Debian package), a tiny trained model, audit writers."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor.data import DEBIAN_FASHION_MNIST
+
+pytest_plugins = ["pytester"]
+
+HAS_FASHION = DEBIAN_FASHION_MNIST.is_dir()
+needs_fashion = pytest.mark.skipif(
+    not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A small CNN trained for one epoch on 3,000 real Fashion-MNIST images (a few seconds)."""
+    if not HAS_FASHION:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from sample_audits.models import small_cnn
+    from sample_audits.train import train, training_set
+
+    torch.manual_seed(0)
+    model = train(small_cnn(), training_set({"n_train": 3000}), epochs=1, seed=0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def fashion_audit(tmp_path, trained_checkpoint):
+    """Write an audit over real data with the given rules block; return its path."""
+
+    def make(rules: str, name: str = "audit_fashion.yaml", test_limit: int = 500) -> Path:
+        head = f"""
+        audit: fashion-test
+        model:
+          factory: sample_audits.models:small_cnn
+          checkpoint: {trained_checkpoint}
+        data:
+          train: {{fashion_mnist: {{split: train, channels: 3}}, limit: 1000}}
+          test: {{fashion_mnist: {{split: test, channels: 3}}, limit: {test_limit}}}
+        settings: {{device: cpu, cache_dir: {tmp_path / 'cache'}}}
+        """
+        return write(tmp_path / name, textwrap.dedent(head) + textwrap.dedent(rules))
+
+    return make
