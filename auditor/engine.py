@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -15,7 +16,14 @@ import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.errors import TargetError
+from auditor.attribution.features import Featurizer, featurize
+from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
+from auditor.attribution.influence import Influence, TopK, grad_cos_topk
+from auditor.attribution.projection import make_projector
+from auditor.attribution.store import FeatureStore
+from auditor.attribution.tfa import TfaMaps, tfa
+from auditor.errors import AuditError, TargetError
+from auditor.fingerprint import dataset_hash, model_hash, settings_hash
 from auditor.selection import Selection
 from auditor.target import Target, dataset_where
 
@@ -42,7 +50,135 @@ class Predictions:
         return self.predicted == self.labels
 
 
-class Engine:
+@dataclass(frozen=True)
+class TfaResult:
+    """TFA of one test example on its top-k proponents: `train_indices (k,)`, `scores (k,)`, maps."""
+
+    test_index: int
+    train_indices: torch.Tensor
+    scores: torch.Tensor
+    maps: TfaMaps
+
+
+class _TrainingAttribution:
+    """Training-side attributions (DESIGN.md §1.1–1.2): features, influence, TFA. Mixed into Engine."""
+
+    @cached_property
+    def parameter_names(self) -> list[str]:
+        """Selected parameters (`layers:` or all trainable)."""
+        with self._located("layers"):
+            return select_parameters(self.target.model, self.attribution.layers)
+
+    @cached_property
+    def gradients(self) -> GradientComputer:
+        with self._located("gradient_computer"):
+            return make_gradient_computer(self.target.model, self.parameter_names, self.attribution.gradient_computer)
+
+    @cached_property
+    def featurizer(self) -> Featurizer:
+        a = self.attribution
+        projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed)
+        return Featurizer(self.gradients, projector, a.chunk_size)
+
+    @cached_property
+    def train_store(self) -> FeatureStore:
+        """Unit-norm projected gradients of every training example (true labels), cached on disk."""
+        a = self.attribution
+        meta = {
+            "model": model_hash(self.target.model),
+            "data": dataset_hash(self.target.train),
+            "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
+                                       "projection": a.projection, "seed": self.settings.seed, "label": "true"}),
+        }
+        key = settings_hash(meta)[:24]
+        root = self.target.spec.base_dir / self.settings.cache_dir
+        with self._located("cache_dir", section="settings"):
+            store = FeatureStore(root, key, len(self.target.train), self.featurizer.dim, a.shard_size, meta)
+        if not store.complete():
+            featurize(store, self.target.train, self.featurizer, self.device, self.settings.batch_size)
+        return store
+
+    def gradient_labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """Labels used for test gradients: predicted (default) or true."""
+        p = self.predictions
+        return (p.predicted if self.attribution.test_label == "predicted" else p.labels)[indices]
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.cat([images for images, _, _ in data_module.batches(self.target.test, indices, 512)])
+
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = list(data_module.batches(self.target.train, indices, 512))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def test_features(self, indices: torch.Tensor) -> torch.Tensor:
+        """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
+        images = self.test_images(indices).to(self.device)
+        return self.featurizer(images, self.gradient_labels(indices).to(self.device))
+
+    def influence(self, indices: torch.Tensor) -> Influence:
+        """Top-k proponents and opponents of each selected test example (computed once each)."""
+        missing = torch.tensor([i for i in indices.tolist() if i not in self._influence], dtype=torch.long)
+        if len(missing):
+            queries = self.test_features(missing)
+            store = self.train_store
+            proponents, opponents, _ = grad_cos_topk(
+                queries, store.chunks(self.attribution.score_chunk, self.device), self.attribution.top_k)
+            for row, i in enumerate(missing.tolist()):
+                self._influence[i] = (proponents.indices[row], proponents.scores[row],
+                                      opponents.indices[row], opponents.scores[row])
+        rows = [self._influence[i] for i in indices.tolist()]
+        stack = lambda j: torch.stack([r[j] for r in rows]) if rows else torch.zeros(0, 0)  # noqa: E731
+        return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
+
+    def exact_test_gradients(self, indices: torch.Tensor) -> torch.Tensor:
+        """Unprojected unit-norm test gradients `(m, P)` for TFA."""
+        images = self.test_images(indices).to(self.device)
+        grads = self.gradients.flat(images, self.gradient_labels(indices).to(self.device))
+        return torch.nn.functional.normalize(grads, dim=1)
+
+    def tfa(self, indices: torch.Tensor, k: int | None = None) -> list[TfaResult]:
+        """TFA maps of each test example on its top-`k` proponents (SmoothGrad per settings)."""
+        a = self.attribution
+        k = a.top_k if k is None else k
+        if k > a.top_k:
+            raise ValueError(f"tfa k={k} exceeds settings.attribution.top_k={a.top_k}")
+        influence = self.influence(indices)
+        pairs = [(int(t), int(j)) for row, t in enumerate(indices.tolist())
+                 for j in influence.proponents.indices[row, :k].tolist()]
+        todo = [pair for pair in pairs if pair not in self._tfa]
+        if todo:
+            tests = torch.tensor(sorted({t for t, _ in todo}))
+            grads = self.exact_test_gradients(tests)
+            position = {t: r for r, t in enumerate(tests.tolist())}
+            images, labels = self.train_batch(torch.tensor([j for _, j in todo]))
+            maps = tfa(self.target.model, self.parameter_names, images.to(self.device), labels.to(self.device),
+                       grads[[position[t] for t, _ in todo]], a.smoothgrad_samples, a.smoothgrad_sigma,
+                       self.settings.seed)
+            for n, pair in enumerate(todo):
+                self._tfa[pair] = TfaMaps(maps.signed[n].cpu(), maps.magnitude[n].cpu())
+        results = []
+        for row, t in enumerate(indices.tolist()):
+            train = influence.proponents.indices[row, :k]
+            pair_maps = [self._tfa[(t, int(j))] for j in train.tolist()]
+            results.append(TfaResult(t, train, influence.proponents.scores[row, :k],
+                                     TfaMaps(torch.stack([m.signed for m in pair_maps]),
+                                             torch.stack([m.magnitude for m in pair_maps]))))
+        return results
+
+    @contextmanager
+    def _located(self, field: str, section: str = "settings.attribution"):
+        """Give attribution errors the audit file and the settings line."""
+        try:
+            yield
+        except AuditError as exc:
+            if exc.path is not None:
+                raise
+            where = self.settings.where
+            raise type(exc)(exc.message, path=self.target.spec.path, line=where.line if where else None,
+                            field=exc.field or f"{section}.{field}", fix=exc.fix) from None
+
+
+class Engine(_TrainingAttribution):
     """Holds the target and caches every computed quantity for the rules of one audit."""
 
     def __init__(self, target: Target) -> None:
@@ -50,6 +186,9 @@ class Engine:
         self.settings = target.spec.settings
         self.classes = target.classes
         self.device = target.device
+        self.attribution = self.settings.attribution
+        self._influence: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._tfa: dict[tuple[int, int], TfaMaps] = {}
 
     @cached_property
     def predictions(self) -> Predictions:

@@ -85,6 +85,9 @@ class AttributionSettings:
 
     layers: tuple[str, ...] | None = None
     projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
+    projection: Literal["sparse", "rademacher"] = "sparse"
+    gradient_computer: Literal["auto", "func", "hooks"] = "auto"
+    shard_size: int = bounded(1, default=4096, help="training examples per cache shard")
     test_label: Literal["predicted", "true"] = "predicted"
     top_k: int = bounded(1, 1000, default=5)
     chunk_size: int = bounded(1, default=64, help="examples per per-example-gradient chunk")

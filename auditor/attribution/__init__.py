@@ -1,0 +1,1 @@
+"""Attribution methods, one module each: gradients, projection, features/store, influence, TFA."""

@@ -1,0 +1,212 @@
+"""Per-example loss gradients g(z) = ∇_θ ℓ(f_θ(x), y) over selected parameters.
+
+Base: `GradientComputer`. Implementations:
+- `FuncGradients`: `torch.func` (`functional_call` + `vmap(grad(...))`), any model.
+- `HookGradients`: `nn.Linear`, `nn.Conv2d`, eval-mode `BatchNorm`: saves each layer's input
+  and output gradient in ONE ordinary backward pass and forms the per-example parameter
+  gradients from them (as captum's `sample_wise_grads_per_batch`, Opacus, Kronfluence).
+`make_gradient_computer(kind="auto")` picks hooks when every selected parameter allows it.
+The model is used in eval mode (BatchNorm on running statistics): the loss of one example
+then depends on no other example in the batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from auditor.errors import AttributionError
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def select_parameters(model: nn.Module, layers: tuple[str, ...] | None = None) -> list[str]:
+    """Names of trainable parameters in the modules named by `layers` (all when None)."""
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if layers is None:
+        if not trainable:
+            raise AttributionError("the model has no trainable parameters", field="settings.attribution.layers",
+                                   fix="unfreeze the layers to audit or name them in `layers:`")
+        return trainable
+    modules = dict(model.named_modules())
+    names: list[str] = []
+    for layer in layers:
+        if layer not in modules:
+            near = difflib.get_close_matches(layer, [m for m in modules if m], n=3)
+            raise AttributionError(
+                f"the model has no module named '{layer}'", field="settings.attribution.layers",
+                fix=f"did you mean {', '.join(repr(n) for n in near)}?" if near
+                else f"module names: {', '.join(list(m for m in modules if m)[:12])}")
+        prefix = f"{layer}." if layer else ""
+        names += [n for n in trainable if n.startswith(prefix) and n not in names]
+    if not names:
+        raise AttributionError(f"the modules {list(layers)} have no trainable parameters",
+                               field="settings.attribution.layers", fix="name modules with weights")
+    return names
+
+
+class GradientComputer(abc.ABC):
+    """Per-example gradients of the cross-entropy loss over the parameters `names`."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.model = model
+        self.names = list(names)
+        params = dict(model.named_parameters())
+        self.shapes = [params[n].shape for n in self.names]
+        self.sizes = [params[n].numel() for n in self.names]
+
+    @property
+    def dim(self) -> int:
+        """P: the number of selected parameters."""
+        return sum(self.sizes)
+
+    @abc.abstractmethod
+    def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """One `(b, *param.shape)` gradient per selected parameter, in `names` order."""
+
+    def flat(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(b, P)` per-example gradients, parameters concatenated in `names` order."""
+        return torch.cat([g.flatten(1) for g in self.per_parameter(images, labels)], dim=1)
+
+
+class FuncGradients(GradientComputer):
+    """`vmap(grad(loss))` over the batch via `torch.func.functional_call`."""
+
+    def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        model = self.model
+        selected = {n: p.detach() for n, p in model.named_parameters() if n in set(self.names)}
+        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
+        fixed.update(dict(model.named_buffers()))
+
+        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = functional_call(model, {**fixed, **params}, (x.unsqueeze(0),))
+            return F.cross_entropy(out, y.unsqueeze(0))
+
+        grads = vmap(grad(loss), in_dims=(None, 0, 0))(selected, images, labels)
+        return [grads[n] for n in self.names]
+
+
+class HookGradients(GradientComputer):
+    """Per-example gradients from saved layer inputs and output gradients (one backward pass)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__(model, names)
+        owners = parameter_owners(model, names)
+        if owners is None:
+            raise AttributionError("HookGradients supports only Linear, Conv2d and eval-mode BatchNorm parameters",
+                                   fix="use the func gradient computer")
+        self.owners = owners
+
+    def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        modules = {name: module for name, module in self.model.named_modules() if name in self.owners}
+        calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        with _SaveLayerIO(modules, calls):
+            logits = self.model(images)
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        order = [(name, i) for name in calls for i in range(len(calls[name]))]
+        outputs = [calls[name][i][1] for name, i in order]
+        output_grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        result: dict[str, torch.Tensor] = {}
+        for (name, i), g in zip(order, output_grads):
+            if g is None:
+                continue
+            x = calls[name][i][0]
+            for suffix, value in layer_gradients(modules[name], x, g).items():
+                key = f"{name}.{suffix}" if name else suffix
+                result[key] = result[key] + value if key in result else value
+        return [result.get(n, torch.zeros(len(images), *shape, device=images.device))
+                for n, shape in zip(self.names, self.shapes)]
+
+
+class _SaveLayerIO:
+    """Context manager: forward hooks that record (input, output) of `modules`; removed on exit.
+
+    The hook returns a clone so that a later in-place op (e.g. `ReLU(inplace=True)`) cannot
+    overwrite the recorded output whose gradient we ask for.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], calls: dict) -> None:
+        self.modules, self.calls, self.handles = modules, calls, []
+
+    def __enter__(self) -> _SaveLayerIO:
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            self.calls[name].append((inputs[0].detach(), output))
+            return output.clone()
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def parameter_owners(model: nn.Module, names: list[str]) -> set[str] | None:
+    """Module names owning `names` if each is a weight/bias of a supported layer, else None."""
+    modules = dict(model.named_modules())
+    owners = set()
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        module = modules.get(owner)
+        if leaf not in ("weight", "bias") or not _supported(module):
+            return None
+        owners.add(owner)
+    return owners
+
+
+def _supported(module: nn.Module | None) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    if isinstance(module, BATCH_NORMS):
+        return not module.training and module.running_mean is not None
+    return False
+
+
+def layer_gradients(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-example `{weight, bias}` gradients of one layer from its input `x` and output grad `g`."""
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(module, nn.Linear):
+        out["weight"] = torch.einsum("b...o,b...i->boi", g, x)
+        if module.bias is not None:
+            out["bias"] = g.reshape(g.shape[0], -1, g.shape[-1]).sum(1)
+    elif isinstance(module, nn.Conv2d):
+        out["weight"] = _conv2d_weight_grad(module, x, g)
+        if module.bias is not None:
+            out["bias"] = g.sum((2, 3))
+    else:
+        dims = tuple(range(2, g.dim()))
+        shape = (1, -1) + (1,) * len(dims)
+        x_hat = (x - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+        if module.weight is not None:
+            out["weight"] = (g * x_hat).sum(dims)
+            out["bias"] = g.sum(dims)
+    return out
+
+
+def _conv2d_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """`(b, C_out, C_in/groups, kh, kw)` from unfolded inputs; handles groups, stride, dilation."""
+    b, groups = x.shape[0], module.groups
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    cols = cols.view(b, groups, -1, cols.shape[-1])                        # (b, G, C_in/G·k·k, L)
+    grads = g.reshape(b, groups, -1, g.shape[2] * g.shape[3])              # (b, G, C_out/G, L)
+    weight = torch.einsum("bgol,bgil->bgoi", grads, cols)
+    return weight.reshape(b, *module.weight.shape)
+
+
+def make_gradient_computer(model: nn.Module, names: list[str], kind: str = "auto") -> GradientComputer:
+    """`auto`: hooks when every selected parameter sits in a supported layer, else torch.func."""
+    if kind == "func" or (kind == "auto" and parameter_owners(model, names) is None):
+        return FuncGradients(model, names)
+    return HookGradients(model, names)

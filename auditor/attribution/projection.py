@@ -1,0 +1,117 @@
+"""Random projection of per-example gradients from P to d dimensions (inner products kept in expectation).
+
+Base: `Projector`. Implementations:
+- `IdentityProjector`: exact gradients (used when P ≤ d).
+- `RademacherProjector`: dense ±1/√d entries, generated blockwise from the seed on the
+  gradients' device for every call, never stored as a whole P×d matrix.
+- `SparseProjector` (sparse JL / count sketch): each input coordinate goes to `s` random
+  buckets with random signs, scaled by 1/√s; costs O(P·s) per example and stores only
+  the P bucket indices and signs.
+All are deterministic functions of (seed, P, d): the same seed gives the same features.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+BLOCK_ROWS = 8192
+
+
+class Projector(abc.ABC):
+    """Maps `(b, P)` gradients to `(b, d)`; `project_blocks` takes P in column blocks."""
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0) -> None:
+        self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
+
+    def project(self, grads: torch.Tensor) -> torch.Tensor:
+        """`(b, P)` → `(b, d)`."""
+        return self.project_blocks([grads])
+
+    def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """Project the concatenation of `(b, P_l)` blocks without concatenating them."""
+        out = None
+        offset = 0
+        for block in blocks:
+            part = self._project_block(block, offset)
+            out = part if out is None else out + part
+            offset += block.shape[1]
+        if offset != self.in_dim:
+            raise ValueError(f"projector expects {self.in_dim} inputs, got {offset}")
+        return out
+
+    @abc.abstractmethod
+    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:
+        """Contribution of input columns `[offset, offset + block.shape[1])`."""
+
+
+class IdentityProjector(Projector):
+    def __init__(self, in_dim: int, seed: int = 0) -> None:
+        super().__init__(in_dim, in_dim, seed)
+
+    def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(blocks, dim=1)
+
+    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class RademacherProjector(Projector):
+    """Dense ±1/√d matrix; rows generated in blocks of `BLOCK_ROWS` from `(seed, block index)`."""
+
+    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:
+        b, width = block.shape
+        out = torch.zeros(b, self.out_dim, device=block.device, dtype=torch.float32)
+        row = offset
+        while row < offset + width:
+            index, start = divmod(row, BLOCK_ROWS)
+            stop = min((index + 1) * BLOCK_ROWS, offset + width)
+            matrix = self.rows(index, block.device)[start:start + stop - row]
+            out += block[:, row - offset:stop - offset].float() @ matrix
+            row = stop
+        return out
+
+    def rows(self, index: int, device: torch.device) -> torch.Tensor:
+        """Rows `[index·BLOCK_ROWS, (index+1)·BLOCK_ROWS)` of the projection matrix, `(BLOCK_ROWS, d)`."""
+        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + index)
+        signs = torch.randint(0, 2, (BLOCK_ROWS, self.out_dim), generator=generator, dtype=torch.int8)
+        return (signs.to(device=device, dtype=torch.float32) * 2 - 1) / self.out_dim ** 0.5
+
+
+class SparseProjector(Projector):
+    """Sparse JL: coordinate j adds `sign·x_j/√s` to `s` buckets chosen by a seeded hash."""
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0, nonzeros: int = 1) -> None:
+        super().__init__(in_dim, out_dim, seed)
+        generator = torch.Generator().manual_seed(seed)
+        self.nonzeros = nonzeros
+        self.buckets = torch.randint(0, out_dim, (nonzeros, in_dim), generator=generator, dtype=torch.int64)
+        signs = torch.randint(0, 2, (nonzeros, in_dim), generator=generator, dtype=torch.int8)
+        self.signs = (signs.float() * 2 - 1) / nonzeros ** 0.5
+        self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_cache:
+            self._device_cache[device] = (self.buckets.to(device), self.signs.to(device))
+        return self._device_cache[device]
+
+    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:
+        buckets, signs = self._on(block.device)
+        width = block.shape[1]
+        out = torch.zeros(block.shape[0], self.out_dim, device=block.device, dtype=torch.float32)
+        for h in range(self.nonzeros):
+            cols = buckets[h, offset:offset + width]
+            out.index_add_(1, cols, block.float() * signs[h, offset:offset + width])
+        return out
+
+
+def make_projector(in_dim: int, out_dim: int, kind: str = "sparse", seed: int = 0) -> Projector:
+    """Exact when P ≤ d; otherwise the named random projection."""
+    if in_dim <= out_dim:
+        return IdentityProjector(in_dim, seed)
+    if kind == "rademacher":
+        return RademacherProjector(in_dim, out_dim, seed)
+    if kind == "sparse":
+        return SparseProjector(in_dim, out_dim, seed)
+    raise ValueError(f"unknown projection '{kind}'; use sparse or rademacher")

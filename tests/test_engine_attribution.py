@@ -1,0 +1,107 @@
+"""Engine integration of the training-side attributions, on a real trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from auditor.attribution import features
+from auditor.engine import Engine
+from auditor.errors import CacheError
+from auditor.spec import load_spec
+from auditor.target import load_target
+from conftest import needs_fashion
+
+pytestmark = needs_fashion
+
+
+def engine_for(fashion_audit, settings: str = "", train_limit: int = 1000, name: str = "audit_e.yaml") -> Engine:
+    path = fashion_audit("rules: []\n", name=name, test_limit=200)
+    text = path.read_text().replace("limit: 1000", f"limit: {train_limit}")
+    if settings:
+        text = text.replace("cache_dir:", f"{settings}, cache_dir:")
+    path.write_text(text)
+    return Engine(load_target(load_spec(path)))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def test_cache_is_reused_and_invalidated(fashion_audit, tmp_path):
+    features.counters.clear()
+    first = engine_for(fashion_audit, train_limit=300)
+    matrix = first.train_store.matrix()
+    assert features.counters["featurized"] == 300
+    second = engine_for(fashion_audit, train_limit=300)
+    assert torch.equal(second.train_store.matrix(), matrix)
+    assert features.counters["featurized"] == 300, "second run featurized again"
+    # a changed setting, dataset or weight each invalidate the cache
+    engine_for(fashion_audit, "attribution: {projection_dim: 512}", train_limit=300).train_store
+    assert features.counters["featurized"] == 600
+    engine_for(fashion_audit, train_limit=301).train_store
+    assert features.counters["featurized"] == 901
+    changed = engine_for(fashion_audit, train_limit=300)
+    with torch.no_grad():
+        changed.target.model[0].bias.add_(0.01)
+    changed.train_store
+    assert features.counters["featurized"] == 1201
+
+
+def test_truncated_shard_is_rebuilt(fashion_audit):
+    engine = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300)
+    store = engine.train_store
+    expected = store.matrix()
+    path = store.shard_path(1)
+    path.write_bytes(path.read_bytes()[:1000])
+    features.counters.clear()
+    again = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300).train_store
+    assert features.counters["featurized"] == 128
+    assert torch.equal(again.matrix(), expected)
+
+
+def test_foreign_cache_directory_is_refused(fashion_audit, tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "notes.txt").write_text("mine")
+    with pytest.raises(CacheError, match="is not an auditor cache"):
+        engine_for(fashion_audit, train_limit=100).train_store
+
+
+def test_unprojected_influence_equals_argsort_of_exact_scores(fashion_audit):
+    engine = engine_for(fashion_audit, "attribution: {layers: ['10'], projection_dim: 4096}", train_limit=500)
+    assert engine.featurizer.projector.in_dim == 2890  # head only: exact, no projection
+    tests = torch.arange(0, 40)
+    influence = engine.influence(tests)
+    images, labels = engine.train_batch(torch.arange(500))
+    train = F.normalize(engine.gradients.flat(images, labels), dim=1)
+    test_images = engine.test_images(tests)
+    query = F.normalize(engine.gradients.flat(test_images, engine.predictions.predicted[tests]), dim=1)
+    full = query @ train.T
+    assert torch.equal(influence.proponents.indices, full.argsort(dim=1, descending=True)[:, :5])
+    assert torch.allclose(influence.opponents.scores, full.sort(dim=1).values[:, :5], atol=1e-5)
+
+
+def test_projected_scores_keep_rank_order_at_default_dimension(fashion_audit):
+    engine = engine_for(fashion_audit, train_limit=1000)
+    assert engine.gradients.dim > engine.attribution.projection_dim  # projection is active
+    tests = torch.arange(0, 30)
+    projected = engine.test_features(tests) @ engine.train_store.matrix().T
+    images, labels = engine.train_batch(torch.arange(1000))
+    exact_train = F.normalize(engine.gradients.flat(images, labels), dim=1)
+    exact = engine.exact_test_gradients(tests) @ exact_train.T
+    rho = np.mean([spearman(projected[i], exact[i]) for i in range(len(tests))])
+    print(f"mean Spearman rho projected vs exact: {rho:.4f}")
+    assert rho >= 0.95, rho
+
+
+def test_tfa_of_top_proponents_has_image_shape(fashion_audit):
+    engine = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 2, top_k: 3}", train_limit=300)
+    results = engine.tfa(torch.tensor([3, 9]), k=2)
+    assert [r.test_index for r in results] == [3, 9]
+    assert results[0].maps.signed.shape == (2, 3, 28, 28) and results[0].maps.magnitude.shape == (2, 28, 28)
+    assert torch.isfinite(results[0].maps.signed).all() and results[0].maps.magnitude.sum() > 0
+    again = engine.tfa(torch.tensor([9]), k=2)
+    assert torch.equal(again[0].maps.signed, results[1].maps.signed)
