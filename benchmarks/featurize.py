@@ -1,0 +1,85 @@
+"""Featurization cost vs one plain batched forward+backward epoch over the same images.
+
+    python -m benchmarks.featurize [--n-train 10000] [--threads 2] [--device auto]
+
+The bound: per-example gradients need one forward and one backward pass, like a training
+epoch, so the ratio cannot go much below 1.0. Writes benchmarks/results/featurize.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from auditor.attribution.features import Featurizer, featurize
+from auditor.attribution.gradients import FuncGradients, HookGradients, select_parameters
+from auditor.attribution.projection import make_projector
+from auditor.attribution.store import FeatureStore
+from auditor.data import batches
+from auditor.target import resolve_device
+from benchmarks.common import environment, peak_memory_mb, timer, trained_small_cnn, write_json
+
+
+def plain_epoch(model, dataset, device, batch_size: int) -> None:
+    """One ordinary forward+backward epoch (parameter gradients summed over each batch)."""
+    for images, labels, _ in batches(dataset, batch_size=batch_size):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
+
+
+def run_featurize(model, dataset, device, computer, projection_dim, batch_size, chunk) -> None:
+    names = select_parameters(model)
+    featurizer = Featurizer(computer(model, names), make_projector(sum(
+        p.numel() for n, p in model.named_parameters() if n in names), projection_dim), chunk)
+    with tempfile.TemporaryDirectory() as root:
+        store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
+        featurize(store, dataset, featurizer, device, batch_size, progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-train", type=int, default=10000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--projection-dim", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, dataset = trained_small_cnn(args.n_train)
+    model = model.to(device).eval()
+    times: dict[str, float] = {}
+    plain_epoch(model, dataset, device, args.batch_size)  # warm-up
+    for repeat in range(args.repeats):  # interleaved, min of each: robust to a busy machine
+        with timer(times, f"plain_{repeat}"):
+            plain_epoch(model, dataset, device, args.batch_size)
+        with timer(times, f"hooks_{repeat}"):
+            run_featurize(model, dataset, device, HookGradients, args.projection_dim, args.batch_size, args.batch_size)
+        with timer(times, f"vmap_{repeat}"):
+            run_featurize(model, dataset, device, FuncGradients, args.projection_dim, args.batch_size, 64)
+    plain, hooks, vmap_s = (min(v for k, v in times.items() if k.startswith(p)) for p in ("plain", "hooks", "vmap"))
+    result = {
+        "featurize_over_fwd_bwd_epoch": round(hooks / plain, 3),
+        "vmap_over_fwd_bwd_epoch": round(vmap_s / plain, 3),
+        "fwd_bwd_epoch_s": round(plain, 3),
+        "featurize_s": round(hooks, 3),
+        "vmap_featurize_s": round(vmap_s, 3),
+        "n_train": len(dataset),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "projection_dim": args.projection_dim,
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        **environment(device),
+    }
+    path = write_json("featurize.json", result)
+    for key, value in result.items():
+        print(f"{key:32s} {value}")
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
