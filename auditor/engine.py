@@ -20,8 +20,10 @@ from auditor.attribution.features import Featurizer, featurize
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
+from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.store import FeatureStore
 from auditor.attribution.tfa import TfaMaps, tfa
+from auditor.attribution.var import class_set, var
 from auditor.errors import AuditError, TargetError
 from auditor.fingerprint import dataset_hash, model_hash, settings_hash
 from auditor.selection import Selection
@@ -178,7 +180,51 @@ class _TrainingAttribution:
                             field=exc.field or f"{section}.{field}", fix=exc.fix) from None
 
 
-class Engine(_TrainingAttribution):
+@dataclass(frozen=True)
+class SaliencyMaps:
+    """Test-image maps for `test_indices (m,)`: `signed (m, C', H, W)`, `magnitude (m, H, W)`."""
+
+    test_indices: torch.Tensor
+    signed: torch.Tensor
+    magnitude: torch.Tensor
+
+
+class _TestAttribution:
+    """Test-side attributions (DESIGN.md §1.3): base saliency maps and VAR. Mixed into Engine."""
+
+    def saliency_method(self, name: str | None = None) -> SaliencyMethod:
+        a = self.attribution
+        name = name or a.saliency
+        options = {"integrated_gradients": {"steps": a.ig_steps}, "grad_cam": {"layer": a.grad_cam_layer}}
+        with self._located("saliency"):
+            return make_method(name, self.target.model, **options.get(name, {}))
+
+    def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
+        """Maps of the predicted class for each selected test image, VAR-refined if `use_var`.
+
+        VAR's class set: the predicted class plus the `var_top_k` most probable others.
+        """
+        a = self.attribution
+        method = method or a.saliency
+        cache = self._saliency.setdefault((method, use_var), {})
+        missing = torch.tensor([i for i in indices.tolist() if i not in cache], dtype=torch.long)
+        if len(missing):
+            attributor = self.saliency_method(method)
+            p = self.predictions
+            for start in range(0, len(missing), self.settings.batch_size):
+                chunk = missing[start:start + self.settings.batch_size]
+                images = self.test_images(chunk).to(self.device)
+                predicted = p.predicted[chunk]
+                classes = class_set(p.logits[chunk], predicted, a.var_top_k) if use_var else predicted[:, None]
+                maps = attributor.attribute(images, classes.to(self.device)).detach()
+                maps = var(maps, 0, a.var_temperature, a.var_tau) if use_var else maps[:, 0]
+                for i, m in zip(chunk.tolist(), maps.cpu()):
+                    cache[i] = m
+        signed = torch.stack([cache[i] for i in indices.tolist()]) if len(indices) else torch.zeros(0)
+        return SaliencyMaps(indices.clone(), signed, signed.abs().sum(1) if len(indices) else signed)
+
+
+class Engine(_TrainingAttribution, _TestAttribution):
     """Holds the target and caches every computed quantity for the rules of one audit."""
 
     def __init__(self, target: Target) -> None:
@@ -189,6 +235,7 @@ class Engine(_TrainingAttribution):
         self.attribution = self.settings.attribution
         self._influence: dict[int, tuple[torch.Tensor, ...]] = {}
         self._tfa: dict[tuple[int, int], TfaMaps] = {}
+        self._saliency: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
 
     @cached_property
     def predictions(self) -> Predictions:

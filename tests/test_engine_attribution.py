@@ -105,3 +105,18 @@ def test_tfa_of_top_proponents_has_image_shape(fashion_audit):
     assert torch.isfinite(results[0].maps.signed).all() and results[0].maps.magnitude.sum() > 0
     again = engine.tfa(torch.tensor([9]), k=2)
     assert torch.equal(again[0].maps.signed, results[1].maps.signed)
+
+
+def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
+    engine = engine_for(fashion_audit, train_limit=100)
+    first = engine.saliency(torch.tensor([0, 5]), "input_x_gradient", use_var=True)
+    assert first.signed.shape == (2, 3, 28, 28) and first.magnitude.shape == (2, 28, 28)
+    calls = []
+    original = engine.saliency_method
+    engine.saliency_method = lambda name=None: calls.append(name) or original(name)
+    again = engine.saliency(torch.tensor([5, 0]), "input_x_gradient", use_var=True)
+    assert calls == [] and torch.equal(again.signed[0], first.signed[1])
+    plain = engine.saliency(torch.tensor([0]), "input_x_gradient")
+    assert calls == ["input_x_gradient"]
+    # VAR keeps a subset of the plain map's support, scaled by shares ≤ 1
+    assert (first.signed[0].abs() <= plain.signed[0].abs() + 1e-7).all()

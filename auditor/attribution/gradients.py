@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from auditor.attribution.hooks import RecordLayerIO
 from auditor.errors import AttributionError
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -106,7 +107,7 @@ class HookGradients(GradientComputer):
     def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         modules = {name: module for name, module in self.model.named_modules() if name in self.owners}
         calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        with _SaveLayerIO(modules, calls):
+        with RecordLayerIO(modules, calls):
             logits = self.model(images)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         order = [(name, i) for name in calls for i in range(len(calls[name]))]
@@ -122,33 +123,6 @@ class HookGradients(GradientComputer):
                 result[key] = result[key] + value if key in result else value
         return [result.get(n, torch.zeros(len(images), *shape, device=images.device))
                 for n, shape in zip(self.names, self.shapes)]
-
-
-class _SaveLayerIO:
-    """Context manager: forward hooks that record (input, output) of `modules`; removed on exit.
-
-    The hook returns a clone so that a later in-place op (e.g. `ReLU(inplace=True)`) cannot
-    overwrite the recorded output whose gradient we ask for.
-    """
-
-    def __init__(self, modules: dict[str, nn.Module], calls: dict) -> None:
-        self.modules, self.calls, self.handles = modules, calls, []
-
-    def __enter__(self) -> _SaveLayerIO:
-        for name, module in self.modules.items():
-            self.handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            self.calls[name].append((inputs[0].detach(), output))
-            return output.clone()
-        return hook
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
 
 
 def parameter_owners(model: nn.Module, names: list[str]) -> set[str] | None:
