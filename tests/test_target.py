@@ -96,3 +96,17 @@ def test_cuda_requested_without_cuda(tmp_path):
 
 def test_auto_device_is_cpu_without_cuda():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_image_folder_dataset_with_transform(tmp_path):
+    from PIL import Image
+
+    for c, name in enumerate(["cat", "dog", "fox"]):
+        folder = tmp_path / "imgs" / name
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (10, 12), (40 * c, 10 * i, 200)).save(folder / f"{i}.png")
+    path = spec_file(tmp_path, test="{image_folder: imgs, transform: {resize: 8, grayscale: true}}")
+    target = load_target(load_spec(path))
+    assert target.classes == ("cat", "dog", "fox") and target.test[0][0].shape == (1, 8, 8)
+    assert Engine(target).predictions.labels.tolist() == [0, 0, 1, 1, 2, 2]

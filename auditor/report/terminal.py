@@ -33,6 +33,15 @@ def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
             "on": o.rule.selection.describe(),
             "value": "" if r is None else f"{r.value:.4g}",
             "threshold": "" if r is None else f"{r.comparison} {r.threshold:g}",
-            "failing": "" if r is None else f"{len(r.failures)}/{r.n_selected}",
+            "failing": "" if r is None else _failing(r),
         })
     return tabulate(rows, headers="keys", tablefmt="simple")
+
+
+def _failing(result) -> str:
+    """`3/500` for examples; `2 classes` (or other kinds) when the failures are not examples."""
+    kinds = {f.kind for f in result.failures}
+    if kinds and kinds != {"test"}:
+        kind = kinds.pop() if len(kinds) == 1 else "item"
+        return f"{len(result.failures)} {kind}{'es' if kind.endswith('s') else 's'}"
+    return f"{len(result.failures)}/{result.n_selected}"
