@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,8 +27,6 @@ from auditor.errors import AuditError, TargetError
 from auditor.fingerprint import dataset_hash, model_hash, settings_hash
 from auditor.selection import Selection
 from auditor.target import Target, dataset_where
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,17 +164,6 @@ class _TrainingAttribution:
                                              torch.stack([m.magnitude for m in pair_maps]))))
         return results
 
-    @contextmanager
-    def _located(self, field: str, section: str = "settings.attribution"):
-        """Give attribution errors the audit file and the settings line."""
-        try:
-            yield
-        except AuditError as exc:
-            if exc.path is not None:
-                raise
-            where = self.settings.where
-            raise type(exc)(exc.message, path=self.target.spec.path, line=where.line if where else None,
-                            field=exc.field or f"{section}.{field}", fix=exc.fix) from None
 
 
 @dataclass(frozen=True)
@@ -277,3 +263,15 @@ class Engine(_TrainingAttribution, _TestAttribution):
                 path=where.path if where else None, line=where.line if where else None,
                 field=where.field if where else "data",
                 fix="labels must be class indices; check the dataset or `data.classes`")
+
+    @contextmanager
+    def _located(self, field: str, section: str = "settings.attribution"):
+        """Give attribution errors the audit file and the settings line."""
+        try:
+            yield
+        except AuditError as exc:
+            if exc.path is not None:
+                raise
+            where = self.settings.where
+            raise type(exc)(exc.message, path=self.target.spec.path, line=where.line if where else None,
+                            field=exc.field or f"{section}.{field}", fix=exc.fix) from None

@@ -76,19 +76,25 @@ class GradientComputer(abc.ABC):
         return torch.cat([g.flatten(1) for g in self.per_parameter(images, labels)], dim=1)
 
 
+def example_loss(model: nn.Module, names: list[str]):
+    """`(selected, loss)`: the selected parameters (detached) and `loss(params, x, y)`, the
+    cross-entropy of ONE example `(x (C, H, W), y ())` as a pure function of them (torch.func)."""
+    selected = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
+    fixed.update(dict(model.named_buffers()))
+
+    def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**fixed, **params}, (x.unsqueeze(0),))
+        return F.cross_entropy(out, y.unsqueeze(0))
+
+    return selected, loss
+
+
 class FuncGradients(GradientComputer):
     """`vmap(grad(loss))` over the batch via `torch.func.functional_call`."""
 
     def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        model = self.model
-        selected = {n: p.detach() for n, p in model.named_parameters() if n in set(self.names)}
-        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
-        fixed.update(dict(model.named_buffers()))
-
-        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = functional_call(model, {**fixed, **params}, (x.unsqueeze(0),))
-            return F.cross_entropy(out, y.unsqueeze(0))
-
+        selected, loss = example_loss(self.model, self.names)
         grads = vmap(grad(loss), in_dims=(None, 0, 0))(selected, images, labels)
         return [grads[n] for n in self.names]
 

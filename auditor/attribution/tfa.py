@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
+
+from auditor.attribution.gradients import example_loss
 
 EPS = 1e-12
 
@@ -31,13 +32,7 @@ class TfaMaps:
 
 def grad_cos_to(model: nn.Module, names: list[str]):
     """`cos(x, y, g_test)`: Grad-Cos of example (x, y) with a fixed unit test gradient `g_test (P,)`."""
-    selected = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
-    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in selected}
-    fixed.update(dict(model.named_buffers()))
-
-    def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, {**fixed, **params}, (x.unsqueeze(0),))
-        return F.cross_entropy(out, y.unsqueeze(0))
+    selected, loss = example_loss(model, names)
 
     def cos(x: torch.Tensor, y: torch.Tensor, g_test: torch.Tensor) -> torch.Tensor:
         g = grad(loss)(selected, x, y)
