@@ -80,6 +80,18 @@ class _TrainingAttribution:
         return Featurizer(self.gradients, projector, a.chunk_size)
 
     @cached_property
+    def train_labels(self) -> torch.Tensor:
+        """`(n_train,)` labels of the training set (checked against the class count)."""
+        dataset = self.target.train
+        targets = getattr(dataset, "targets", None)
+        if isinstance(targets, (list, tuple)):
+            targets = torch.as_tensor(targets)
+        labels = (targets.long() if isinstance(targets, torch.Tensor) and len(targets) == len(dataset)
+                  else torch.cat([y for _, y, _ in data_module.batches(dataset, batch_size=self.settings.batch_size)]))
+        self._check_labels(labels, dataset)
+        return labels
+
+    @cached_property
     def train_store(self) -> FeatureStore:
         """Unit-norm projected gradients of every training example (true labels), cached on disk."""
         a = self.attribution
