@@ -120,3 +120,17 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
     assert calls == ["input_x_gradient"]
     # VAR keeps a subset of the plain map's support, scaled by shares ≤ 1
     assert (first.signed[0].abs() <= plain.signed[0].abs() + 1e-7).all()
+
+
+def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_path):
+    from auditor.attribution.features import featurize
+    from auditor.attribution.store import FeatureStore
+
+    engine = engine_for(fashion_audit, train_limit=300)
+    whole = engine.train_store.matrix()
+    parts = FeatureStore(tmp_path / "ranks", "k", 300, engine.featurizer.dim, shard_size=128)
+    assert parts.n_shards == 3
+    featurize(parts, engine.target.train, engine.featurizer, engine.device, shards=[1], progress=False)
+    assert parts.missing_shards() == [0, 2]           # "rank 1" wrote only its shard
+    featurize(parts, engine.target.train, engine.featurizer, engine.device, shards=[0, 2], progress=False)
+    assert parts.complete() and torch.allclose(parts.matrix(), whole, atol=1e-6)
