@@ -120,6 +120,14 @@ def batches(dataset: Dataset, indices: torch.Tensor | None = None, batch_size: i
         yield images, labels, chunk
 
 
+def gather(dataset: Dataset, indices: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images `(m, C, H, W)` and labels `(m,)` of `indices`, in that order."""
+    parts = list(batches(dataset, indices, batch_size))
+    if not parts:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def _collate(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.stack([item[0] for item in items])
     labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)

@@ -115,11 +115,10 @@ class _TrainingAttribution:
         return (p.predicted if self.attribution.test_label == "predicted" else p.labels)[indices]
 
     def test_images(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.cat([images for images, _, _ in data_module.batches(self.target.test, indices, 512)])
+        return data_module.gather(self.target.test, indices)[0]
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = list(data_module.batches(self.target.train, indices, 512))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return data_module.gather(self.target.train, indices)
 
     def test_features(self, indices: torch.Tensor) -> torch.Tensor:
         """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
@@ -175,7 +174,6 @@ class _TrainingAttribution:
                                      TfaMaps(torch.stack([m.signed for m in pair_maps]),
                                              torch.stack([m.magnitude for m in pair_maps]))))
         return results
-
 
 
 @dataclass(frozen=True)

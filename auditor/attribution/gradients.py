@@ -108,10 +108,10 @@ class HookGradients(GradientComputer):
         if owners is None:
             raise AttributionError("HookGradients supports only Linear, Conv2d and eval-mode BatchNorm parameters",
                                    fix="use the func gradient computer")
-        self.owners = owners
+        self.modules = {name: module for name, module in model.named_modules() if name in owners}
 
     def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        modules = {name: module for name, module in self.model.named_modules() if name in self.owners}
+        modules = self.modules
         calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
         with RecordLayerIO(modules, calls):
             logits = self.model(images)

@@ -28,13 +28,6 @@ class Influence:
     proponents: TopK
     opponents: TopK
 
-    def row(self, test_index: int) -> int:
-        """Position of `test_index` in this result."""
-        hits = (self.test_indices == test_index).nonzero()
-        if not len(hits):
-            raise KeyError(test_index)
-        return int(hits[0, 0])
-
 
 @dataclass(frozen=True)
 class TrainExtremes:
@@ -46,7 +39,8 @@ class TrainExtremes:
 
 def grad_cos_topk(queries: torch.Tensor, chunks: Iterable[tuple[int, torch.Tensor]], k: int,
                   ) -> tuple[TopK, TopK, TrainExtremes]:
-    """Stream over `(start, train features (c, d))` chunks; `queries (m, d)` unit-normalised.
+    """Stream over `(start, train features (c, d))` chunks, in ascending `start` order;
+    `queries (m, d)` unit-normalised.
 
     Returns top-`k` proponents (highest scores), top-`k` opponents (lowest scores) per query,
     and each training example's min/max score over all queries. Memory: O(m·(k + chunk)).
@@ -71,12 +65,14 @@ def grad_cos_topk(queries: torch.Tensor, chunks: Iterable[tuple[int, torch.Tenso
 
 def _merge(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor, new_indices: torch.Tensor,
            k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the `k` largest of the running and the new candidates, ties broken by lower index."""
+    """Keep the `k` largest of the running and the new candidates, ties broken by lower index.
+
+    Chunks arrive in ascending index order and the running list keeps ties in index order, so
+    a stable sort by value alone breaks ties by the lower index.
+    """
     all_values = torch.cat([values, new_values], dim=1)
     all_indices = torch.cat([indices, new_indices], dim=1)
     keep = min(k, all_values.shape[1])
-    order = torch.sort(all_indices, dim=1, stable=True).indices           # stable tie-break by index
-    all_values, all_indices = all_values.gather(1, order), all_indices.gather(1, order)
     top = torch.sort(all_values, dim=1, descending=True, stable=True).indices[:, :keep]
     return all_values.gather(1, top), all_indices.gather(1, top)
 
