@@ -82,7 +82,15 @@ class AuditSession:
                                f"{what}; an empty selection cannot pass. Set `allow_empty: true` if that is expected")
         check = CHECKS[rule.check](rule.params)
         result = check.run(engine, indices)
-        passed = result.passed if result.passed is not None else judge(rule, len(result.failures), result.n_selected)
+        if result.n_selected == 0:
+            status = PASSED if rule.allow_empty else (WARNED if rule.severity == "warn" else FAILED)
+            note = result.extra.get("note", "the check had nothing to measure")
+            return RuleOutcome(rule, status, result, f"{note}; " + (
+                "allowed by allow_empty" if rule.allow_empty else "an empty measurement cannot pass. "
+                "Set `allow_empty: true` if that is expected"))
+        passed = judge(rule, len(result.failures), result.n_selected) if check.per_example else True
+        if result.passed is not None:
+            passed = passed and result.passed
         status = PASSED if passed else (WARNED if rule.severity == "warn" else FAILED)
         outcome = RuleOutcome(rule, status, result, "")
         outcome.message = outcome.summary()

@@ -80,7 +80,8 @@ def expect_mapping(value: Any, where: Where) -> LocatedDict:
 def build(cls: type, raw: Any, where: Where, *, exclude: typing.Collection[str] = ()) -> Any:
     """Validate `raw` (a YAML mapping, or None for all defaults) into dataclass `cls`.
 
-    Keys named in `exclude` are skipped (the caller handles them).
+    Keys named in `exclude` are skipped (the caller handles them). A `validate(where)` method
+    on the dataclass, if any, checks rules that span several fields.
     """
     mapping = expect_mapping({} if raw is None else raw, where)
     hints = typing.get_type_hints(cls)
@@ -98,7 +99,11 @@ def build(cls: type, raw: Any, where: Where, *, exclude: typing.Collection[str] 
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise where.error(f"missing required key '{name}'",
                               fix=f"add `{name}:` to {where.field or 'the top level'}")
-    return cls(**values)
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if callable(validate):
+        validate(where)
+    return instance
 
 
 def coerce(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any] = types.MappingProxyType({})) -> Any:

@@ -17,7 +17,8 @@ import torch
 import yaml
 from torch import nn
 
-from auditor.data import ImageTensorDataset, batches, fashion_mnist
+from auditor.data import ImageTensorDataset, batches
+from sample_audits.fashion import defects, train_set
 from sample_audits.models import small_cnn
 
 
@@ -27,10 +28,7 @@ def recipe_of(folder: Path) -> dict:
 
 def training_set(recipe: dict) -> ImageTensorDataset:
     """The recipe's training images (3-channel uint8 in memory), defects applied."""
-    base = fashion_mnist("train", channels=3)
-    n = recipe.get("n_train", len(base))
-    images = base.images[:n].expand(-1, 3, -1, -1).clone()
-    return ImageTensorDataset(images, base.targets[:n].clone(), base.classes)
+    return train_set(recipe=recipe)
 
 
 def train(model: nn.Module, dataset: ImageTensorDataset, epochs: int, seed: int, lr: float = 2e-3,
@@ -70,7 +68,8 @@ def ensure_trained(folder: Path, force: bool = False) -> Path:
     tmp = checkpoint.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(checkpoint)
-    manifest_path.write_text(json.dumps({"recipe_hash": digest, "recipe": recipe}, indent=2))
+    manifest = {"recipe_hash": digest, "recipe": recipe, "defects": defects(recipe)}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
     print(f"saved {checkpoint}")
     return checkpoint
 

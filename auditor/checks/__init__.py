@@ -1,6 +1,6 @@
 """Rule kinds. Importing this package registers every built-in check."""
 
-from auditor.checks import accuracy, influence  # noqa: F401  (registers)
+from auditor.checks import accuracy, concentration, influence  # noqa: F401  (registers)
 from auditor.checks.base import Check, CheckResult, Finding
 from auditor.checks.registry import CHECKS, get_check, register
 

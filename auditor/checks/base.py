@@ -47,6 +47,17 @@ class CheckResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def require_top_k(engine: Engine, k: int) -> int:
+    """`k` itself, or an error when the engine keeps fewer than `k` proponents per example."""
+    from auditor.errors import AuditError
+
+    top_k = engine.attribution.top_k
+    if k > top_k:
+        raise AuditError(f"k={k} exceeds settings.attribution.top_k={top_k}", field="k",
+                         fix=f"lower k or raise settings.attribution.top_k to {k}")
+    return k
+
+
 class Check(abc.ABC):
     """A rule kind. Subclasses set `name`, a frozen `Params` dataclass, and implement `run`."""
 

@@ -4,17 +4,22 @@
   the top-1 proponent's share of the summed positive scores of the top-`k` proponents.
 - `proponent_label_agreement`: share of the top-`k` proponents whose label equals the
   predicted label; low agreement flags predictions supported by off-label training images.
+- `harmful_training_images`: training images among the top-`k` opponents of at least
+  `min_count` correct predictions (`mode: opponents`, the default: a mislabelled image pulls
+  against the examples that look like it) or among the top-`k` proponents of at least
+  `min_count` errors (`mode: proponents`): suspected mislabelled or shortcut-carrying images.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from auditor.checks.base import Check, CheckResult, Finding
+from auditor.checks.base import Check, CheckResult, Finding, require_top_k
 from auditor.checks.registry import register
-from auditor.errors import AuditError
 from auditor.schema import bounded
 
 
@@ -30,13 +35,11 @@ def label_agreement(proponent_labels: torch.Tensor, predicted: torch.Tensor) -> 
     return (proponent_labels == predicted[:, None]).float().mean(1)
 
 
-def _proponents(engine, indices: torch.Tensor, k: int):
-    top_k = engine.attribution.top_k
-    if k > top_k:
-        raise AuditError(f"k={k} exceeds settings.attribution.top_k={top_k}", field="k",
-                         fix=f"lower k or raise settings.attribution.top_k to {k}")
-    influence = engine.influence(indices)
-    return influence.proponents.indices[:, :k], influence.proponents.scores[:, :k]
+def _ranked(engine, indices: torch.Tensor, k: int, side: str = "proponents"):
+    """Top-`k` proponents (or opponents) of the test examples: `(m, k)` train indices and scores."""
+    require_top_k(engine, k)
+    ranked = getattr(engine.influence(indices), side)
+    return ranked.indices[:, :k], ranked.scores[:, :k]
 
 
 def _describe(engine, index: int) -> dict:
@@ -58,7 +61,7 @@ class InfluenceDominance(Check):
     description = "share of the top-1 proponent among the top-k"
 
     def run(self, engine, indices: torch.Tensor) -> CheckResult:
-        train, scores = _proponents(engine, indices, self.params.k)
+        train, scores = _ranked(engine, indices, self.params.k)
         shares = top1_shares(scores)
         gaps = scores[:, 0] - scores[:, 1]
         failures = []
@@ -92,7 +95,7 @@ class ProponentLabelAgreement(Check):
     description = "share of top-k proponents labelled as the prediction"
 
     def run(self, engine, indices: torch.Tensor) -> CheckResult:
-        train, scores = _proponents(engine, indices, self.params.k)
+        train, scores = _ranked(engine, indices, self.params.k)
         predicted = engine.predictions.predicted[indices]
         agreement = label_agreement(engine.train_labels[train], predicted)
         failures = [
@@ -104,3 +107,56 @@ class ProponentLabelAgreement(Check):
         failures.sort(key=lambda f: f.value)
         return CheckResult("min proponent label agreement", float(agreement.min()), self.params.min_agreement, ">=",
                            len(indices), failures, extra={"mean_agreement": float(agreement.mean())})
+
+
+@dataclass(frozen=True)
+class HarmfulParams:
+    mode: Literal["opponents", "proponents"] = "opponents"
+    k: int = bounded(1, 1000, default=5)
+    min_count: int = bounded(1, None, default=100, help="test examples an image must oppose (opponents) or "
+                                                          "support in error (proponents) to be flagged")
+    max_count: int = bounded(0, None, default=0, help="flagged training images the rule tolerates")
+
+
+@register
+class HarmfulTrainingImages(Check):
+    """Flags training images that are among the top-`k` opponents of at least `min_count`
+    correct predictions (default; suspected mislabels) or among the top-`k` proponents of at
+    least `min_count` errors. The failing list is of training images, with their counts."""
+
+    name = "harmful_training_images"
+    Params = HarmfulParams
+    per_example = False
+    description = "training images that oppose correct predictions or drive errors"
+
+    def run(self, engine, indices: torch.Tensor) -> CheckResult:
+        p = self.params
+        correct = engine.predictions.correct[indices]
+        chosen = indices[~correct] if p.mode == "proponents" else indices[correct]
+        if len(chosen) == 0:
+            return CheckResult("flagged training images", 0.0, p.max_count, "<=", 0, [],
+                               extra={"note": f"no {'misclassified' if p.mode == 'proponents' else 'correct'} "
+                                              "example in the selection"})
+        counts, tests = harm_counts(engine, chosen, p.mode, p.k)
+        flagged = (counts >= p.min_count).nonzero().flatten().tolist()
+        predicted = engine.predictions.predicted
+        failures = [Finding(j, float(counts[j]), kind="train", details={
+            "label": engine.classes[int(engine.train_labels[j])],
+            "examples": tests[j][:20],
+            "predicted": sorted({engine.classes[int(predicted[t])] for t in tests[j]})}) for j in flagged]
+        failures.sort(key=lambda f: (-f.value, f.index))
+        return CheckResult("flagged training images", float(len(failures)), p.max_count, "<=", len(chosen),
+                           failures, passed=len(failures) <= p.max_count,
+                           extra={"mode": p.mode, "max_count_observed": float(counts.max()) if len(counts) else 0.0})
+
+
+def harm_counts(engine, tests: torch.Tensor, mode: str, k: int) -> tuple[torch.Tensor, dict[int, list[int]]]:
+    """Per training image: how many of `tests` have it among their top-`k` opponents
+    (`mode="opponents"`) or proponents, and which tests those are."""
+    train, _ = _ranked(engine, tests, k, mode)
+    counts = torch.bincount(train.flatten(), minlength=len(engine.train_labels))
+    which: dict[int, list[int]] = defaultdict(list)
+    for row, test in enumerate(tests.tolist()):
+        for j in train[row].tolist():
+            which[j].append(test)
+    return counts, which

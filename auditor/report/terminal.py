@@ -38,10 +38,13 @@ def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
     return tabulate(rows, headers="keys", tablefmt="simple")
 
 
+KIND_NAMES = {"class": "class", "train": "training image"}
+
+
 def _failing(result) -> str:
     """`3/500` for examples; `2 classes` (or other kinds) when the failures are not examples."""
     kinds = {f.kind for f in result.failures}
     if kinds and kinds != {"test"}:
-        kind = kinds.pop() if len(kinds) == 1 else "item"
+        kind = KIND_NAMES.get(kinds.pop(), "item") if len(kinds) == 1 else "item"
         return f"{len(result.failures)} {kind}{'es' if kind.endswith('s') else 's'}"
     return f"{len(result.failures)}/{result.n_selected}"

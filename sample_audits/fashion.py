@@ -1,0 +1,95 @@
+"""The sample audits' data: Fashion-MNIST as 3-channel images, with the defects a recipe plants.
+
+A recipe (`recipe.yaml` in an audit folder) may plant:
+
+    square: {class: Shirt, train_share: 0.5, test_share: 0.1, size: 4, colour: [255, 0, 0],
+             position: [1, 1]}
+    mislabel: {from: Sneaker, to: Sandal, count: 30}
+
+`square` paints a coloured square on `train_share` of one class's training images (a
+shortcut: the model can learn "square → class") and on `test_share` of the test images of
+every class, where the correlation no longer holds. A clean recipe keeps the same test set
+(`train_share: 0`), so clean and shortcut models are audited on identical data. `mislabel`
+gives `count` training images of one class the label of another. `defects(recipe)` returns the planted indices (the manifest).
+Audit YAML names these functions as dataset factories: `sample_audits.fashion:train_set`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from auditor.data import FASHION_MNIST_CLASSES, ImageTensorDataset, fashion_mnist
+
+SAMPLES = Path(__file__).parent
+
+
+def recipe_of(audit: str | Path) -> dict[str, Any]:
+    """The recipe of a sample audit folder, given by name (`fashion_shortcut`) or path."""
+    folder = Path(audit) if Path(audit).is_dir() else SAMPLES / str(audit)
+    return yaml.safe_load((folder / "recipe.yaml").read_text()) or {}
+
+
+def _class(name: str | int) -> int:
+    return name if isinstance(name, int) else FASHION_MNIST_CLASSES.index(name)
+
+
+def _pick(candidates: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    return candidates[order[:count]].sort().values
+
+
+def paint(images: torch.Tensor, indices: torch.Tensor, square: dict[str, Any]) -> None:
+    """Paint the recipe's square (uint8 colour) onto `images[indices]` in place."""
+    size = square.get("size", 4)
+    top, left = square.get("position", [1, 1])
+    colour = torch.tensor(square.get("colour", [255, 0, 0]), dtype=torch.uint8).view(1, 3, 1, 1)
+    images[indices, :, top:top + size, left:left + size] = colour
+
+
+def defects(recipe: dict[str, Any]) -> dict[str, list[int]]:
+    """Indices of the planted defects: patched training and test images, relabelled training images."""
+    seed = recipe.get("seed", 0)
+    train_labels = fashion_mnist("train").targets[: recipe.get("n_train", 60000)]
+    test_labels = fashion_mnist("test").targets[: recipe.get("n_test", 10000)]
+    planted = {"patched_train": [], "patched_test": [], "relabelled_train": []}
+    if square := recipe.get("square"):
+        members = (train_labels == _class(square["class"])).nonzero().flatten()
+        planted["patched_train"] = _pick(members, round(square.get("train_share", 0.5) * len(members)), seed).tolist()
+        probes = torch.arange(len(test_labels))
+        planted["patched_test"] = _pick(probes, round(square.get("test_share", 0.1) * len(probes)), seed + 1).tolist()
+    if mislabel := recipe.get("mislabel"):
+        members = (train_labels == _class(mislabel["from"])).nonzero().flatten()
+        members = members[~torch.isin(members, torch.tensor(planted["patched_train"], dtype=torch.long))]
+        planted["relabelled_train"] = _pick(members, mislabel.get("count", 30), seed + 2).tolist()
+    return planted
+
+
+def train_set(audit: str | Path = "fashion_clean", recipe: dict[str, Any] | None = None) -> ImageTensorDataset:
+    """The recipe's training images (3-channel uint8 in memory), defects applied."""
+    recipe = recipe_of(audit) if recipe is None else recipe
+    base = fashion_mnist("train")
+    n = recipe.get("n_train", len(base))
+    images = base.images[:n].expand(-1, 3, -1, -1).clone()
+    targets = base.targets[:n].clone()
+    planted = defects(recipe)
+    if planted["patched_train"]:
+        paint(images, torch.tensor(planted["patched_train"]), recipe["square"])
+    if planted["relabelled_train"]:
+        targets[torch.tensor(planted["relabelled_train"])] = _class(recipe["mislabel"]["to"])
+    return ImageTensorDataset(images, targets, base.classes)
+
+
+def test_set(audit: str | Path = "fashion_clean", recipe: dict[str, Any] | None = None) -> ImageTensorDataset:
+    """The recipe's test images; the shortcut's square appears on `test_share` of them."""
+    recipe = recipe_of(audit) if recipe is None else recipe
+    base = fashion_mnist("test")
+    n = recipe.get("n_test", len(base))
+    images = base.images[:n].expand(-1, 3, -1, -1).clone()
+    planted = defects(recipe)
+    if planted["patched_test"]:
+        paint(images, torch.tensor(planted["patched_test"]), recipe["square"])
+    return ImageTensorDataset(images, base.targets[:n].clone(), base.classes)
