@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, default=None, help="write results.json (and the report) here")
     run.add_argument("--device", default=None, help="override settings.device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--max-examples", type=int, default=10, help="failing examples shown per rule")
+    run.add_argument("--max-panels", type=int, default=8, help="evidence PNGs written per failing rule")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check an audit YAML without running anything")
     validate.add_argument("audit", type=Path)
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from auditor.report import failure_table, results_document, summary_table, write_results
+    from auditor.report import failure_table, summary_table, write_report
     from auditor.runner import FAILED, AuditSession
     from auditor.spec import load_spec
 
@@ -62,8 +63,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"({outcome.rule.where.path.name}:{outcome.rule.where.line}) — {outcome.message}")
             print(failure_table(outcome, args.max_examples))
     if args.report is not None:
-        path = write_results(args.report, results_document(session.spec, outcomes))
-        print(f"\nresults: {path}")
+        index = write_report(args.report, session, outcomes, args.max_panels)
+        print(f"\nreport: {index} (results: {index.with_name('results.json')})")
     return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 SESSIONS = pytest.StashKey[dict]()
+REPORTS = pytest.StashKey[list]()
 
 
 class AuditWarning(UserWarning):
@@ -35,10 +36,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override the audits' settings.device (auto, cpu, cuda, cuda:N)")
     group.addoption("--audit-max-examples", dest="audit_max_examples", type=int, default=10, metavar="N",
                     help="failing examples shown per rule in the terminal (default 10)")
+    group.addoption("--audit-max-panels", dest="audit_max_panels", type=int, default=8, metavar="N",
+                    help="evidence PNGs written per failing rule with --audit-report (default 8)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSIONS] = {}
+    config.stash[REPORTS] = []
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -89,12 +93,23 @@ class RuleItem(pytest.Item):
             self.user_properties += [("audit_metric", r.metric), ("audit_value", r.value),
                                      ("audit_threshold", r.threshold), ("audit_n_selected", r.n_selected),
                                      ("audit_n_failures", len(r.failures))]
+        if outcome.status != "passed" and outcome.failures and self.config.option.audit_report:
+            self._attach_panels(outcome)
         if outcome.status == "failed":
             raise RuleFailed(outcome)
         if outcome.status == "warned":
             warnings.warn_explicit(
                 AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),
                 AuditWarning, filename=str(self.rule.where.path), lineno=self.rule.where.line)
+
+    def _attach_panels(self, outcome: Any) -> None:
+        """Write the rule's evidence PNGs now, so the item (and pytest-html) can show them."""
+        from auditor.report.panels import write_panels
+
+        folder = report_folder(self.config, self.audit) / "panels"
+        paths = write_panels(self.audit.engine, outcome, folder, self.config.option.audit_max_panels)
+        self.audit.panels[self.rule.name] = paths
+        self.user_properties.append(("audit_panels", [str(p) for p in paths]))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         from auditor.errors import AuditError
@@ -127,6 +142,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for session in sessions:
         terminalreporter.section(f"audit {session.spec.name}")
         terminalreporter.write_line(summary_table(session.outcomes.values()))
+    for index in config.stash.get(REPORTS, []):
+        terminalreporter.write_line(f"audit report: {index}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -134,8 +151,32 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     sessions = [s for s in session.config.stash.get(SESSIONS, {}).values() if s.outcomes]
     if not report_dir or not sessions:
         return
-    from auditor.report import results_document, write_results
+    from auditor.report import write_report
 
     for audit in sessions:
-        folder = Path(report_dir) if len(sessions) == 1 else Path(report_dir) / audit.spec.name
-        write_results(folder, results_document(audit.spec, audit.outcomes.values()))
+        index = write_report(report_folder(session.config, audit), audit, audit.outcomes.values(),
+                             session.config.option.audit_max_panels, panels=audit.panels)
+        session.config.stash[REPORTS].append(index)
+
+
+def report_folder(config: pytest.Config, audit: Any) -> Path:
+    """`--audit-report DIR` itself for one audit file; `DIR/<audit name>` for several."""
+    root = Path(config.option.audit_report)
+    return root if len(config.stash[SESSIONS]) == 1 else root / audit.spec.name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Attach a failing rule's panels to its report as pytest-html extras, when that plugin is present."""
+    outcome = yield
+    if call.when != "call" or not isinstance(item, RuleItem):
+        return
+    paths = item.audit.panels.get(item.rule.name) if hasattr(item.audit, "panels") else None
+    if not paths:
+        return
+    try:
+        from pytest_html import extras
+    except ImportError:
+        return
+    report = outcome.get_result()
+    report.extras = getattr(report, "extras", []) + [extras.png(str(p)) for p in paths]

@@ -47,6 +47,7 @@ class AuditSession:
     def __init__(self, spec: AuditSpec, device: str | None = None) -> None:
         self.spec = spec.with_device(device)
         self.outcomes: dict[str, RuleOutcome] = {}
+        self.panels: dict[str, list] = {}
         self._engine = None
 
     @property

@@ -22,7 +22,7 @@ from auditor.schema import Where, bounded, build, expect_mapping, located, unkno
 from auditor.selection import Selection, parse_selection
 from auditor.yamlsource import LocatedDict, LocatedList, load_yaml
 
-BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
+BUILTIN_RULES = Path(__file__).resolve().parent / "rules"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TAG_PATTERN = re.compile(r"^[A-Za-z_]\w*$")
 

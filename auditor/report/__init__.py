@@ -1,6 +1,7 @@
-"""Reports of audit outcomes: terminal tables and the machine-readable `results.json`."""
+"""Reports of audit outcomes: terminal tables, `results.json`, PNG panels and `index.html`."""
 
-from auditor.report.results import results_document, write_results
+from auditor.report.directory import write_report
+from auditor.report.results import SCHEMA, results_document, write_results
 from auditor.report.terminal import failure_table, summary_table
 
-__all__ = ["failure_table", "results_document", "summary_table", "write_results"]
+__all__ = ["SCHEMA", "failure_table", "results_document", "summary_table", "write_report", "write_results"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from auditor.runner import RuleOutcome
 from auditor.spec import AuditSpec
 
 SCHEMA_VERSION = 1
+SCHEMA = Path(__file__).with_name("results.schema.json")
 
 
 def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[str, Any]:
@@ -55,7 +57,8 @@ def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[s
 def write_results(directory: Path, document: dict[str, Any], name: str = "results.json") -> Path:
     """Write `document` as JSON under `directory` via a temp file and rename."""
     path = Path(directory) / name
-    atomic_write(path, json.dumps(document, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    text = json.dumps(_finite(document), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    atomic_write(path, text + "\n")
     return path
 
 
@@ -74,6 +77,17 @@ def atomic_write(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,43 @@
+"""Write a report directory: evidence PNGs, `results.json` and `index.html` (and the GitHub
+step summary when `$GITHUB_STEP_SUMMARY` is set). Each file is written atomically, the index
+last, so a crashed run never leaves a half-written report behind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from auditor.report.html import markdown_summary, render_index
+from auditor.report.panels import slug, write_panels
+from auditor.report.results import atomic_write, results_document, write_results
+from auditor.runner import RuleOutcome
+
+
+def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_panels: int = 8,
+                 panels: dict[str, list[Path]] | None = None) -> Path:
+    """Write the full report for `outcomes` of `session` under `folder`; return `index.html`.
+
+    `panels` are PNGs already written per rule (the pytest plugin writes them per item).
+    """
+    folder = Path(folder)
+    outcomes = list(outcomes)
+    panels = dict(panels or {})
+    for outcome in outcomes:
+        if outcome.status != "passed" and outcome.failures and outcome.rule.name not in panels:
+            panels[outcome.rule.name] = write_panels(session.engine, outcome, folder / "panels", max_panels)
+    document = results_document(session.spec, outcomes)
+    for rule in document["rules"]:
+        files = {p.name: p for p in panels.get(rule["name"], [])}
+        for failure in rule["failures"]:
+            name = f"{slug(rule['name'])}-{failure['kind']}-{failure['index']}.png"
+            if name in files:
+                failure["panel"] = f"panels/{name}"
+    write_results(folder, document)
+    index = folder / "index.html"
+    atomic_write(index, render_index(document, panels, folder))
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a", encoding="utf-8") as handle:
+            handle.write(markdown_summary(document, index))
+    return index

@@ -1,0 +1,112 @@
+"""`index.html` (offline, self-contained up to an inline-image budget) and the Markdown summary.
+
+Every user-provided string — audit, rule and class names, paths, messages — is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+INLINE_BUDGET = 2_000_000   # bytes of PNG inlined as data URIs; later images are linked files
+TABLE_ROWS = 50
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
+.passed{color:#1a7f37}.failed{color:#cf222e}.warned{color:#9a6700}
+section{border-top:1px solid #ddd;margin-top:1.5em}img{margin:4px;border:1px solid #eee;max-width:100%}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def render_index(document: dict[str, Any], panels: dict[str, list[Path]], folder: Path) -> str:
+    """The HTML report for a `results.json` document; `panels[rule]` are PNGs under `folder`."""
+    budget = [INLINE_BUDGET]
+    status = "passed" if document["passed"] else "failed"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>audit {escape(document['audit'])}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>audit <code>{escape(document['audit'])}</code>: <span class='{status}'>{status.upper()}</span></h1>",
+             f"<p>{escape(document['file'])} · {escape(document['created'])} · "
+             f"<a href='results.json'>results.json</a> (full failing lists)</p>",
+             _summary(document["rules"])]
+    for rule in document["rules"]:
+        parts.append(_section(rule, panels.get(rule["name"], []), folder, budget))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _summary(rules: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='#{_anchor(r['name'])}'>{escape(r['name'])}</a></td>"
+        f"<td class='{escape(r['status'])}'>{escape(r['status'].upper())}</td><td>{escape(r['check'])}</td>"
+        f"<td>{escape(r['selection'])}</td><td>{_number(r['value'])}</td>"
+        f"<td>{escape(str(r['comparison'] or ''))} {_number(r['threshold'])}</td><td>{r['n_failures']}</td></tr>"
+        for r in rules)
+    return ("<table><tr><th>rule</th><th>status</th><th>check</th><th>on</th><th>value</th><th>threshold</th>"
+            f"<th>failing</th></tr>{rows}</table>")
+
+
+def _section(rule: dict[str, Any], panels: list[Path], folder: Path, budget: list[int]) -> str:
+    head = (f"<section id='{_anchor(rule['name'])}'><h2>{escape(rule['name'])} "
+            f"<span class='{escape(rule['status'])}'>{escape(rule['status'].upper())}</span></h2>"
+            f"<p><code>{escape(rule['check'])}</code> on <code>{escape(rule['selection'])}</code> "
+            f"({escape(Path(rule['file']).name)}:{rule['line']})</p><p>{escape(rule['message'])}</p>")
+    return head + _failures(rule["failures"]) + "".join(_image(p, folder, budget) for p in panels) + "</section>"
+
+
+def _failures(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return ""
+    keys = list(dict.fromkeys(k for f in failures[:TABLE_ROWS] for k in f))
+    rows = "".join("<tr>" + "".join(f"<td>{escape(_cell(f.get(k)))}</td>" for k in keys) + "</tr>"
+                   for f in failures[:TABLE_ROWS])
+    more = (f"<p>… and {len(failures) - TABLE_ROWS} more in results.json</p>"
+            if len(failures) > TABLE_ROWS else "")
+    return "<table><tr>" + "".join(f"<th>{escape(k)}</th>" for k in keys) + f"</tr>{rows}</table>{more}"
+
+
+def _image(path: Path, folder: Path, budget: list[int]) -> str:
+    """Inline the PNG while the budget lasts (the report then works as one file); else link it."""
+    name = escape(path.relative_to(folder).as_posix())
+    data = path.read_bytes()
+    if len(data) <= budget[0]:
+        budget[0] -= len(data)
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        return f"<a href='{name}'><img src='{src}' alt='{name}'></a>"
+    return f"<a href='{name}'><img src='{name}' alt='{name}' loading='lazy'></a>"
+
+
+def markdown_summary(document: dict[str, Any], index: Path | None) -> str:
+    """A GitHub step summary: one table row per rule, and where the full report is."""
+    status = "✅ passed" if document["passed"] else "❌ failed"
+    lines = [f"### audit `{_md(document['audit'])}`: {status}", "",
+             "| rule | status | check | value | threshold | failing |", "|---|---|---|---|---|---|"]
+    for r in document["rules"]:
+        lines.append(f"| {_md(r['name'])} | {r['status']} | {r['check']} | {_number(r['value'])} | "
+                     f"{r['comparison'] or ''} {_number(r['threshold'])} | {r['n_failures']} |")
+    if index is not None:
+        lines += ["", f"Report: `{_md(str(index))}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _anchor(name: str) -> str:
+    return "rule-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value[:10])) + (" …" if len(value) > 10 else "")
+    return "" if value is None else str(value)
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, (int, float)) else escape(str(value))
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'").replace("\n", " ")

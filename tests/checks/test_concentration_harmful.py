@@ -1,0 +1,149 @@
+"""saliency_concentration, region_mass and harmful_training_images: constructed and real inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from auditor.attribution.influence import Influence, TopK
+from auditor.checks.concentration import ConcentrationParams, RegionMass, RegionParams, SaliencyConcentration
+from auditor.checks.influence import HarmfulParams, HarmfulTrainingImages
+from auditor.engine import Predictions, SaliencyMaps
+from auditor.errors import SpecError
+from auditor.schema import Where, build
+from conftest import needs_fashion
+
+
+def blob(row: int, col: int, size: int = 28) -> torch.Tensor:
+    m = torch.full((size, size), 0.01)
+    m[row:row + 4, col:col + 4] = 1.0
+    return m
+
+
+def saliency_engine(maps: torch.Tensor, labels: list[int], predicted: list[int]):
+    """An engine stand-in whose saliency() returns `maps[i]` for test example i."""
+    logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+    return SimpleNamespace(
+        attribution=SimpleNamespace(top_k=5), settings=SimpleNamespace(seed=0), classes=("a", "b", "c"),
+        predictions=Predictions(logits, torch.tensor(labels)),
+        saliency=lambda idx, method=None, use_var=False: SaliencyMaps(idx, maps[idx][:, None], maps[idx]),
+    )
+
+
+def shortcut_scenario(errors_at_corner: bool):
+    """20 errors predicted 'b' and 20 correct 'b': correct maps peak at the centre."""
+    corner, centre = blob(0, 0), blob(12, 12)
+    errors = [corner if errors_at_corner and i < 16 else centre for i in range(20)]
+    maps = torch.stack(errors + [centre] * 20)
+    return saliency_engine(maps, [0] * 20 + [1] * 20, [1] * 40)
+
+
+def test_recurrent_off_reference_spot_fails_and_names_its_window():
+    engine = shortcut_scenario(errors_at_corner=True)
+    check = SaliencyConcentration(ConcentrationParams(source="var", max_recurrence=0.35, min_group=10))
+    result = check.run(engine, torch.arange(20))
+    assert result.passed is False and result.value == pytest.approx(0.8)
+    assert sorted(f.index for f in result.failures) == list(range(16))
+    assert {tuple(f.details["window"]) for f in result.failures} == {(0, 0, 4)}
+    assert result.extra["hotspots"][0]["reference_recurrence"] == 0.0
+
+
+def test_errors_that_look_where_correct_examples_look_pass():
+    result = SaliencyConcentration(ConcentrationParams(source="var", max_recurrence=0.35, min_group=10)).run(
+        shortcut_scenario(errors_at_corner=False), torch.arange(20))
+    assert result.passed is True and result.failures == [] and result.value == pytest.approx(0.0)
+
+
+def test_per_map_share_and_empty_maps_are_findings():
+    maps = torch.stack([blob(3, 3), torch.zeros(28, 28), torch.full((28, 28), float("nan")), torch.ones(28, 28)])
+    engine = saliency_engine(maps, [0, 0, 0, 0], [0, 0, 0, 0])
+    result = SaliencyConcentration(ConcentrationParams(source="saliency", max_mass=0.5)).run(engine, torch.arange(4))
+    reasons = {f.index: f.details["reason"] for f in result.failures}
+    assert reasons == {0: "concentrated", 1: "attribution is all zeros", 2: "attribution is NaN or Inf"}
+    assert result.extra["floor"] == pytest.approx(16 / 784) and result.extra["empty_maps"] == 2
+
+
+def test_region_mass_flags_border_maps():
+    frame = torch.zeros(28, 28)
+    frame[0, :] = 1.0
+    engine = saliency_engine(torch.stack([frame, blob(12, 12)]), [0, 0], [0, 0])
+    result = RegionMass(RegionParams(max_mass=0.5)).run(engine, torch.arange(2))
+    assert [f.index for f in result.failures] == [0] and result.failures[0].value == pytest.approx(1.0)
+
+
+def test_region_box_is_validated_with_its_field():
+    with pytest.raises(SpecError, match=r"rules\[0\]\.box: box \[0.5, 0.0, 0.2, 1.0\] is not"):
+        build(RegionParams, {"max_mass": 0.5, "box": [0.5, 0.0, 0.2, 1.0]}, Where(Path("a.yaml"), 3, "rules[0]"))
+    with pytest.raises(SpecError, match="unknown region 'boarder'"):
+        build(RegionParams, {"max_mass": 0.5, "region": "boarder"}, Where(Path("a.yaml"), 3, "r"))
+
+
+def influence_engine(opponents: list[list[int]], proponents: list[list[int]], labels: list[int], predicted: list[int]):
+    logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+    n = len(opponents)
+    scores = torch.linspace(0.9, 0.1, len(opponents[0])).expand(n, -1)
+    return SimpleNamespace(
+        attribution=SimpleNamespace(top_k=5), classes=("a", "b", "c"),
+        predictions=Predictions(logits, torch.tensor(labels)), train_labels=torch.tensor([0, 1, 2] * 4),
+        influence=lambda idx: Influence(idx, TopK(torch.tensor(proponents)[idx], scores[idx]),
+                                        TopK(torch.tensor(opponents)[idx], -scores[idx])),
+    )
+
+
+def test_planted_harmful_image_is_flagged_with_the_examples_it_opposes():
+    # image 7 is among the opponents of three correct examples; the others appear once each
+    opponents = [[7, 1], [7, 2], [3, 7], [4, 5], [6, 8]]
+    engine = influence_engine(opponents, opponents, [0, 1, 2, 0, 1], [0, 1, 2, 0, 2])
+    result = HarmfulTrainingImages(HarmfulParams(mode="opponents", k=2, min_count=3)).run(engine, torch.arange(5))
+    assert [(f.kind, f.index, f.value) for f in result.failures] == [("train", 7, 3.0)]
+    assert result.failures[0].details["examples"] == [0, 1, 2] and result.passed is False and result.n_selected == 4
+    lenient = HarmfulTrainingImages(HarmfulParams(mode="opponents", k=2, min_count=3, max_count=1))
+    assert lenient.run(engine, torch.arange(5)).passed is True
+
+
+def test_proponent_mode_counts_errors_only():
+    proponents = [[9, 1], [9, 2], [9, 3], [9, 4]]
+    engine = influence_engine(proponents, proponents, [0, 0, 0, 0], [1, 1, 0, 0])  # two errors
+    result = HarmfulTrainingImages(HarmfulParams(mode="proponents", k=2, min_count=2)).run(engine, torch.arange(4))
+    assert [(f.index, f.value) for f in result.failures] == [(9, 2.0)] and result.n_selected == 2
+    none = HarmfulTrainingImages(HarmfulParams(mode="proponents", k=2, min_count=2)).run(engine, torch.tensor([2, 3]))
+    assert none.n_selected == 0 and "no misclassified example" in none.extra["note"]
+
+
+@needs_fashion
+def test_shortcut_and_label_rules_on_a_real_model(tmp_path, fashion_audit):
+    from auditor.runner import AuditSession
+    from auditor.spec import load_spec
+
+    path = fashion_audit("""
+include: [rules/shortcuts.yaml, rules/localization.yaml]
+rules:
+  - name: suspects
+    check: harmful_training_images
+    on: correct
+    min_count: 20
+    max_count: 1000
+  - name: tfa-concentration
+    check: saliency_concentration
+    source: tfa
+    on: {indices: [0, 1]}
+    k: 2
+    max_mass: 0.99
+""", test_limit=300)
+    session = AuditSession(load_spec(path))
+    outcomes = {o.rule.name: o for o in session.run_all()}
+    shortcut = outcomes["no-patch-shortcut"].result
+    assert shortcut.extra["window_px"] == 4 and all(g["n_maps"] >= 30 for g in shortcut.extra["hotspots"])
+    assert shortcut.metric == "excess hotspot recurrence" and -1 <= shortcut.value <= 1
+    border = outcomes["attribution-off-border"].result
+    assert 0 < border.extra["median_share"] < 0.5 and border.n_selected == 300
+    suspects = outcomes["suspects"].result
+    assert suspects.n_selected == int(session.engine.predictions.correct.sum()) and suspects.passed
+    assert all(f.kind == "train" and f.value >= 20 for f in suspects.failures)
+    tfa = outcomes["tfa-concentration"].result
+    assert tfa.extra["n_maps"] == 4 and tfa.extra["floor"] < tfa.extra["median_share"] < 1
+    json.dumps(shortcut.extra)
