@@ -171,7 +171,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     if call.when != "call" or not isinstance(item, RuleItem):
         return
-    paths = item.audit.panels.get(item.rule.name) if hasattr(item.audit, "panels") else None
+    paths = item.audit.panels.get(item.rule.name)
     if not paths:
         return
     try:

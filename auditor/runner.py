@@ -75,27 +75,32 @@ class AuditSession:
         engine = self.engine
         indices = engine.select(rule.selection)
         if len(indices) == 0:
-            what = f"selection `on: {rule.selection.describe()}` matched no test example"
-            if rule.allow_empty:
-                return RuleOutcome(rule, PASSED, None, f"{what} (allowed by allow_empty)")
-            status = WARNED if rule.severity == "warn" else FAILED
-            return RuleOutcome(rule, status, None,
-                               f"{what}; an empty selection cannot pass. Set `allow_empty: true` if that is expected")
+            return _empty(rule, None, f"selection `on: {rule.selection.describe()}` matched no test example",
+                          "an empty selection cannot pass")
         check = CHECKS[rule.check](rule.params)
         result = check.run(engine, indices)
         if result.n_selected == 0:
-            status = PASSED if rule.allow_empty else (WARNED if rule.severity == "warn" else FAILED)
-            note = result.extra.get("note", "the check had nothing to measure")
-            return RuleOutcome(rule, status, result, f"{note}; " + (
-                "allowed by allow_empty" if rule.allow_empty else "an empty measurement cannot pass. "
-                "Set `allow_empty: true` if that is expected"))
+            return _empty(rule, result, result.extra.get("note", "the check had nothing to measure"),
+                          "an empty measurement cannot pass")
         passed = judge(rule, len(result.failures), result.n_selected) if check.per_example else True
         if result.passed is not None:
             passed = passed and result.passed
-        status = PASSED if passed else (WARNED if rule.severity == "warn" else FAILED)
-        outcome = RuleOutcome(rule, status, result, "")
+        outcome = RuleOutcome(rule, PASSED if passed else _not_held(rule), result, "")
         outcome.message = outcome.summary()
         return outcome
+
+
+def _not_held(rule: RuleSpec) -> str:
+    """The status of a rule that did not hold: failed, or warned under `severity: warn`."""
+    return WARNED if rule.severity == "warn" else FAILED
+
+
+def _empty(rule: RuleSpec, result: CheckResult | None, what: str, why: str) -> RuleOutcome:
+    """Nothing was measured: a pass only when the rule says `allow_empty: true`."""
+    if rule.allow_empty:
+        return RuleOutcome(rule, PASSED, result, f"{what} (allowed by allow_empty)")
+    return RuleOutcome(rule, _not_held(rule), result,
+                       f"{what}; {why}. Set `allow_empty: true` if that is expected")
 
 
 def judge(rule: RuleSpec, n_failures: int, n_selected: int) -> bool:

@@ -53,11 +53,21 @@ def empty_map_findings(engine, maps: Maps, shares: torch.Tensor) -> dict[int, Fi
     """A map that is all zeros or not finite cannot be judged: it is a finding, never a pass."""
     findings = {}
     for row in shares.isnan().nonzero().flatten().tolist():
-        values = maps.values[row]
-        reason = "attribution is NaN or Inf" if not torch.isfinite(values).all() else "attribution is all zeros"
-        findings[int(maps.test[row])] = Finding(int(maps.test[row]), 0.0, details={
-            **_example(engine, int(maps.test[row])), "reason": reason, **_map_details(maps, row, None)})
+        index = int(maps.test[row])
+        reason = "attribution is NaN or Inf" if not torch.isfinite(maps.values[row]).all() else "attribution is all zeros"
+        findings[index] = Finding(index, 0.0, details={**_example(engine, index), "reason": reason,
+                                                      **_map_details(maps, row, None)})
     return findings
+
+
+def add_finding(failures: dict[int, Finding], engine, maps: Maps, row: int, share: float,
+                reason: str | None = None, window: tuple[int, int, int] | None = None) -> None:
+    """One finding per test example: keep its most concentrated offending map."""
+    index = int(maps.test[row])
+    if index in failures and failures[index].value >= share:
+        return
+    details = {**_example(engine, index), **({"reason": reason} if reason else {}), **_map_details(maps, row, window)}
+    failures[index] = Finding(index, share, details=details)
 
 
 def seeded_subset(indices: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
@@ -111,8 +121,8 @@ class SaliencyConcentration(Check):
         windows = densest_window(maps.values, side)
         failures = empty_map_findings(engine, maps, windows.share)
         for row in (windows.share > p.max_mass).nonzero().flatten().tolist():
-            self._add(failures, engine, maps, row, float(windows.share[row]), "concentrated",
-                      (int(windows.row[row]), int(windows.col[row]), side))
+            add_finding(failures, engine, maps, row, float(windows.share[row]), "concentrated",
+                        (int(windows.row[row]), int(windows.col[row]), side))
         groups, worst = [], float("nan")
         if p.max_recurrence is not None:
             groups, worst = self._hotspots(engine, maps, windows, side, failures)
@@ -150,8 +160,8 @@ class SaliencyConcentration(Check):
                            "excess": round(spot.excess, 4), "flagged": flagged})
             if flagged:
                 for row in rows[spot.members].tolist():
-                    self._add(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot",
-                              (spot.row, spot.col, side))
+                    add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot",
+                                (spot.row, spot.col, side))
         return groups, worst
 
     def _reference(self, engine, c: int, side: int) -> Windows:
@@ -162,17 +172,7 @@ class SaliencyConcentration(Check):
         chosen = seeded_subset(chosen, p.reference_size, engine.settings.seed)
         if len(chosen) == 0:
             return Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-        return densest_window(attribution_maps(engine, chosen, p.source, p.method, self.params.k).values, side)
-
-    @staticmethod
-    def _add(failures: dict[int, Finding], engine, maps: Maps, row: int, share: float, reason: str,
-             window: tuple[int, int, int]) -> None:
-        """One finding per test example: its most concentrated offending map."""
-        index = int(maps.test[row])
-        if index in failures and failures[index].value >= share:
-            return
-        failures[index] = Finding(index, share, details={**_example(engine, index), "reason": reason,
-                                                         **_map_details(maps, row, window)})
+        return densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).values, side)
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,7 @@ class RegionMass(Check):
         shares = region_share(maps.values, mask)
         failures = empty_map_findings(engine, maps, shares)
         for row in (shares > p.max_mass).nonzero().flatten().tolist():
-            index = int(maps.test[row])
-            if index not in failures or failures[index].value < shares[row]:
-                failures[index] = Finding(index, float(shares[row]), details={
-                    **_example(engine, index), **_map_details(maps, row, None)})
+            add_finding(failures, engine, maps, row, float(shares[row]))
         finite = shares[~shares.isnan()]
         area = float(mask.float().mean())
         return CheckResult(f"max mass in {p.region if p.box is None else 'box'}",

@@ -55,29 +55,19 @@ def box_sums(maps: torch.Tensor, side: int) -> torch.Tensor:
     return F.avg_pool2d(maps[:, None].double(), side, stride=1)[:, 0] * (side * side)
 
 
+def mass_share(inside: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """`inside / total mass` per map (float32); NaN for maps without finite positive mass."""
+    total = maps.double().sum(dim=(1, 2))
+    usable = torch.isfinite(total) & (total > 0)
+    return torch.where(usable, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan"))).float()
+
+
 def densest_window(maps: torch.Tensor, side: int) -> Windows:
     """Each map's densest window; maps with no finite positive mass get share NaN."""
-    maps = maps.double()
-    total = maps.sum(dim=(1, 2))
     sums = box_sums(maps, side)
     best, flat = sums.flatten(1).max(dim=1)
     width = sums.shape[2]
-    usable = torch.isfinite(total) & (total > 0)
-    share = torch.where(usable, best / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
-    return Windows(share.float(), flat // width, flat % width)
-
-
-def window_mass(maps: torch.Tensor, row: int, col: int, side: int) -> torch.Tensor:
-    """Share of each map's mass inside the window at (`row`, `col`)."""
-    maps = maps.double()
-    inside = maps[:, row:row + side, col:col + side].sum(dim=(1, 2))
-    return (inside / maps.sum(dim=(1, 2)).clamp_min(1e-300)).float()
-
-
-def near(windows: Windows, row: int, col: int, side: int) -> torch.Tensor:
-    """Maps whose densest window starts within `side // 2` pixels of (`row`, `col`) in both directions."""
-    radius = side // 2
-    return (~windows.share.isnan()) & ((windows.row - row).abs() <= radius) & ((windows.col - col).abs() <= radius)
+    return Windows(mass_share(best, maps), flat // width, flat % width)
 
 
 def near(windows: Windows, row: int, col: int, side: int) -> torch.Tensor:
@@ -137,8 +127,4 @@ def region_mask(region: str | tuple[float, float, float, float], height: int, wi
 
 def region_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Share of each map's mass inside `mask`; NaN for maps without finite positive mass."""
-    maps = maps.double()
-    total = maps.sum(dim=(1, 2))
-    inside = (maps * mask).sum(dim=(1, 2))
-    usable = torch.isfinite(total) & (total > 0)
-    return torch.where(usable, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan"))).float()
+    return mass_share((maps.double() * mask).sum(dim=(1, 2)), maps)

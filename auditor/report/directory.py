@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from auditor.report.html import markdown_summary, render_index
-from auditor.report.panels import slug, write_panels
+from auditor.report.panels import panel_name, write_panels
 from auditor.report.results import atomic_write, results_document, write_results
 from auditor.runner import RuleOutcome
 
@@ -30,7 +30,7 @@ def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_pan
     for rule in document["rules"]:
         files = {p.name: p for p in panels.get(rule["name"], [])}
         for failure in rule["failures"]:
-            name = f"{slug(rule['name'])}-{failure['kind']}-{failure['index']}.png"
+            name = panel_name(rule["name"], failure["kind"], failure["index"])
             if name in files:
                 failure["panel"] = f"panels/{name}"
     write_results(folder, document)

@@ -140,7 +140,7 @@ def write_panels(engine, outcome: Any, folder: Path, limit: int) -> list[Path]:
             panel = train_panel(engine, finding)
         else:
             continue
-        path = folder / f"{slug(outcome.rule.name)}-{finding.kind}-{finding.index}.png"
+        path = folder / panel_name(outcome.rule.name, finding.kind, finding.index)
         atomic_write(path, png_bytes(panel))
         written.append(path)
     return written
@@ -152,6 +152,11 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def panel_name(rule: str, kind: str, index: int) -> str:
+    """The PNG file name of one failing item's panel."""
+    return f"{slug(rule)}-{kind}-{index}.png"
 
 
 def slug(name: str) -> str:
