@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="override settings.device (auto, cpu, cuda, cuda:N)")
     run.add_argument("--max-examples", type=int, default=10, help="failing examples shown per rule")
     run.add_argument("--max-panels", type=int, default=8, help="evidence PNGs written per failing rule")
+    run.add_argument("--update-baseline", action="store_true",
+                     help="record each rule's metric and failing set in AUDIT.baseline.json")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check an audit YAML without running anything")
     validate.add_argument("audit", type=Path)
@@ -44,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from auditor.report import failure_table, summary_table, write_report
+    from auditor.report import baseline_lines, failure_table, summary_table, write_report
     from auditor.runner import FAILED, AuditSession
     from auditor.spec import load_spec
 
-    session = AuditSession(load_spec(args.audit), device=args.device)
+    session = AuditSession(load_spec(args.audit), device=args.device, update_baseline=args.update_baseline)
     print(f"audit '{session.spec.name}': {len(session.spec.rules)} rules ({session.spec.path})")
     outcomes = []
     for rule in session.spec.rules:
@@ -62,6 +64,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\n{outcome.status.upper()} {outcome.rule.name} "
                   f"({outcome.rule.where.path.name}:{outcome.rule.where.line}) — {outcome.message}")
             print(failure_table(outcome, args.max_examples))
+            for line in baseline_lines(outcome, args.max_examples):
+                print(line)
+    baseline = session.finish()
+    if baseline is not None:
+        print(f"\nbaseline written: {baseline}")
     if args.report is not None:
         index = write_report(args.report, session, outcomes, args.max_panels)
         print(f"\nreport: {index} (results: {index.with_name('results.json')})")

@@ -14,6 +14,7 @@ import pytest
 
 SESSIONS = pytest.StashKey[dict]()
 REPORTS = pytest.StashKey[list]()
+BASELINES = pytest.StashKey[list]()
 
 
 class AuditWarning(UserWarning):
@@ -38,11 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="failing examples shown per rule in the terminal (default 10)")
     group.addoption("--audit-max-panels", dest="audit_max_panels", type=int, default=8, metavar="N",
                     help="evidence PNGs written per failing rule with --audit-report (default 8)")
+    group.addoption("--audit-update-baseline", dest="audit_update_baseline", action="store_true", default=False,
+                    help="record each rule that runs (metric and failing set) in AUDIT.baseline.json")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSIONS] = {}
     config.stash[REPORTS] = []
+    config.stash[BASELINES] = []
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -60,7 +64,8 @@ class AuditFile(pytest.File):
         from auditor.spec import load_spec
 
         spec = load_spec(self.path)
-        session = AuditSession(spec, device=self.config.option.audit_device)
+        session = AuditSession(spec, device=self.config.option.audit_device,
+                               update_baseline=self.config.option.audit_update_baseline)
         self.config.stash[SESSIONS][str(self.path)] = session
         for rule in spec.rules:
             item = RuleItem.from_parent(self, name=rule.name, rule=rule, audit=session)
@@ -113,7 +118,7 @@ class RuleItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         from auditor.errors import AuditError
-        from auditor.report import failure_table
+        from auditor.report import baseline_lines, failure_table
 
         if isinstance(excinfo.value, RuleFailed):
             outcome = excinfo.value.outcome
@@ -124,6 +129,9 @@ class RuleItem(pytest.Item):
             table = failure_table(outcome, self.config.option.audit_max_examples)
             if table:
                 lines += ["", "failing examples:", table]
+            diff = baseline_lines(outcome, self.config.option.audit_max_examples)
+            if diff:
+                lines += ["", *diff]
             return "\n".join(lines)
         if isinstance(excinfo.value, AuditError):
             return f"audit error: {excinfo.value}"
@@ -144,11 +152,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(summary_table(session.outcomes.values()))
     for index in config.stash.get(REPORTS, []):
         terminalreporter.write_line(f"audit report: {index}")
+    for baseline in config.stash.get(BASELINES, []):
+        terminalreporter.write_line(f"audit baseline written: {baseline}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     report_dir = session.config.option.audit_report
     sessions = [s for s in session.config.stash.get(SESSIONS, {}).values() if s.outcomes]
+    for audit in sessions:
+        written = audit.finish()
+        if written is not None:
+            session.config.stash[BASELINES].append(written)
     if not report_dir or not sessions:
         return
     from auditor.report import write_report

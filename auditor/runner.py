@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from auditor.baseline import BaselineBook, BaselineDiff
 from auditor.checks import CHECKS, CheckResult
 from auditor.spec import AuditSpec, RuleSpec
 
@@ -22,6 +24,7 @@ class RuleOutcome:
     message: str
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    baseline: BaselineDiff | None = None
 
     @property
     def failures(self) -> list:
@@ -35,6 +38,8 @@ class RuleOutcome:
         text = f"{r.metric} = {r.value:.4g} (required {r.comparison} {r.threshold:g})"
         if self.rule_is_per_example():
             text += f"; {len(r.failures)} of {r.n_selected} examples fail ({self.rule.tolerance()})"
+        if self.baseline is not None:
+            text += f"; {self.baseline.summary()}"
         return text
 
     def rule_is_per_example(self) -> bool:
@@ -42,12 +47,16 @@ class RuleOutcome:
 
 
 class AuditSession:
-    """One audit: its spec, a lazily built engine, and the outcome of every rule run so far."""
+    """One audit: its spec, a lazily built engine, and the outcome of every rule run so far.
 
-    def __init__(self, spec: AuditSpec, device: str | None = None) -> None:
+    `update_baseline` records every rule that runs into the audit's baseline file (`finish`).
+    """
+
+    def __init__(self, spec: AuditSpec, device: str | None = None, update_baseline: bool = False) -> None:
         self.spec = spec.with_device(device)
         self.outcomes: dict[str, RuleOutcome] = {}
         self.panels: dict[str, list] = {}
+        self.baseline = BaselineBook(spec.path, spec.name, update=update_baseline)
         self._engine = None
 
     @property
@@ -71,6 +80,10 @@ class AuditSession:
     def run_all(self) -> list[RuleOutcome]:
         return [self.run_rule(rule) for rule in self.spec.rules]
 
+    def finish(self) -> Path | None:
+        """Write the baseline entries this run recorded; the baseline file, or None if untouched."""
+        return self.baseline.save()
+
     def _evaluate(self, rule: RuleSpec) -> RuleOutcome:
         engine = self.engine
         indices = engine.select(rule.selection)
@@ -85,7 +98,10 @@ class AuditSession:
         passed = judge(rule, len(result.failures), result.n_selected) if check.per_example else True
         if result.passed is not None:
             passed = passed and result.passed
-        outcome = RuleOutcome(rule, PASSED if passed else _not_held(rule), result, "")
+        diff = self.baseline.check(rule, result)
+        if diff is not None and diff.regressed:
+            passed = False
+        outcome = RuleOutcome(rule, PASSED if passed else _not_held(rule), result, "", baseline=diff)
         outcome.message = outcome.summary()
         return outcome
 

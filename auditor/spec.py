@@ -5,7 +5,7 @@
     data:  {train: DATASET, test: DATASET, classes: [...]}
     settings: {device, batch_size, seed, cache_dir, attribution: {...}}
     include: [rules/shortcuts.yaml, ...]
-    rules: [{name, check, on, severity, max_failures | mostly, tags, ...check parameters}]
+    rules: [{name, check, on, severity, max_failures | mostly, tags, baseline, ...check parameters}]
 
 Every error is a `SpecError` naming the file, the line and the field.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from auditor.baseline import BaselinePolicy
 from auditor.checks import CHECKS, get_check
 from auditor.schema import Where, bounded, build, expect_mapping, located, unknown_key_error
 from auditor.selection import Selection, parse_selection
@@ -126,6 +127,7 @@ class RuleCommon:
     tags: tuple[str, ...] = ()
     allow_empty: bool = False
     description: str = ""
+    baseline: BaselinePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class RuleSpec:
     allow_empty: bool
     description: str
     where: Where
+    baseline: BaselinePolicy | None = None
 
     def tolerance(self) -> str:
         if self.mostly is not None:
@@ -308,7 +311,7 @@ def parse_rule(raw: Any, where: Where) -> RuleSpec:
     return RuleSpec(name=common.name, check=check_name, params=params, selection=selection,
                     severity=common.severity, max_failures=common.max_failures, mostly=common.mostly,
                     tags=common.tags, allow_empty=common.allow_empty, description=common.description,
-                    where=Where(where.path, mapping.line, f"rules[{common.name}]"))
+                    where=Where(where.path, mapping.line, f"rules[{common.name}]"), baseline=common.baseline)
 
 
 def _subset(mapping: LocatedDict, keys: list[str]) -> LocatedDict:

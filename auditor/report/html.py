@@ -54,7 +54,24 @@ def _section(rule: dict[str, Any], panels: list[Path], folder: Path, budget: lis
             f"<span class='{escape(rule['status'])}'>{escape(rule['status'].upper())}</span></h2>"
             f"<p><code>{escape(rule['check'])}</code> on <code>{escape(rule['selection'])}</code> "
             f"({escape(Path(rule['file']).name)}:{rule['line']})</p><p>{escape(rule['message'])}</p>")
-    return head + _failures(rule["failures"]) + "".join(_image(p, folder, budget) for p in panels) + "</section>"
+    return (head + _baseline(rule.get("baseline")) + _failures(rule["failures"])
+            + "".join(_image(p, folder, budget) for p in panels) + "</section>")
+
+
+def _baseline(diff: dict[str, Any] | None) -> str:
+    """The rule's diff against its baseline: the metric's change, new and fixed failures."""
+    if not diff:
+        return ""
+    lines = [f"baseline {_number(diff['baseline_value'])} → {_number(diff['value'])}"
+             + (f" ({escape(diff['note'])})" if diff["note"] else "")]
+    lines += [f"<span class='failed'>regression</span>: {escape(reason)}" for reason in diff["regressions"]]
+    for label, key in (("new failures", "new_failures"), ("fixed", "fixed_failures")):
+        items = diff[key]
+        if items:
+            shown = ", ".join(f"{escape(i['kind'])} {i['index']}" for i in items[:TABLE_ROWS])
+            more = f" … and {len(items) - TABLE_ROWS} more in results.json" if len(items) > TABLE_ROWS else ""
+            lines.append(f"{label} ({len(items)}): {shown}{more}")
+    return "<p class='baseline'>" + "<br>".join(lines) + "</p>"
 
 
 def _failures(failures: list[dict[str, Any]]) -> str:

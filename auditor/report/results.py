@@ -43,6 +43,7 @@ def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[s
             "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details}
                          for f in (r.failures if r else [])],
             "extra": r.extra if r else {},
+            **({"baseline": o.baseline.to_json()} if o.baseline is not None else {}),
         })
     return {
         "schema_version": SCHEMA_VERSION,

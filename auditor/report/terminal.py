@@ -21,6 +21,21 @@ def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:
     return text
 
 
+def baseline_lines(outcome: RuleOutcome, max_items: int = 10) -> list[str]:
+    """The rule's diff against its baseline: new and fixed failures (first `max_items` of each)."""
+    diff = outcome.baseline
+    if diff is None or not (diff.new_failures or diff.fixed_failures):
+        return []
+    lines = []
+    for label, items in (("new failures since the baseline", diff.new_failures),
+                         ("fixed since the baseline", diff.fixed_failures)):
+        if items:
+            shown = ", ".join(f"{kind} {index}" for kind, index in items[:max_items])
+            more = f" ... and {len(items) - max_items} more" if len(items) > max_items else ""
+            lines.append(f"{label} ({len(items)}): {shown}{more}")
+    return lines
+
+
 def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
     """One row per rule: status, check, selection, observed value and threshold."""
     rows = []
