@@ -1,4 +1,4 @@
-"""`auditor run AUDIT.yaml` and `auditor validate AUDIT.yaml`.
+"""`auditor run AUDIT.yaml`, `auditor validate AUDIT.yaml` and `auditor featurize AUDIT.yaml`.
 
 Exit codes: 0 every rule passed (warnings allowed), 1 a rule failed, 2 bad input.
 """
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check an audit YAML without running anything")
     validate.add_argument("audit", type=Path)
     validate.set_defaults(handler=_validate)
+    featurize = commands.add_parser(
+        "featurize", help="fill the training-feature cache (resumable; shards across ranks under torchrun)")
+    featurize.add_argument("audit", type=Path)
+    featurize.add_argument("--device", default=None, help="override settings.device")
+    featurize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    featurize.set_defaults(handler=_featurize)
     return parser
 
 
@@ -73,6 +79,28 @@ def _run(args: argparse.Namespace) -> int:
         index = write_report(args.report, session, outcomes, args.max_panels)
         print(f"\nreport: {index} (results: {index.with_name('results.json')})")
     return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
+
+
+def _featurize(args: argparse.Namespace) -> int:
+    import time
+
+    from auditor.distributed import featurize_sharded, process_group, rank_device, rank_from_env
+    from auditor.runner import AuditSession
+    from auditor.spec import load_spec
+
+    rank = rank_from_env()
+    spec = load_spec(args.audit)
+    session = AuditSession(spec, device=rank_device(args.device or spec.settings.device, rank))
+    engine = session.engine
+    start = time.perf_counter()
+    with process_group(rank, engine.device):
+        store, missing, mine = featurize_sharded(engine, rank, progress=not args.no_progress)
+    if rank.is_main:
+        cached = store.n_shards - len(missing)
+        print(f"features of {store.n} training images ({store.n_shards} shards, {cached} already cached, "
+              f"{len(missing)} computed by {rank.world} rank(s)) in {time.perf_counter() - start:.1f} s: "
+              f"{store.directory}")
+    return EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:

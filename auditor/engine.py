@@ -15,7 +15,7 @@ import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.attribution.features import Featurizer, featurize
+from auditor.attribution.features import Featurizer, featurize, require_finite
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
@@ -94,6 +94,13 @@ class _TrainingAttribution:
     @cached_property
     def train_store(self) -> FeatureStore:
         """Unit-norm projected gradients of every training example (true labels), cached on disk."""
+        store = self.open_train_store()
+        if not store.complete():
+            self.featurize_training(store)
+        return store
+
+    def open_train_store(self) -> FeatureStore:
+        """The training features' store for this model, data and settings (shards may be missing)."""
         a = self.attribution
         meta = {
             "model": model_hash(self.target.model),
@@ -104,10 +111,13 @@ class _TrainingAttribution:
         key = settings_hash(meta)[:24]
         root = self.target.spec.base_dir / self.settings.cache_dir
         with self._located("cache_dir", section="settings"):
-            store = FeatureStore(root, key, len(self.target.train), self.featurizer.dim, a.shard_size, meta)
-        if not store.complete():
-            featurize(store, self.target.train, self.featurizer, self.device, self.settings.batch_size)
-        return store
+            return FeatureStore(root, key, len(self.target.train), self.featurizer.dim, a.shard_size, meta)
+
+    def featurize_training(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
+        """Compute the store's missing shards (or only `shards`: one rank's share)."""
+        with self._located("chunk_size"):
+            featurize(store, self.target.train, self.featurizer, self.device, self.settings.batch_size,
+                      shards=shards, progress=progress)
 
     def gradient_labels(self, indices: torch.Tensor) -> torch.Tensor:
         """Labels used for test gradients: predicted (default) or true."""
@@ -123,7 +133,9 @@ class _TrainingAttribution:
     def test_features(self, indices: torch.Tensor) -> torch.Tensor:
         """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
         images = self.test_images(indices).to(self.device)
-        return self.featurizer(images, self.gradient_labels(indices).to(self.device))
+        features = self.featurizer(images, self.gradient_labels(indices).to(self.device))
+        with self._located("layers"):
+            return require_finite(features.cpu(), indices, "test").to(self.device)
 
     def influence(self, indices: torch.Tensor) -> Influence:
         """Top-k proponents and opponents of each selected test example (computed once each)."""
@@ -282,6 +294,7 @@ class Engine(_TrainingAttribution, _TestAttribution):
         except AuditError as exc:
             if exc.path is not None:
                 raise
-            where = self.settings.where
+            field = exc.field or f"{section}.{field}"
+            where = self.target.spec.model.where if field.startswith("model") else self.settings.where
             raise type(exc)(exc.message, path=self.target.spec.path, line=where.line if where else None,
-                            field=exc.field or f"{section}.{field}", fix=exc.fix) from None
+                            field=field, fix=exc.fix) from None

@@ -52,3 +52,7 @@ class AttributionError(AuditError):
 
 class CacheError(AuditError):
     """The feature cache directory is unusable (not ours, corrupt beyond rebuilding)."""
+
+
+class MemoryWarning(UserWarning):
+    """The auditor ran out of memory and carried on with a smaller chunk."""

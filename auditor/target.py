@@ -39,9 +39,11 @@ class Target:
 def load_target(spec: AuditSpec) -> Target:
     """Build everything `spec` describes and check that model and data fit together."""
     device = resolve_device(spec.settings.device, spec.settings.where)
-    model = load_model(spec.model, spec.base_dir)
-    train = load_dataset(spec.data.train, spec.base_dir)
-    test = load_dataset(spec.data.test, spec.base_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.settings.seed)  # factories that draw random numbers are reproducible
+        model = load_model(spec.model, spec.base_dir)
+        train = load_dataset(spec.data.train, spec.base_dir)
+        test = load_dataset(spec.data.test, spec.base_dir)
     for dataset in (train, test):
         _check_example(dataset, dataset_where(dataset))
     classes = _class_names(spec, train, test, model)

@@ -89,6 +89,10 @@ def load_yaml(path: Path) -> Any:
     loader = _Loader(text, path)
     try:
         return loader.get_single_data()
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise SpecError(f"unsupported YAML tag: {exc.problem}", path=path, line=mark.line + 1 if mark else None,
+                        fix="audits are read with the safe loader; write plain values, lists and mappings") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

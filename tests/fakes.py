@@ -62,3 +62,64 @@ def int_images() -> Dataset:
 
 def flat_images() -> Dataset:
     return _Items((torch.zeros(64), 0))
+
+
+class _Slow(Dataset):
+    """Real tensors served one at a time with a delay, like a dataset read from a slow disk."""
+
+    def __init__(self, inner: ImageTensorDataset, delay: float) -> None:
+        self.inner, self.delay, self.classes = inner, delay, inner.classes
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner[i]
+
+
+def slow_images(n: int = 64, delay: float = 0.01) -> Dataset:
+    return _Slow(images(n), delay)
+
+
+def blind(num_classes: int = 3) -> nn.Module:
+    """A model that ignores its input: every attribution map is all zeros."""
+    model = linear(num_classes)
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.arange(num_classes, dtype=torch.float))
+    return model
+
+
+class NaNGradient(nn.Module):
+    """Finite outputs whose input gradient is NaN (the derivative of sqrt at 0, times 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 3)
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return self.linear(flat) + 0 * torch.sqrt(flat - flat).sum(1, keepdim=True)
+
+
+def nan_gradient() -> nn.Module:
+    return NaNGradient()
+
+
+class NaNParameterGradient(nn.Module):
+    """Finite outputs whose parameter gradient is NaN: training-gradient features cannot be formed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 3)
+
+    def forward(self, x):
+        w = self.linear.weight
+        return self.linear(x.flatten(1)) + 0 * torch.sqrt(w - w).sum()
+
+
+def nan_parameter_gradient() -> nn.Module:
+    return NaNParameterGradient()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
 from auditor.attribution import features
 from auditor.engine import Engine
-from auditor.errors import CacheError
 from auditor.spec import load_spec
 from auditor.target import load_target
 from conftest import needs_fashion
@@ -61,13 +59,6 @@ def test_truncated_shard_is_rebuilt(fashion_audit):
     again = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300).train_store
     assert features.counters["featurized"] == 128
     assert torch.equal(again.matrix(), expected)
-
-
-def test_foreign_cache_directory_is_refused(fashion_audit, tmp_path):
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "notes.txt").write_text("mine")
-    with pytest.raises(CacheError, match="is not an auditor cache"):
-        engine_for(fashion_audit, train_limit=100).train_store
 
 
 def test_unprojected_influence_equals_argsort_of_exact_scores(fashion_audit):

@@ -4,6 +4,7 @@ streaming pass that fills a `FeatureStore` shard by shard with a progress bar.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import torch
@@ -15,13 +16,27 @@ from auditor import data as data_module
 from auditor.attribution.gradients import GradientComputer
 from auditor.attribution.projection import Projector
 from auditor.attribution.store import FeatureStore
+from auditor.errors import AttributionError, MemoryWarning
 
 #: How many examples were featurized in this process (tests assert cache reuse with it).
 counters: Counter[str] = Counter()
 
 
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    return isinstance(exc, OOM_ERRORS) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
 class Featurizer:
-    """`(images, labels)` → unit-norm projected gradients `(b, d)`, in chunks of `chunk_size`."""
+    """`(images, labels)` → unit-norm projected gradients `(b, d)`, in chunks of `chunk_size`.
+
+    A chunk that runs out of memory is retried at half the size (with a warning); the smaller
+    size is kept for the rest of the run.
+    """
 
     def __init__(self, computer: GradientComputer, projector: Projector, chunk_size: int = 64) -> None:
         self.computer, self.projector, self.chunk_size = computer, projector, chunk_size
@@ -31,14 +46,49 @@ class Featurizer:
         return self.projector.out_dim
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for start in range(0, len(images), self.chunk_size):
+        parts, start = [], 0
+        while start < len(images):
             x, y = images[start:start + self.chunk_size], labels[start:start + self.chunk_size]
-            grads = self.computer.per_parameter(x, y)
-            projected = self.projector.project_blocks([g.flatten(1) for g in grads])
-            parts.append(F.normalize(projected.float(), dim=1))
+            try:
+                parts.append(self._features(x, y))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._shrink(exc)
+                continue
+            start += len(x)
         counters["featurized"] += len(images)
         return torch.cat(parts)
+
+    def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        grads = self.computer.per_parameter(x, y)
+        projected = self.projector.project_blocks([g.flatten(1) for g in grads])
+        return F.normalize(projected.float(), dim=1)
+
+    def _shrink(self, exc: BaseException) -> None:
+        """Halve the chunk after an out-of-memory error, or give up at one example."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.chunk_size == 1:
+            raise AttributionError(f"out of memory computing the gradient of a single example: {exc}",
+                                   field="settings.attribution.layers",
+                                   fix="restrict `layers:` to fewer modules, lower projection_dim, or use a "
+                                       "device with more memory") from None
+        self.chunk_size = max(1, self.chunk_size // 2)
+        warnings.warn(f"out of memory in a per-example-gradient chunk; retrying with chunk_size={self.chunk_size} "
+                      "(set settings.attribution.chunk_size to start there)", MemoryWarning, stacklevel=3)
+
+
+def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> torch.Tensor:
+    """`features (b, d)` unchanged, or an error naming the first example whose gradient is NaN/Inf."""
+    bad = ~torch.isfinite(features).all(dim=1)
+    if bad.any():
+        first = int(indices[bad.nonzero()[0, 0]])
+        raise AttributionError(
+            f"the loss gradient of {what} example {first} is NaN or Inf ({int(bad.sum())} of {len(bad)} in its batch)",
+            field="model", fix="check the model for operations with undefined derivatives (sqrt or log at 0) "
+                               "and the checkpoint for NaN weights; or restrict `settings.attribution.layers`")
+    return features
 
 
 def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
@@ -50,7 +100,8 @@ def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, dev
         for index in todo:
             start, stop = store.shard_range(index)
             rows = []
-            for images, labels, _ in data_module.batches(dataset, torch.arange(start, stop), batch_size):
-                rows.append(featurizer(images.to(device, non_blocking=True), labels.to(device)).cpu())
+            for images, labels, chunk in data_module.batches(dataset, torch.arange(start, stop), batch_size):
+                features = featurizer(images.to(device, non_blocking=True), labels.to(device)).cpu()
+                rows.append(require_finite(features, chunk, "training"))
                 bar.update(len(labels))
             store.write_shard(index, torch.cat(rows))

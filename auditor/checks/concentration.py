@@ -22,7 +22,6 @@ import torch
 from auditor.checks.base import Check, CheckResult, Finding, require_top_k
 from auditor.checks.registry import register
 from auditor.checks.windows import REGIONS, Windows, densest_window, hotspot, region_mask, region_share, window_side
-from auditor.errors import AuditError
 from auditor.schema import Where, bounded
 
 Source = Literal["tfa", "var", "saliency"]

@@ -1,0 +1,296 @@
+"""A catalogue of bad inputs: each names the file, the line, the field and the fix, and none
+passes silently (DESIGN.md quality bars; issue #4). Cases are grouped by where they are caught:
+the YAML (at collection), the model and data (at load), the attribution run, and the outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auditor.checks import CHECKS
+from auditor.cli import main
+from auditor.engine import Engine
+from auditor.errors import AttributionError, CacheError, SpecError, TargetError
+from auditor.runner import AuditSession
+from auditor.spec import load_spec
+from auditor.target import load_target
+from conftest import write
+
+HEAD = """
+audit: t
+model: {factory: fakes:linear}
+data:
+  train: {factory: fakes:images}
+  test: {factory: fakes:images}
+"""
+
+
+def audit(tmp_path, body: str = "", head: str = HEAD, name: str = "audit_t.yaml"):
+    return write(tmp_path / name, head + body)
+
+
+# --- the YAML ---------------------------------------------------------------------------------
+
+# (body appended to HEAD or whole document, expected line, fragments the message must contain)
+MALFORMED = {
+    "yaml-syntax": (HEAD + "rules:\n  - name: x\n    check: [accuracy\n", 9, ["YAML syntax error"]),
+    "typo-key": (HEAD + "rules:\n  - name: x\n    check: accuracy\n    min_acuracy: 0.5\n", 9,
+                 ["unknown key 'min_acuracy'", "did you mean 'min_accuracy'"]),
+    "typo-top-key": (HEAD + "setings: {device: cpu}\n", 6, ["unknown key 'setings'", "did you mean 'settings'"]),
+    "wrong-type": (HEAD + "rules:\n  - name: x\n    check: accuracy\n    min_accuracy: high\n", 9,
+                   ["rules[0].min_accuracy", "expected a number, got 'high'"]),
+    "missing-model": ("audit: t\ndata: {train: {factory: a:b}, test: {factory: a:b}}\n", 1,
+                      ["missing required key 'model'"]),
+    "bad-factory-form": (HEAD.replace("fakes:linear", "fakes.linear"), 2,
+                         ["model.factory", "not of the form module:function"]),
+    "unknown-check": (HEAD + "rules:\n  - name: x\n    check: acuracy\n    min_accuracy: 0.5\n", 8,
+                      ["unknown check 'acuracy'", "did you mean 'accuracy'"]),
+    "threshold-out-of-range": (HEAD + "rules:\n  - name: x\n    check: accuracy\n    min_accuracy: 1.5\n", 9,
+                               ["min_accuracy", "1.5 is out of range [0.0, 1.0]"]),
+    "bad-include": (HEAD + "include: [rules/nope.yaml]\n", 6, ["include 'rules/nope.yaml' not found"]),
+    "duplicate-rule": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1}\n"
+                       "  - {name: x, check: accuracy, min_accuracy: 0.2}\n", 8, ["duplicate rule name 'x'", ":7"]),
+    "bad-severity": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, severity: warning}\n", 7,
+                     ["invalid value 'warning'", "did you mean 'warn'"]),
+    "bad-selection": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, on: misclasified}\n", 7,
+                      ["unknown selection 'misclasified'", "did you mean 'misclassified'"]),
+    "tolerance-on-aggregate": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, max_failures: 2}\n", 7,
+                               ["aggregate metric", "max_failures"]),
+    "two-data-sources": (HEAD.replace("{factory: fakes:images}\n  test",
+                                      "{factory: fakes:images, image_folder: imgs}\n  test"), 4,
+                         ["exactly one data source"]),
+    "duplicate-key": (HEAD + "audit: again\n", 6, ["duplicate key 'audit'"]),
+    "empty-file": ("", 1, ["the file is empty"]),
+    "rules-not-list": (HEAD + "rules: {name: x}\n", 6, ["expected a list of rules"]),
+    "negative-batch": (HEAD + "settings: {batch_size: 0}\n", 6, ["settings.batch_size", "out of range"]),
+    "unsafe-yaml-tag": (HEAD + "rules: !!python/object/apply:os.system [echo hi]\n", 6,
+                        ["unsupported YAML tag", "safe loader"]),
+    "empty-baseline-policy": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, baseline: {}}\n", 7,
+                              ["rules[0].baseline", "needs `max_increase` or `no_new_failures: true`"]),
+    "bad-window": (HEAD + "rules:\n  - {name: x, check: saliency_concentration, window: 2}\n", 7,
+                   ["rules[0].window", "2.0 is out of range"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_spec_names_file_line_and_field(tmp_path, case):
+    text, line, fragments = MALFORMED[case]
+    path = write(tmp_path / "audit_bad.yaml", text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}"), message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_include_cycle_is_reported(tmp_path):
+    write(tmp_path / "a.yaml", "include: [b.yaml]\n")
+    write(tmp_path / "b.yaml", "include: [a.yaml]\n")
+    path = audit(tmp_path, "include: [a.yaml]\n")
+    with pytest.raises(SpecError, match=r"include cycle: audit_t.yaml -> a.yaml -> b.yaml -> a.yaml"):
+        load_spec(path)
+
+
+
+# --- the model and the data -------------------------------------------------------------------
+
+BASE = {
+    "model": "{factory: fakes:linear}",
+    "train": "{factory: fakes:images}",
+    "test": "{factory: fakes:images}",
+    "settings": "{device: cpu}",
+}
+
+
+def spec_file(tmp_path, **over):
+    fields = {**BASE, **over}
+    return write(tmp_path / "audit_t.yaml", f"""
+audit: t
+model: {fields['model']}
+data:
+  train: {fields['train']}
+  test: {fields['test']}
+settings: {fields['settings']}
+""")
+
+
+def target_error(tmp_path, **over) -> str:
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(TargetError) as info:
+        target = load_target(load_spec(spec_file(tmp_path, **over)))
+        Engine(target).predictions
+    return str(info.value)
+
+
+CASES = {
+    "module-missing": ({"model": "{factory: nowhere.models:build}"}, 2,
+                       ["cannot import module 'nowhere.models'"]),
+    "function-missing": ({"model": "{factory: fakes:nothing}"}, 2, ["module 'fakes' has no function 'nothing'"]),
+    "factory-raises": ({"model": "{factory: fakes:raising}"}, 2,
+                       ["model factory raised RuntimeError: weights server unreachable"]),
+    "not-a-module": ({"model": "{factory: fakes:not_a_module}"}, 2, ["not a torch.nn.Module"]),
+    "checkpoint-missing": ({"model": "{factory: fakes:linear, checkpoint: missing.pt}"}, 2,
+                           ["model.checkpoint", "missing.pt' not found"]),
+    "output-width": ({"model": "{factory: fakes:linear, kwargs: {num_classes: 5}}"}, 2,
+                     ["outputs 5 logits but the data has 3 classes"]),
+    "empty-test-set": ({"test": "{factory: fakes:empty}"}, 5, ["data.test", "the dataset is empty"]),
+    "int-images": ({"test": "{factory: fakes:int_images}"}, 5, ["images must be float tensors", "torch.uint8"]),
+    "flat-images": ({"test": "{factory: fakes:flat_images}"}, 5, ["images must be (C, H, W)"]),
+    "labels-out-of-range": ({"test": "{factory: fakes:images, kwargs: {label_offset: 2}}"}, 5,
+                            ["label 3 of example 1 is outside 0..2"]),
+    "nan-output": ({"model": "{factory: fakes:nan_model}"}, 2, ["contains NaN or Inf"]),
+    "checkpoint-not-a-state-dict": ({"model": "{factory: fakes:linear, checkpoint: tensor.pt}"}, 2,
+                                    ["model.checkpoint", "is not a state dict"]),
+    "unknown-arch": ({"model": "{arch: torchvision.models.resnet19, num_classes: 3}"}, 2,
+                     ["torchvision has no model 'resnet19'", "resnet18"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_target_names_field_and_fix(tmp_path, case):
+    over, line, fragments = CASES[case]
+    message = target_error(tmp_path, **over)
+    assert f"audit_t.yaml:{line}" in message, message
+    assert "fix:" in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_checkpoint_that_needs_pickle_is_refused(tmp_path):
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "full.pt")
+    message = target_error(tmp_path, model="{factory: fakes:linear, checkpoint: full.pt}")
+    assert "refuses" in message and "torch.save(model.state_dict(), PATH)" in message
+
+
+def test_checkpoint_keys_mismatch(tmp_path):
+    torch.save({"weight": torch.zeros(3, 64)}, tmp_path / "other.pt")
+    message = target_error(tmp_path, model="{factory: fakes:linear, checkpoint: other.pt}")
+    assert "does not match the model" in message and "missing 1.weight" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_requested_without_cuda(tmp_path):
+    message = target_error(tmp_path, settings="{device: cuda}")
+    assert "CUDA is not available" in message and "settings.device" in message
+
+
+
+
+# --- the attribution run -----------------------------------------------------------------------
+
+def engine_for(tmp_path, model: str = "{factory: fakes:linear}", attribution: str = "{}", cache: str = "cache"):
+    path = spec_file(tmp_path, model=model, settings=f"{{device: cpu, cache_dir: {cache}, attribution: {attribution}}}")
+    return Engine(load_target(load_spec(path)))
+
+
+def test_layers_name_that_does_not_exist(tmp_path):
+    engine = engine_for(tmp_path, attribution="{layers: [fc9]}")
+    with pytest.raises(AttributionError) as info:
+        engine.influence(torch.arange(2))
+    message = str(info.value)
+    assert "audit_t.yaml:6: settings.attribution.layers: the model has no module named 'fc9'" in message
+    assert "fix: module names: 0, 1" in message
+
+
+def test_nan_parameter_gradient_is_an_error_not_a_score(tmp_path):
+    engine = engine_for(tmp_path, model="{factory: fakes:nan_parameter_gradient}",
+                        attribution="{gradient_computer: func}")
+    with pytest.raises(AttributionError) as info:
+        engine.influence(torch.arange(2))
+    message = str(info.value)
+    assert "audit_t.yaml:2: model: the loss gradient of test example 0 is NaN or Inf" in message
+    assert "fix: check the model for operations with undefined derivatives" in message
+
+
+@pytest.mark.parametrize("prepare, fragments", [
+    (lambda cache: (cache.mkdir(), (cache / "notes.txt").write_text("mine")),
+     ["is not an auditor cache (no auditor-cache.json) and is not empty", "choose an empty or new folder"]),
+    (lambda cache: (cache.mkdir(), (cache / "auditor-cache.json").write_text("{garbage")),
+     ["auditor-cache.json' is damaged or from another tool or version", "delete"]),
+    (lambda cache: cache.write_text("a file"), ["cache path", "is a file", "point cache_dir at a folder"]),
+], ids=["foreign-folder", "damaged-marker", "file-not-folder"])
+def test_unusable_cache_directory(tmp_path, prepare, fragments):
+    prepare(tmp_path / "cache")
+    with pytest.raises(CacheError) as info:
+        engine_for(tmp_path).train_store
+    message = str(info.value)
+    assert "audit_t.yaml:6: settings.cache_dir" in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_damaged_shard_is_recomputed_not_read(tmp_path):
+    engine = engine_for(tmp_path, attribution="{shard_size: 4}")
+    expected = engine.train_store.matrix()
+    shard = engine.train_store.shard_path(1)
+    shard.write_bytes(shard.read_bytes()[:40])
+    again = engine_for(tmp_path, attribution="{shard_size: 4}").train_store
+    assert torch.equal(again.matrix(), expected)
+
+
+@pytest.mark.parametrize("model, reason", [("blind", "attribution is all zeros"),
+                                           ("nan_gradient", "attribution is NaN or Inf")])
+@pytest.mark.parametrize("source", ["saliency", "var"])
+def test_zero_or_nan_attribution_is_a_finding(tmp_path, model, reason, source):
+    path = audit(tmp_path, head=HEAD.replace("fakes:linear", f"fakes:{model}"), body=f"""
+settings: {{device: cpu, cache_dir: cache}}
+rules:
+  - {{name: window, check: saliency_concentration, source: {source}, max_mass: 1.0, min_group: 1}}
+  - {{name: border, check: region_mass, source: {source}, max_mass: 1.0}}
+""")
+    for outcome in AuditSession(load_spec(path)).run_all():
+        assert outcome.status == "failed", outcome.message
+        assert len(outcome.failures) == 12 and {f.details["reason"] for f in outcome.failures} == {reason}
+
+
+# --- selections that measure nothing -----------------------------------------------------------
+
+REQUIRED = {"accuracy": "min_accuracy: 0.5", "influence_dominance": "max_top1_share: 0.5",
+            "proponent_label_agreement": "min_agreement: 0.5", "region_mass": "max_mass: 0.5",
+            "saliency_concentration": "max_mass: 0.5", "harmful_training_images": "max_count: 0"}
+
+
+def test_every_check_is_listed():
+    assert set(REQUIRED) == set(CHECKS)
+
+
+@pytest.mark.parametrize("check", sorted(REQUIRED))
+@pytest.mark.parametrize("on", ["{indices: []}", "misclassified"])
+def test_empty_selection_never_passes(tmp_path, check, on):
+    path = audit(tmp_path, head=HEAD.replace("fakes:linear", "fakes:blind"), body=f"""
+settings: {{device: cpu, cache_dir: cache}}
+rules:
+  - {{name: strict, check: {check}, on: {on}, {REQUIRED[check]}}}
+  - {{name: lenient, check: {check}, on: {on}, allow_empty: true, {REQUIRED[check]}}}
+""")
+    session = AuditSession(load_spec(path))
+    if on == "misclassified":  # the blind model predicts class 2: labels 2 are right, others wrong
+        session.engine.target.test.targets[:] = 2
+    strict, lenient = session.run_all()
+    assert strict.status == "failed" and "matched no test example; an empty selection cannot pass" in strict.message
+    assert "Set `allow_empty: true` if that is expected" in strict.message
+    assert lenient.status == "passed" and lenient.message.endswith("(allowed by allow_empty)")
+
+
+# --- the outputs -------------------------------------------------------------------------------
+
+def test_unwritable_report_directory(tmp_path, capsys):
+    path = audit(tmp_path, "settings: {device: cpu, cache_dir: cache}\n"
+                           "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.0}\n")
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    assert main(["run", str(path), "--report", str(tmp_path / "taken" / "report")]) == 2
+    error = capsys.readouterr().err
+    assert "report: cannot write the report directory" in error and "Not a directory" in error
+    assert "fix: choose a writable directory with --report / --audit-report" in error
+
+
+def test_corrupt_baseline_file_stops_the_run(tmp_path, capsys):
+    path = audit(tmp_path, "settings: {device: cpu, cache_dir: cache}\nrules:\n"
+                           "  - {name: x, check: accuracy, min_accuracy: 0.0, baseline: {no_new_failures: true}}\n")
+    (tmp_path / "audit_t.baseline.json").write_text('{"baseline_version": 1, "rules": {"x": {"metric": 1}}}')
+    assert main(["run", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "audit_t.baseline.json: rules.x: baseline entry for rule 'x' is malformed" in error
+    assert "fix: delete audit_t.baseline.json and run `auditor run AUDIT.yaml --update-baseline`" in error
