@@ -15,7 +15,7 @@ import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.attribution.features import Featurizer, featurize, require_finite
+from auditor.attribution.features import Featurizer, default_chunk_size, featurize, require_finite
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
@@ -77,7 +77,8 @@ class _TrainingAttribution:
     def featurizer(self) -> Featurizer:
         a = self.attribution
         projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed)
-        return Featurizer(self.gradients, projector, a.chunk_size)
+        chunk = a.chunk_size or default_chunk_size(self.gradients.dim, self.settings.batch_size)
+        return Featurizer(self.gradients, projector, chunk)
 
     @cached_property
     def train_labels(self) -> torch.Tensor:

@@ -121,7 +121,9 @@ def coerce(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any] =
                 errors.append(exc)
         raise errors[0]
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool) and str(value).lower() in args:
+            return str(value).lower()  # YAML reads a bare `true` as a boolean; the choice is the word
+        if value in args and not isinstance(value, bool):
             return value
         choices = ", ".join(map(str, args))
         near = suggest(str(value), [str(a) for a in args])

@@ -91,7 +91,8 @@ class AttributionSettings:
     shard_size: int = bounded(1, default=4096, help="training examples per cache shard")
     test_label: Literal["predicted", "true"] = "predicted"
     top_k: int = bounded(1, 1000, default=5)
-    chunk_size: int = bounded(1, default=64, help="examples per per-example-gradient chunk")
+    chunk_size: int | None = bounded(1, default=None, help="examples per per-example-gradient chunk "
+                                     "(default: as many as fit in 512 MB of gradients, at most batch_size)")
     score_chunk: int = bounded(1, default=8192, help="training rows scored per chunk")
     smoothgrad_samples: int = bounded(0, 1024, default=16)
     smoothgrad_sigma: float = bounded(0.0, default=0.1, help="fraction of the input range")

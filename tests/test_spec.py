@@ -60,3 +60,8 @@ rules:
 def test_on_key_is_not_read_as_yaml_boolean(tmp_path):
     path = audit(tmp_path, "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, on: correct}\n")
     assert load_spec(path).rules[0].selection.kind == "correct"
+
+
+def test_bare_true_is_the_word_where_a_choice_is_expected(tmp_path):
+    path = audit(tmp_path, "settings: {attribution: {test_label: true}}\n")
+    assert load_spec(path).settings.attribution.test_label == "true"

@@ -22,6 +22,17 @@ from auditor.errors import AttributionError, MemoryWarning
 counters: Counter[str] = Counter()
 
 
+GRADIENT_BUDGET_BYTES = 512 * 2**20
+
+
+def default_chunk_size(n_parameters: int, batch_size: int) -> int:
+    """Examples per per-example-gradient chunk: the gradients (and a working copy) fit the budget.
+
+    Small models get whole batches (fewer, larger kernels); large ones a few examples at a time.
+    """
+    return max(1, min(batch_size, GRADIENT_BUDGET_BYTES // (8 * max(1, n_parameters))))
+
+
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
 

@@ -1,0 +1,229 @@
+"""Our Grad-Cos top-k vs captum TracInCP (hooks and default paths) and dattri TracIn, same model and data.
+
+    python -m benchmarks.tda_vs_peers [--n-train 5000] [--n-test 500] [--default-train 300] [--threads 2]
+
+Each tool runs in its own fresh process (cold imports, its own peak memory), on the sample
+audits' CNN trained on real Fashion-MNIST, with the true labels, unprojected gradients of all
+parameters. Ours runs through the audit engine as a user gets it: cold (empty cache: featurize
+the training set, then score) and warm (the cache from the cold run reused: a CI re-run after
+a change to the rules, not the model). captum's default per-example path is too slow for the
+full set, so it and ours are also timed on the first `--default-train` training images.
+
+Score agreement: per test example, Spearman ρ over all training images between our scores and
+captum's (dot products divided by captum's own training-gradient norms, from its
+`self_influence`, not timed) and dattri's (`normalized_grad=True`). Captum's timed call is
+`influence(k=None)` (the full score matrix); the top-k is taken from it for free.
+Writes benchmarks/results/peers.json (the TDA part; var_vs_reference adds its own keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.common import RESULTS, environment, peak_memory_mb, trained_small_cnn
+
+TOP_K = 10
+
+
+def audit_yaml(work: Path, n_train: int, n_test: int, cache: str) -> Path:
+    path = work / f"audit_{cache}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        audit: peers
+        model: {{factory: sample_audits.models:small_cnn, checkpoint: {work / 'model.pt'}}}
+        data:
+          train: {{fashion_mnist: {{split: train, channels: 3}}, limit: {n_train}}}
+          test: {{fashion_mnist: {{split: test, channels: 3}}, limit: {n_test}}}
+        settings:
+          device: cpu
+          cache_dir: {cache}
+          attribution: {{test_label: true, projection_dim: 1000000, top_k: {TOP_K}}}
+        """))
+    return path
+
+
+def load(audit: Path):
+    from auditor.engine import Engine
+    from auditor.spec import load_spec
+    from auditor.target import load_target
+
+    return Engine(load_target(load_spec(audit)))
+
+
+def test_tensors(engine) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = torch.arange(len(engine.target.test))
+    return engine.test_images(indices), engine.predictions.labels[indices]
+
+
+# --- workers: each runs in its own process and saves {seconds, peak_mb, scores (n_test, n_train)} ---
+
+def worker_ours(audit: Path) -> dict:
+    engine = load(audit)
+    indices = torch.arange(len(engine.target.test))
+    engine.predictions  # the model's outputs on the test set: every tool starts from the loaded model
+    start = time.perf_counter()
+    influence = engine.influence(indices)
+    seconds = time.perf_counter() - start
+    scores = engine.test_features(indices) @ engine.train_store.matrix().T  # not timed: for the agreement check
+    return {"seconds": seconds, "scores": scores, "top": influence.proponents.indices}
+
+
+def worker_captum(audit: Path, hooks: bool) -> dict:
+    from captum.influence import TracInCP
+
+    engine = load(audit)
+    model, train = engine.target.model, engine.target.train
+    x, y = test_tensors(engine)
+    checkpoint = audit.parent / "model.pt"
+    load_checkpoint = lambda m, path: (m.load_state_dict(torch.load(path, weights_only=True)), 1.0)[1]  # noqa: E731
+    start = time.perf_counter()
+    tracin = TracInCP(model, train, checkpoints=[str(checkpoint)], checkpoints_load_func=load_checkpoint,
+                      loss_fn=nn.CrossEntropyLoss(reduction="sum" if hooks else "none"), batch_size=256,
+                      sample_wise_grads_per_batch=hooks)
+    dots = tracin.influence((x, y), k=None)
+    seconds = time.perf_counter() - start
+    train_norms = tracin.self_influence(None, show_progress=False).sqrt()  # not timed
+    return {"seconds": seconds, "scores": dots / train_norms[None, :]}
+
+
+def worker_dattri(audit: Path) -> dict:
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.task import AttributionTask
+
+    engine = load(audit)
+    model, train = engine.target.model, engine.target.train
+    x, y = test_tensors(engine)
+
+    def loss(params, example):
+        image, label = example
+        logits = torch.func.functional_call(model, params, (image.unsqueeze(0),))
+        return nn.functional.cross_entropy(logits, label.long().unsqueeze(0))
+
+    train_loader = torch.utils.data.DataLoader(train, batch_size=256, shuffle=False)
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=256, shuffle=False)
+    start = time.perf_counter()
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=True, device="cpu")
+    attributor.projector_kwargs = None  # unprojected, like the others (its constructor always sets a default)
+    scores = attributor.attribute(train_loader, test_loader).T
+    return {"seconds": time.perf_counter() - start, "scores": scores}
+
+
+WORKERS = {
+    "ours": lambda a: worker_ours(a),
+    "captum_hooks": lambda a: worker_captum(a, hooks=True),
+    "captum_default": lambda a: worker_captum(a, hooks=False),
+    "dattri": lambda a: worker_dattri(a),
+}
+
+
+def run_worker(tool: str, audit: Path, threads: int) -> dict:
+    """Run one tool in a fresh process; its timing, peak memory and scores."""
+    out = audit.parent / f"{tool}-{audit.stem}.pt"
+    subprocess.run([sys.executable, "-m", "benchmarks.tda_vs_peers", "--worker", tool, "--audit", str(audit),
+                    "--threads", str(threads), "--out", str(out)], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"})
+    result = torch.load(out, weights_only=True)
+    print(f"  {tool:15s} {audit.stem:18s} {result['seconds']:8.2f} s  peak {result['peak_mb']:.0f} MB", flush=True)
+    return result
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Spearman ρ of each row of `a` with the same row of `b` (ranks, then Pearson)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a.double().numpy(), axis=1), rankdata(b.double().numpy(), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    return (ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+
+
+def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
+    """Mean share of our top-k that is also in the peer's top-k."""
+    theirs = scores.topk(top.shape[1], dim=1).indices
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / top.shape[1] for a, b in zip(top, theirs)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-train", type=int, default=5000)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--default-train", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", nargs="*", default=[], choices=sorted(WORKERS))
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--audit", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        result = WORKERS[args.worker](args.audit.resolve())
+        result["peak_mb"] = peak_memory_mb(torch.device("cpu"))
+        torch.save(result, args.out)
+        return
+    compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="tda-peers-"))
+    model, _ = trained_small_cnn(10000)
+    torch.save(model.state_dict(), work / "model.pt")
+    full = audit_yaml(work, args.n_train, args.n_test, "cache")
+    small = audit_yaml(work, args.default_train, args.n_test, "cache_small")
+    print(f"workdir {work}; {args.n_train} train × {args.n_test} test; captum default on {args.default_train} train")
+    r = {"ours_cold": run_worker("ours", full, args.threads)}
+    r["ours_warm"] = run_worker("ours", full, args.threads)
+    for tool in ("captum_hooks", "dattri"):
+        if tool not in args.skip:
+            r[tool] = run_worker(tool, full, args.threads)
+    if "captum_default" not in args.skip:
+        r["ours_cold_small"] = run_worker("ours", small, args.threads)
+        r["captum_default"] = run_worker("captum_default", small, args.threads)
+    shutil.rmtree(work)
+
+    ours = r["ours_cold"]["scores"]
+    document = {"n_train": args.n_train, "n_test": args.n_test, "n_params": sum(p.numel() for p in model.parameters()),
+                "default_train": args.default_train, "top_k": TOP_K, **environment(torch.device("cpu")),
+                "seconds": {k: v["seconds"] for k, v in r.items()}, "peak_mb": {k: v["peak_mb"] for k, v in r.items()}}
+    assert torch.equal(r["ours_warm"]["top"], r["ours_cold"]["top"]), "warm and cold runs disagree"
+    if "captum_hooks" in r:
+        rho = spearman_rows(ours, r["captum_hooks"]["scores"])
+        document |= {"spearman_vs_captum": float(rho.min()), "spearman_vs_captum_median": float(np.median(rho)),
+                     "top_k_overlap_vs_captum": top_overlap(r["ours_cold"]["top"], r["captum_hooks"]["scores"]),
+                     "speedup_vs_captum_hooks_cold": r["captum_hooks"]["seconds"] / r["ours_cold"]["seconds"],
+                     "speedup_vs_captum_hooks_warm": r["captum_hooks"]["seconds"] / r["ours_warm"]["seconds"]}
+    if "dattri" in r:
+        rho = spearman_rows(ours, r["dattri"]["scores"])
+        document |= {"spearman_vs_dattri": float(rho.min()),
+                     "speedup_vs_dattri": r["dattri"]["seconds"] / r["ours_cold"]["seconds"]}
+    if "captum_default" in r:
+        rho = spearman_rows(r["ours_cold_small"]["scores"], r["captum_default"]["scores"])
+        document |= {"spearman_vs_captum_default": float(rho.min()),
+                     "speedup_vs_captum_default": r["captum_default"]["seconds"] / r["ours_cold_small"]["seconds"]}
+    path = RESULTS / "peers.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged["tda"] = document
+    for key in ("speedup_vs_captum_hooks_cold", "speedup_vs_captum_hooks_warm", "speedup_vs_captum_default",
+                "speedup_vs_dattri", "spearman_vs_captum"):
+        if key in document:
+            merged[key] = round(document[key], 4 if key.startswith("spearman") else 2)
+    merged["device"] = document["device"]
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    print(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    main()
