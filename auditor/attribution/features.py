@@ -69,7 +69,7 @@ class Featurizer:
                 continue
             start += len(x)
         counters["featurized"] += len(images)
-        return torch.cat(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grads = self.computer.per_parameter(x, y)
@@ -92,7 +92,7 @@ class Featurizer:
 
 def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> torch.Tensor:
     """`features (b, d)` unchanged, or an error naming the first example whose gradient is NaN/Inf."""
-    bad = ~torch.isfinite(features).all(dim=1)
+    bad = ~torch.isfinite(features.sum(dim=1))  # unit rows cannot overflow: NaN/Inf in a row shows in its sum
     if bad.any():
         first = int(indices[bad.nonzero()[0, 0]])
         raise AttributionError(
@@ -110,9 +110,10 @@ def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, dev
     with tqdm(total=total, desc="featurizing training set", unit="img", disable=not progress or None) as bar:
         for index in todo:
             start, stop = store.shard_range(index)
-            rows = []
+            shard = torch.empty(stop - start, featurizer.dim)  # filled in place: no concatenation copy
             for images, labels, chunk in data_module.batches(dataset, torch.arange(start, stop), batch_size):
-                features = featurizer(images.to(device, non_blocking=True), labels.to(device)).cpu()
-                rows.append(require_finite(features, chunk, "training"))
+                features = featurizer(images.to(device, non_blocking=True), labels.to(device))
+                first = int(chunk[0]) - start
+                shard[first:first + len(chunk)] = require_finite(features, chunk, "training").cpu()
                 bar.update(len(labels))
-            store.write_shard(index, torch.cat(rows))
+            store.write_shard(index, shard)

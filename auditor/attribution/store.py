@@ -59,13 +59,19 @@ def open_cache(root: Path) -> Path:
 
 
 class FeatureStore:
-    """The `(n, d)` feature matrix of one (model, dataset, settings) key, in shards."""
+    """The `(n, d)` feature matrix of one (model, dataset, settings) key, in shards.
+
+    Shards written by this process are also kept in memory, up to `memory_budget` bytes, so a
+    cold run scores from what it just computed instead of reading it back.
+    """
 
     def __init__(self, root: Path, key: str, n: int, dim: int, shard_size: int = 4096,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, memory_budget: int = 2**30) -> None:
         self.directory = open_cache(root) / "features" / key
         self.key, self.n, self.dim, self.shard_size = key, n, dim, shard_size
         self.meta = meta or {}
+        self.memory_budget = memory_budget
+        self._in_memory: dict[int, torch.Tensor] = {}
         self._prepare()
 
     @property
@@ -90,11 +96,14 @@ class FeatureStore:
         start, stop = self.shard_range(index)
         if tuple(features.shape) != (stop - start, self.dim):
             raise ValueError(f"shard {index} needs shape {(stop - start, self.dim)}, got {tuple(features.shape)}")
-        array = features.detach().to("cpu", torch.float32).numpy()
+        rows = features.detach().to("cpu", torch.float32)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npy.tmp")
         with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
+            np.save(handle, rows.numpy())
         os.replace(tmp, self.shard_path(index))
+        held = sum(t.numel() * 4 for t in self._in_memory.values())
+        if held + rows.numel() * 4 <= self.memory_budget:
+            self._in_memory[index] = rows
 
     def read_shard(self, index: int) -> np.ndarray:
         return np.load(self.shard_path(index), mmap_mode="r")
@@ -102,11 +111,14 @@ class FeatureStore:
     def chunks(self, rows: int = 8192, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
         """Yield `(start, features (c, d))` over all rows, at most `rows` at a time.
 
-        Each shard is read whole (one sequential read: ~14× faster than paging a memory map in),
-        so memory holds one shard at a time.
+        Each shard not held in memory is read whole (one sequential read: ~14× faster than
+        paging a memory map in), one at a time.
         """
         for index in range(self.n_shards):
-            shard, (start, _) = torch.from_numpy(np.load(self.shard_path(index))), self.shard_range(index)
+            start, _ = self.shard_range(index)
+            shard = self._in_memory.get(index)
+            if shard is None:
+                shard = torch.from_numpy(np.load(self.shard_path(index)))
             if device != "cpu" and torch.device(device).type == "cuda":
                 shard = shard.pin_memory()
             for offset in range(0, shard.shape[0], rows):
@@ -146,6 +158,7 @@ class FeatureStore:
         if not ok:
             log.warning("feature shard %s is truncated or damaged; recomputing it", path)
             path.unlink()
+            self._in_memory.pop(index, None)
         return ok
 
 

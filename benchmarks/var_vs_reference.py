@@ -1,0 +1,94 @@
+"""Batched VAR vs a faithful loop over classes in the reference style, |K| = 2, 4, 10.
+
+    python -m benchmarks.var_vs_reference [--n-images 256] [--threads 2] [--device auto]
+
+Reference style (as the VAR paper's code and captum's `attribute(target=c)` calls are used):
+one base-method call per class in K, the K maps stacked, then the VAR formula. Ours: one call
+on the batch expanded over the K classes (`SaliencyMethod.attribute(images, (b, K))`), then
+the same formula. Both on the sample audits' CNN and real Fashion-MNIST test images; the
+maps must agree (max abs difference reported). Min of `--repeats` interleaved runs.
+Adds `var_time_over_reference_k4` and a `var` table to benchmarks/results/peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from auditor.attribution.saliency import make_method
+from auditor.attribution.var import class_set, var
+from auditor.target import resolve_device
+from benchmarks.common import RESULTS, environment, trained_small_cnn
+from sample_audits.fashion import test_set
+
+METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "grad_cam")
+
+
+def ours(method, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    return var(method.attribute(images, classes), 0)
+
+
+def reference(method, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """One call per class position, like a loop of `attribute(target=c)`."""
+    maps = torch.stack([method._attribute(images, classes[:, j]) for j in range(classes.shape[1])], dim=1)
+    return var(maps, 0)
+
+
+def timed(fn, *args, device: torch.device) -> tuple[float, torch.Tensor]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, _ = trained_small_cnn(10000)
+    model = model.to(device).eval()
+    images = test_set(n_test=args.n_images).batch(torch.arange(args.n_images))[0].to(device)
+    with torch.no_grad():
+        logits = model(images)
+    rows = []
+    for name in METHODS:
+        method = make_method(name, model, **({"steps": 32} if name == "integrated_gradients" else {}))
+        for k in (2, 4, 10):
+            classes = class_set(logits, logits.argmax(1), k - 1)
+            ours(method, images[:8], classes[:8])  # warm-up
+            times = {"ours": [], "reference": []}
+            for _ in range(args.repeats):
+                t_ours, a = timed(ours, method, images, classes, device=device)
+                t_ref, b = timed(reference, method, images, classes, device=device)
+                times["ours"].append(t_ours)
+                times["reference"].append(t_ref)
+            row = {"method": name, "k": k, "ours_s": min(times["ours"]), "reference_s": min(times["reference"]),
+                   "max_abs_diff": float((a - b).abs().max()), "scale": float(b.abs().max())}
+            row["ratio"] = row["ours_s"] / row["reference_s"]
+            rows.append(row)
+            print(f"{name:22s} K={k:2d}  ours {row['ours_s']:.3f} s  reference {row['reference_s']:.3f} s  "
+                  f"ratio {row['ratio']:.2f}  max|diff| {row['max_abs_diff']:.1e} (max|map| {row['scale']:.1e})",
+                  flush=True)
+    k4 = [r["ratio"] for r in rows if r["k"] == 4]
+    path = RESULTS / "peers.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged["var"] = {"n_images": args.n_images, **environment(device), "rows": rows}
+    merged["var_time_over_reference_k4"] = round(max(k4), 3)
+    merged["var_time_over_reference_k4_by_method"] = {r["method"]: round(r["ratio"], 3) for r in rows if r["k"] == 4}
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
