@@ -58,7 +58,7 @@ def main() -> None:
     device = resolve_device(args.device)
     model, _ = trained_small_cnn(10000)
     model = model.to(device).eval()
-    images = test_set(n_test=args.n_images).batch(torch.arange(args.n_images))[0].to(device)
+    images = test_set(recipe={"n_test": args.n_images}).batch(torch.arange(args.n_images))[0].to(device)
     with torch.no_grad():
         logits = model(images)
     rows = []
