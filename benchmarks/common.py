@@ -52,3 +52,38 @@ def write_json(name: str, document: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def saliency_arguments(doc: str, n_images: int = 256):
+    """The options shared by the saliency benchmarks, parsed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-images", type=int, default=n_images)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
+
+
+def model_and_test_images(args) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
+    """The trained sample CNN in eval mode and `args.n_images` real test images, on `args.device`."""
+    from auditor.target import resolve_device
+    from sample_audits.fashion import test_set
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, _ = trained_small_cnn(10000)
+    images = test_set(recipe={"n_test": args.n_images}).batch(torch.arange(args.n_images))[0].to(device)
+    return model.to(device).eval(), images, device
+
+
+def timed_call(fn, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds `fn()` takes (CUDA synchronised on both sides) and its detached result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out.detach()

@@ -10,16 +10,12 @@ min of `--repeats` interleaved runs. Adds a `saliency` table to benchmarks/resul
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
 import torch
 
 from auditor.attribution.saliency import last_conv_layer, make_method
-from auditor.target import resolve_device
-from benchmarks.common import RESULTS, environment, trained_small_cnn
-from sample_audits.fashion import test_set
+from benchmarks.common import RESULTS, environment, model_and_test_images, saliency_arguments, timed_call
 
 
 def captum_methods(model, n: int) -> dict:
@@ -43,28 +39,9 @@ def captum_methods(model, n: int) -> dict:
     }
 
 
-def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out.detach()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-images", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model, _ = trained_small_cnn(10000)
-    model = model.to(device).eval()
-    images = test_set(recipe={"n_test": args.n_images}).batch(torch.arange(args.n_images))[0].to(device)
+    args = saliency_arguments(__doc__, n_images=256)
+    model, images, device = model_and_test_images(args)
     with torch.no_grad():
         targets = model(images).argmax(1)
     rows = []
@@ -72,9 +49,9 @@ def main() -> None:
         ours = make_method(name, model, **({"steps": 32} if name == "integrated_gradients" else {}))
         best = {"ours": float("inf"), "captum": float("inf")}
         for _ in range(args.repeats):
-            t, a = timed(lambda: ours.attribute(images, targets)[:, 0], device)
+            t, a = timed_call(lambda: ours.attribute(images, targets)[:, 0], device)
             best["ours"] = min(best["ours"], t)
-            t, b = timed(lambda: peer(images, targets), device)
+            t, b = timed_call(lambda: peer(images, targets), device)
             best["captum"] = min(best["captum"], t)
         row = {"method": name, "ours_ms_per_image": 1e3 * best["ours"] / args.n_images,
                "captum_ms_per_image": 1e3 * best["captum"] / args.n_images,

@@ -12,17 +12,13 @@ Adds `var_time_over_reference_k4` and a `var` table to benchmarks/results/peers.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
 import torch
 
 from auditor.attribution.saliency import make_method
 from auditor.attribution.var import class_set, var
-from auditor.target import resolve_device
-from benchmarks.common import RESULTS, environment, trained_small_cnn
-from sample_audits.fashion import test_set
+from benchmarks.common import RESULTS, environment, model_and_test_images, saliency_arguments, timed_call
 
 METHODS = ("gradient", "input_x_gradient", "integrated_gradients", "grad_cam")
 
@@ -37,28 +33,9 @@ def reference(method, images: torch.Tensor, classes: torch.Tensor) -> torch.Tens
     return var(maps, 0)
 
 
-def timed(fn, *args, device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-images", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model, _ = trained_small_cnn(10000)
-    model = model.to(device).eval()
-    images = test_set(recipe={"n_test": args.n_images}).batch(torch.arange(args.n_images))[0].to(device)
+    args = saliency_arguments(__doc__, n_images=128)
+    model, images, device = model_and_test_images(args)
     with torch.no_grad():
         logits = model(images)
     rows = []
@@ -69,8 +46,8 @@ def main() -> None:
             ours(method, images[:8], classes[:8])  # warm-up
             times = {"ours": [], "reference": []}
             for _ in range(args.repeats):
-                t_ours, a = timed(ours, method, images, classes, device=device)
-                t_ref, b = timed(reference, method, images, classes, device=device)
+                t_ours, a = timed_call(lambda: ours(method, images, classes), device)
+                t_ref, b = timed_call(lambda: reference(method, images, classes), device)
                 times["ours"].append(t_ours)
                 times["reference"].append(t_ref)
             row = {"method": name, "k": k, "ours_s": min(times["ours"]), "reference_s": min(times["reference"]),

@@ -32,6 +32,41 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+HEAD = """
+audit: t
+model: {factory: fakes:linear}
+data:
+  train: {factory: fakes:images}
+  test: {factory: fakes:images}
+"""
+
+
+def audit(tmp_path: Path, body: str = "", head: str = HEAD, name: str = "audit_t.yaml") -> Path:
+    """An audit over the tiny fakes (tests/fakes.py): `head` followed by `body`."""
+    return write(tmp_path / name, head + body)
+
+
+BASE = {
+    "model": "{factory: fakes:linear}",
+    "train": "{factory: fakes:images}",
+    "test": "{factory: fakes:images}",
+    "settings": "{device: cpu}",
+}
+
+
+def spec_file(tmp_path: Path, **over: str) -> Path:
+    """An audit over the fakes with some of its model/train/test/settings lines replaced."""
+    fields = {**BASE, **over}
+    return write(tmp_path / "audit_t.yaml", f"""
+audit: t
+model: {fields['model']}
+data:
+  train: {fields['train']}
+  test: {fields['test']}
+settings: {fields['settings']}
+""")
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory) -> Path:
     """A small CNN trained for one epoch on 3,000 real Fashion-MNIST images (a few seconds)."""

@@ -15,20 +15,7 @@ from auditor.errors import AttributionError, CacheError, SpecError, TargetError
 from auditor.runner import AuditSession
 from auditor.spec import load_spec
 from auditor.target import load_target
-from conftest import write
-
-HEAD = """
-audit: t
-model: {factory: fakes:linear}
-data:
-  train: {factory: fakes:images}
-  test: {factory: fakes:images}
-"""
-
-
-def audit(tmp_path, body: str = "", head: str = HEAD, name: str = "audit_t.yaml"):
-    return write(tmp_path / name, head + body)
-
+from conftest import HEAD, audit, spec_file, write
 
 # --- the YAML ---------------------------------------------------------------------------------
 
@@ -95,26 +82,6 @@ def test_include_cycle_is_reported(tmp_path):
 
 
 # --- the model and the data -------------------------------------------------------------------
-
-BASE = {
-    "model": "{factory: fakes:linear}",
-    "train": "{factory: fakes:images}",
-    "test": "{factory: fakes:images}",
-    "settings": "{device: cpu}",
-}
-
-
-def spec_file(tmp_path, **over):
-    fields = {**BASE, **over}
-    return write(tmp_path / "audit_t.yaml", f"""
-audit: t
-model: {fields['model']}
-data:
-  train: {fields['train']}
-  test: {fields['test']}
-settings: {fields['settings']}
-""")
-
 
 def target_error(tmp_path, **over) -> str:
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")

@@ -3,20 +3,7 @@
 from __future__ import annotations
 
 from auditor.spec import load_spec
-from conftest import write
-
-HEAD = """
-audit: t
-model: {factory: fakes:linear}
-data:
-  train: {factory: fakes:images}
-  test: {factory: fakes:images}
-"""
-
-
-def audit(tmp_path, body: str = "", head: str = HEAD, name: str = "audit_t.yaml"):
-    return write(tmp_path / name, head + body)
-
+from conftest import audit, write
 
 def test_valid_spec_parses_rules_with_lines_and_defaults(tmp_path):
     path = audit(tmp_path, """

@@ -7,27 +7,7 @@ import torch
 from auditor.engine import Engine
 from auditor.spec import load_spec
 from auditor.target import load_target, resolve_device
-from conftest import write
-
-BASE = {
-    "model": "{factory: fakes:linear}",
-    "train": "{factory: fakes:images}",
-    "test": "{factory: fakes:images}",
-    "settings": "{device: cpu}",
-}
-
-
-def spec_file(tmp_path, **over):
-    fields = {**BASE, **over}
-    return write(tmp_path / "audit_t.yaml", f"""
-audit: t
-model: {fields['model']}
-data:
-  train: {fields['train']}
-  test: {fields['test']}
-settings: {fields['settings']}
-""")
-
+from conftest import spec_file
 
 def test_a_valid_target_loads_in_eval_mode(tmp_path):
     target = load_target(load_spec(spec_file(tmp_path)))
