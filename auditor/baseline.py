@@ -11,6 +11,7 @@ did not fail in the baseline.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -186,8 +187,7 @@ class BaselineBook:
     audit: str
     update: bool = False
     ci: bool = field(default_factory=in_ci)
-    _entries: dict[str, BaselineEntry] | None = None
-    _loaded: bool = False
+    _entries: dict[str, BaselineEntry] | None = None  # None until read
     pending: dict[str, BaselineEntry] = field(default_factory=dict)
 
     @property
@@ -195,10 +195,9 @@ class BaselineBook:
         return baseline_path(self.audit_path)
 
     def entries(self) -> dict[str, BaselineEntry]:
-        if not self._loaded:
-            self._entries = load_baseline(self.file)
-            self._loaded = True
-        return self._entries or {}
+        if self._entries is None:
+            self._entries = load_baseline(self.file) or {}
+        return self._entries
 
     def check(self, rule: Any, result: Any) -> BaselineDiff | None:
         """Compare one rule's result with its entry, and remember what to write back.
@@ -225,10 +224,10 @@ class BaselineBook:
             return None
         path = save_baseline(self.file, self.audit, self.pending)
         self.pending = {}
-        self._loaded = False
+        self._entries = None
         return path
 
 
 def _number(value: Any) -> float | None:
-    value = float(value) if value is not None else None
-    return value if value is not None and value == value and abs(value) != float("inf") else None
+    """A finite float, or None (NaN and infinities are not comparable)."""
+    return float(value) if value is not None and math.isfinite(value) else None

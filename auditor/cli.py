@@ -94,7 +94,7 @@ def _featurize(args: argparse.Namespace) -> int:
     engine = session.engine
     start = time.perf_counter()
     with process_group(rank, engine.device):
-        store, missing, mine = featurize_sharded(engine, rank, progress=not args.no_progress)
+        store, missing = featurize_sharded(engine, rank, progress=not args.no_progress)
     if rank.is_main:
         cached = store.n_shards - len(missing)
         print(f"features of {store.n} training images ({store.n_shards} shards, {cached} already cached, "

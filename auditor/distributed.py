@@ -80,8 +80,8 @@ def share(shards: list[int], rank: Rank) -> list[int]:
     return shards[rank.rank::rank.world]
 
 
-def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tuple[FeatureStore, list[int], list[int]]:
-    """Fill the training store with this job's ranks; returns the store, what was missing, and this rank's share.
+def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tuple[FeatureStore, list[int]]:
+    """Fill the training store with this job's ranks; returns the store and the shards that were missing.
 
     Rank 0 opens (and if stale, resets) the store before the others touch it, and its list of
     missing shards is broadcast, so every rank deals from the same list.
@@ -99,12 +99,11 @@ def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tupl
         raise AuditError(f"rank {rank.rank} built a different model or dataset than rank 0 "
                          f"(cache key {store.key} vs {key})", field="model",
                          fix="give `model.checkpoint`, and make the model and data factories deterministic")
-    mine = share(missing, rank)
-    engine.featurize_training(store, shards=mine, progress=progress and rank.is_main)
+    engine.featurize_training(store, shards=share(missing, rank), progress=progress and rank.is_main)
     if rank.world > 1:
         torch.distributed.barrier()
     if rank.is_main and not store.complete():
         raise AuditError(f"the feature store {store.directory} is incomplete after featurization "
                          f"(missing shards {store.missing_shards()})", field="settings.cache_dir",
                          fix="run `auditor featurize` again: completed shards are kept")
-    return store, missing, mine
+    return store, missing

@@ -136,7 +136,7 @@ class _TrainingAttribution:
         images = self.test_images(indices).to(self.device)
         features = self.featurizer(images, self.gradient_labels(indices).to(self.device))
         with self._located("layers"):
-            return require_finite(features.cpu(), indices, "test").to(self.device)
+            return require_finite(features, indices, "test")
 
     def influence(self, indices: torch.Tensor) -> Influence:
         """Top-k proponents and opponents of each selected test example (computed once each)."""

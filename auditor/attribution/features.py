@@ -94,7 +94,7 @@ def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> 
     """`features (b, d)` unchanged, or an error naming the first example whose gradient is NaN/Inf."""
     bad = ~torch.isfinite(features.sum(dim=1))  # unit rows cannot overflow: NaN/Inf in a row shows in its sum
     if bad.any():
-        first = int(indices[bad.nonzero()[0, 0]])
+        first = int(indices[int(bad.nonzero()[0, 0])])  # `indices` on the CPU, `features` anywhere
         raise AttributionError(
             f"the loss gradient of {what} example {first} is NaN or Inf ({int(bad.sum())} of {len(bad)} in its batch)",
             field="model", fix="check the model for operations with undefined derivatives (sqrt or log at 0) "

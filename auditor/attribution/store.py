@@ -119,8 +119,6 @@ class FeatureStore:
             shard = self._in_memory.get(index)
             if shard is None:
                 shard = torch.from_numpy(np.load(self.shard_path(index)))
-            if device != "cpu" and torch.device(device).type == "cuda":
-                shard = shard.pin_memory()
             for offset in range(0, shard.shape[0], rows):
                 yield start + offset, shard[offset:offset + rows].to(device, non_blocking=True)
 
