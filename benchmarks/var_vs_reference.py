@@ -3,9 +3,9 @@
     python -m benchmarks.var_vs_reference [--n-images 256] [--threads 2] [--device auto]
 
 Reference style (as the VAR paper's code and captum's `attribute(target=c)` calls are used):
-one base-method call per class in K, the K maps stacked, then the VAR formula. Ours: one call
-on the batch expanded over the K classes (`SaliencyMethod.attribute(images, (b, K))`), then
-the same formula. Both on the sample audits' CNN and real Fashion-MNIST test images; the
+one base-method call per class in K (a forward and a backward pass each), the K maps stacked,
+then the VAR formula. Ours: one call for all K classes (`SaliencyMethod.attribute(images, (b, K))`:
+one forward pass, the K classes' gradients from it), then the same formula. Both on the sample audits' CNN and real Fashion-MNIST test images; the
 maps must agree (max abs difference reported). Min of `--repeats` interleaved runs.
 Adds `var_time_over_reference_k4` and a `var` table to benchmarks/results/peers.json.
 """
@@ -29,7 +29,7 @@ def ours(method, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 def reference(method, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """One call per class position, like a loop of `attribute(target=c)`."""
-    maps = torch.stack([method._attribute(images, classes[:, j]) for j in range(classes.shape[1])], dim=1)
+    maps = torch.stack([method.attribute(images, classes[:, j])[:, 0] for j in range(classes.shape[1])], dim=1)
     return var(maps, 0)
 
 

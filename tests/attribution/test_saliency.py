@@ -74,11 +74,12 @@ def test_each_method_equals_captum(name, batch):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_batched_classes_equal_one_class_at_a_time(name, batch):
-    model = net()
+@pytest.mark.parametrize("batched_backward", [False, True], ids=["k-backward-passes", "one-vmapped-backward"])
+def test_batched_classes_equal_one_class_at_a_time(name, batched_backward, batch):
+    model = net(functional=name == "guided_backprop")
     x, _ = batch
     classes = torch.tensor([[0, 1, 2], [3, 4, 0], [2, 2, 1]])
-    method = make_method(name, model)
+    method = make_method(name, model, batched_backward=batched_backward)
     together = method.attribute(x, classes)
     for k in range(3):
         alone = method.attribute(x, classes[:, k])[:, 0]
