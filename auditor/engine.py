@@ -10,15 +10,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.attribution.features import Featurizer, default_chunk_size, featurize, require_finite
+from auditor.attribution.features import Featurizer, counters, default_chunk_size, featurize, require_finite
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
+from auditor.attribution.result_store import ResultStore
 from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.store import FeatureStore
 from auditor.attribution.tfa import TfaMaps, tfa
@@ -100,19 +102,41 @@ class _TrainingAttribution:
             self.featurize_training(store)
         return store
 
-    def open_train_store(self) -> FeatureStore:
-        """The training features' store for this model, data and settings (shards may be missing)."""
+    @cached_property
+    def train_features_meta(self) -> dict[str, str]:
+        """What the training features depend on: hashes of the weights, the data and the settings."""
         a = self.attribution
-        meta = {
+        return {
             "model": model_hash(self.target.model),
             "data": dataset_hash(self.target.train),
             "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
                                        "projection": a.projection, "seed": self.settings.seed, "label": "true"}),
         }
-        key = settings_hash(meta)[:24]
-        root = self.target.spec.base_dir / self.settings.cache_dir
+
+    def open_train_store(self) -> FeatureStore:
+        """The training features' store for this model, data and settings (shards may be missing)."""
+        meta = self.train_features_meta
         with self._located("cache_dir", section="settings"):
-            return FeatureStore(root, key, len(self.target.train), self.featurizer.dim, a.shard_size, meta)
+            return FeatureStore(self.cache_root, settings_hash(meta)[:24], len(self.target.train),
+                                self.featurizer.dim, self.attribution.shard_size, meta)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.target.spec.base_dir / self.settings.cache_dir
+
+    @cached_property
+    def influence_results(self) -> ResultStore:
+        """Top-k rows of the test examples scored by earlier runs with the same key (on disk)."""
+        a = self.attribution
+        meta = {"features": self.train_features_meta, "test": dataset_hash(self.target.test),
+                "test_label": a.test_label, "top_k": a.top_k}
+        with self._located("cache_dir", section="settings"):
+            return ResultStore(self.cache_root, "influence", settings_hash(meta)[:24], meta)
+
+    @cached_property
+    def _influence(self) -> dict[int, tuple[torch.Tensor, ...]]:
+        """Per test example: proponent indices and scores, opponent indices and scores."""
+        return self.influence_results.load()
 
     def featurize_training(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
         """Compute the store's missing shards (or only `shards`: one rank's share)."""
@@ -149,6 +173,8 @@ class _TrainingAttribution:
             for row, i in enumerate(missing.tolist()):
                 self._influence[i] = (proponents.indices[row], proponents.scores[row],
                                       opponents.indices[row], opponents.scores[row])
+            counters["scored"] += len(missing)
+            self.influence_results.save(self._influence)
         rows = [self._influence[i] for i in indices.tolist()]
         stack = lambda j: torch.stack([r[j] for r in rows]) if rows else torch.zeros(0, 0)  # noqa: E731
         return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
@@ -242,7 +268,6 @@ class Engine(_TrainingAttribution, _TestAttribution):
         self.classes = target.classes
         self.device = target.device
         self.attribution = self.settings.attribution
-        self._influence: dict[int, tuple[torch.Tensor, ...]] = {}
         self._tfa: dict[tuple[int, int], TfaMaps] = {}
         self._saliency: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
 

@@ -49,6 +49,27 @@ def test_cache_is_reused_and_invalidated(fashion_audit, tmp_path):
     assert features.counters["featurized"] == 1201
 
 
+def test_influence_results_are_reused_by_a_rerun_and_keyed_by_what_they_depend_on(fashion_audit, caplog):
+    features.counters.clear()
+    first = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300).influence(torch.arange(10))
+    assert features.counters["scored"] == 10
+    rerun = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
+    again = rerun.influence(torch.arange(10))
+    assert features.counters["scored"] == 10 and features.counters["featurized"] == 300 + 10, "re-run recomputed"
+    for mine, theirs in ((again.proponents, first.proponents), (again.opponents, first.opponents)):
+        assert torch.equal(mine.indices, theirs.indices) and torch.equal(mine.scores, theirs.scores)
+    rerun.influence(torch.arange(5, 15))                     # a wider selection scores only the new examples
+    assert features.counters["scored"] == 15
+    engine_for(fashion_audit, "attribution: {top_k: 4, test_label: true}", train_limit=300).influence(torch.arange(3))
+    engine_for(fashion_audit, "attribution: {top_k: 5}", train_limit=300).influence(torch.arange(3))
+    assert features.counters["scored"] == 21, "a changed test label or k reused stale results"
+    damaged = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
+    damaged.influence_results.path.write_bytes(b"not a torch file")
+    repaired = damaged.influence(torch.arange(10))
+    assert "result cache" in caplog.text and features.counters["scored"] == 31
+    assert torch.equal(repaired.proponents.indices, first.proponents.indices)
+
+
 def test_truncated_shard_is_rebuilt(fashion_audit):
     engine = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300)
     store = engine.train_store

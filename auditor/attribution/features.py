@@ -18,7 +18,8 @@ from auditor.attribution.projection import Projector
 from auditor.attribution.store import FeatureStore
 from auditor.errors import AttributionError, MemoryWarning
 
-#: How many examples were featurized in this process (tests assert cache reuse with it).
+#: How many examples were featurized (`featurized`) and test examples scored (`scored`) in this
+#: process: tests assert cache reuse with it.
 counters: Counter[str] = Counter()
 
 
@@ -108,12 +109,15 @@ def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, dev
     todo = [i for i in store.missing_shards() if shards is None or i in shards]
     total = sum(stop - start for start, stop in map(store.shard_range, todo))
     with tqdm(total=total, desc="featurizing training set", unit="img", disable=not progress or None) as bar:
-        for index in todo:
-            start, stop = store.shard_range(index)
-            shard = torch.empty(stop - start, featurizer.dim)  # filled in place: no concatenation copy
-            for images, labels, chunk in data_module.batches(dataset, torch.arange(start, stop), batch_size):
-                features = featurizer(images.to(device, non_blocking=True), labels.to(device))
-                first = int(chunk[0]) - start
-                shard[first:first + len(chunk)] = require_finite(features, chunk, "training").cpu()
-                bar.update(len(labels))
-            store.write_shard(index, shard)
+        try:
+            for index in todo:
+                start, stop = store.shard_range(index)
+                shard = torch.empty(stop - start, featurizer.dim)  # filled in place: no concatenation copy
+                for images, labels, chunk in data_module.batches(dataset, torch.arange(start, stop), batch_size):
+                    features = featurizer(images.to(device, non_blocking=True), labels.to(device))
+                    first = int(chunk[0]) - start
+                    shard[first:first + len(chunk)] = require_finite(features, chunk, "training").cpu()
+                    bar.update(len(labels))
+                store.write_shard(index, shard)  # written in the background while the next shard is computed
+        finally:
+            store.flush()  # every completed shard is on disk when this returns, even after an error

@@ -5,7 +5,9 @@
     CACHE_DIR/features/KEY/shard-00000.npy ...   rows [i·S, (i+1)·S) as float32 (S, d)
 
 Shards are written atomically (temp file + rename), so an interrupted featurization resumes
-from the shards it completed; a truncated or foreign shard is detected and recomputed.
+from the shards it completed; a truncated or foreign shard is detected and recomputed. Each
+write runs on a background thread while the next shard is computed (one write in flight at
+a time); `flush` waits for it and re-raises its error.
 Shards are independent, so ranks of a distributed job can each write some and merge.
 """
 
@@ -16,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,8 @@ class FeatureStore:
         self.meta = meta or {}
         self.memory_budget = memory_budget
         self._in_memory: dict[int, torch.Tensor] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         self._prepare()
 
     @property
@@ -87,6 +92,7 @@ class FeatureStore:
 
     def missing_shards(self) -> list[int]:
         """Shards not yet on disk in valid form (invalid ones are deleted)."""
+        self.flush()
         return [i for i in range(self.n_shards) if not self._valid_shard(i)]
 
     def complete(self) -> bool:
@@ -97,13 +103,28 @@ class FeatureStore:
         if tuple(features.shape) != (stop - start, self.dim):
             raise ValueError(f"shard {index} needs shape {(stop - start, self.dim)}, got {tuple(features.shape)}")
         rows = features.detach().to("cpu", torch.float32)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, rows.numpy())
-        os.replace(tmp, self.shard_path(index))
+        self.flush()  # one write in flight at most: memory stays bounded if the disk is slow
         held = sum(t.numel() * 4 for t in self._in_memory.values())
         if held + rows.numel() * 4 <= self.memory_budget:
             self._in_memory[index] = rows
+        self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditor-shard-writer")
+        self._pending = self._writer.submit(self._write, index, rows.numpy())
+
+    def flush(self) -> None:
+        """Wait until the shard being written is on disk; re-raise the write's error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, index: int, rows: np.ndarray) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npy.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, rows)  # numpy releases the GIL while the bytes go to the file
+            os.replace(tmp, self.shard_path(index))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def read_shard(self, index: int) -> np.ndarray:
         return np.load(self.shard_path(index), mmap_mode="r")
