@@ -23,7 +23,7 @@ from auditor.attribution.projection import make_projector
 from auditor.attribution.result_store import ResultStore
 from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.store import FeatureStore
-from auditor.attribution.tfa import TfaMaps, tfa
+from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
 from auditor.attribution.var import class_set, var
 from auditor.errors import AuditError, TargetError
 from auditor.fingerprint import dataset_hash, model_hash, settings_hash
@@ -120,6 +120,10 @@ class _TrainingAttribution:
             return FeatureStore(self.cache_root, settings_hash(meta)[:24], len(self.target.train),
                                 self.featurizer.dim, self.attribution.shard_size, meta)
 
+    @cached_property
+    def test_data_hash(self) -> str:
+        return dataset_hash(self.target.test)
+
     @property
     def cache_root(self) -> Path:
         return self.target.spec.base_dir / self.settings.cache_dir
@@ -128,7 +132,7 @@ class _TrainingAttribution:
     def influence_results(self) -> ResultStore:
         """Top-k rows of the test examples scored by earlier runs with the same key (on disk)."""
         a = self.attribution
-        meta = {"features": self.train_features_meta, "test": dataset_hash(self.target.test),
+        meta = {"features": self.train_features_meta, "test": self.test_data_hash,
                 "test_label": a.test_label, "top_k": a.top_k}
         with self._located("cache_dir", section="settings"):
             return ResultStore(self.cache_root, "influence", settings_hash(meta)[:24], meta)
@@ -202,17 +206,33 @@ class _TrainingAttribution:
             images, labels = self.train_batch(torch.tensor([j for _, j in todo]))
             maps = tfa(self.target.model, self.parameter_names, images.to(self.device), labels.to(self.device),
                        grads[[position[t] for t, _ in todo]], a.smoothgrad_samples, a.smoothgrad_sigma,
-                       self.settings.seed)
+                       pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in todo])
             for n, pair in enumerate(todo):
-                self._tfa[pair] = TfaMaps(maps.signed[n].cpu(), maps.magnitude[n].cpu())
+                self._tfa[pair] = (maps.signed[n].cpu(),)
+            counters["tfa_pairs"] += len(todo)
+            self.tfa_results.save(self._tfa)
         results = []
         for row, t in enumerate(indices.tolist()):
             train = influence.proponents.indices[row, :k]
-            pair_maps = [self._tfa[(t, int(j))] for j in train.tolist()]
+            signed = torch.stack([self._tfa[(t, int(j))][0] for j in train.tolist()])
             results.append(TfaResult(t, train, influence.proponents.scores[row, :k],
-                                     TfaMaps(torch.stack([m.signed for m in pair_maps]),
-                                             torch.stack([m.magnitude for m in pair_maps]))))
+                                     TfaMaps(signed, signed.abs().sum(1))))
         return results
+
+    @cached_property
+    def tfa_results(self) -> ResultStore:
+        """Signed TFA maps of the (test, train) pairs computed by earlier runs with the same key (on disk)."""
+        a = self.attribution
+        meta = {"model": self.train_features_meta["model"], "data": self.train_features_meta["data"],
+                "test": self.test_data_hash, "params": self.parameter_names, "test_label": a.test_label,
+                "samples": a.smoothgrad_samples, "sigma": a.smoothgrad_sigma, "seed": self.settings.seed}
+        with self._located("cache_dir", section="settings"):
+            return ResultStore(self.cache_root, "tfa", settings_hash(meta)[:24], meta)
+
+    @cached_property
+    def _tfa(self) -> dict[tuple[int, int], tuple[torch.Tensor]]:
+        """Per (test, train) pair: its signed TFA map `(C, H, W)`."""
+        return self.tfa_results.load()
 
 
 @dataclass(frozen=True)
@@ -268,7 +288,6 @@ class Engine(_TrainingAttribution, _TestAttribution):
         self.classes = target.classes
         self.device = target.device
         self.attribution = self.settings.attribution
-        self._tfa: dict[tuple[int, int], TfaMaps] = {}
         self._saliency: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
 
     @cached_property

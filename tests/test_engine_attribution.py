@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -117,6 +119,24 @@ def test_tfa_of_top_proponents_has_image_shape(fashion_audit):
     assert torch.isfinite(results[0].maps.signed).all() and results[0].maps.magnitude.sum() > 0
     again = engine.tfa(torch.tensor([9]), k=2)
     assert torch.equal(again[0].maps.signed, results[1].maps.signed)
+
+
+def test_tfa_maps_are_reused_by_a_rerun_and_do_not_depend_on_what_else_was_asked(fashion_audit):
+    settings = "attribution: {smoothgrad_samples: 2, top_k: 2}"
+    features.counters.clear()
+    both = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([3, 9]))
+    assert features.counters["tfa_pairs"] == 4
+    rerun = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([9]))
+    assert features.counters["tfa_pairs"] == 4, "a re-run recomputed stored maps"
+    assert torch.equal(rerun[0].maps.signed, both[1].maps.signed)
+    assert torch.equal(rerun[0].maps.magnitude, both[1].maps.magnitude)
+    shutil.rmtree(engine_for(fashion_audit, settings, train_limit=300).tfa_results.path.parent)
+    alone = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([9]))
+    assert features.counters["tfa_pairs"] == 6
+    scale = both[1].maps.signed.abs().max()  # equal up to float rounding (other batch shapes)
+    assert torch.allclose(alone[0].maps.signed, both[1].maps.signed, atol=1e-4 * scale), "depends on other pairs"
+    engine_for(fashion_audit, "attribution: {smoothgrad_samples: 3, top_k: 2}", train_limit=300).tfa(torch.tensor([9]))
+    assert features.counters["tfa_pairs"] == 8, "changed SmoothGrad settings reused stale maps"
 
 
 def test_saliency_and_var_are_computed_once_per_example(fashion_audit):

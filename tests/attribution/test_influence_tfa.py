@@ -102,6 +102,16 @@ def test_smoothgrad_averages_noisy_maps_and_is_seeded():
     assert torch.allclose(zero.signed, plain.signed)
 
 
+def test_smoothgrad_noise_of_a_pair_does_not_depend_on_the_other_pairs_in_the_call():
+    model = linear_model()
+    names = select_parameters(model)
+    x, y = torch.randn(3, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 1, 1])
+    g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
+    together = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9], batch_size=2)
+    alone = tfa(model, names, x[2:], y[2:], g[2:], samples=4, pair_seeds=[9])
+    assert torch.equal(together.signed[2:], alone.signed)
+
+
 def test_streaming_topk_equals_argsort_of_full_matrix():
     torch.manual_seed(0)
     queries = F.normalize(torch.randn(7, 32), dim=1)
