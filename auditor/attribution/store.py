@@ -69,7 +69,7 @@ class FeatureStore:
     """
 
     def __init__(self, root: Path, key: str, n: int, dim: int, shard_size: int = 4096,
-                 meta: dict[str, Any] | None = None, memory_budget: int = 2**30) -> None:
+                 meta: dict[str, Any] | None = None, memory_budget: int = 256 * 2**20) -> None:
         self.directory = open_cache(root) / "features" / key
         self.key, self.n, self.dim, self.shard_size = key, n, dim, shard_size
         self.meta = meta or {}
