@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +17,8 @@ import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.attribution.features import Featurizer, counters, default_chunk_size, featurize, require_finite
+from auditor.attribution.features import (Featurizer, counters, default_chunk_size, featurize, featurized_shards,
+                                          require_finite)
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
@@ -97,10 +99,15 @@ class _TrainingAttribution:
     @cached_property
     def train_store(self) -> FeatureStore:
         """Unit-norm projected gradients of every training example (true labels), cached on disk."""
-        store = self.open_train_store()
+        store = self.feature_store
         if not store.complete():
             self.featurize_training(store)
         return store
+
+    @cached_property
+    def feature_store(self) -> FeatureStore:
+        """The training features' store, opened but not necessarily complete."""
+        return self.open_train_store()
 
     @cached_property
     def train_features_meta(self) -> dict[str, str]:
@@ -148,6 +155,12 @@ class _TrainingAttribution:
             featurize(store, self.target.train, self.featurizer, self.device, self.settings.batch_size,
                       shards=shards, progress=progress)
 
+    def _featurized(self, store: FeatureStore, shards: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """The store's missing `shards`, computed and written one at a time, for scoring as they come."""
+        with self._located("chunk_size"):
+            yield from featurized_shards(store, self.target.train, self.featurizer, self.device,
+                                         self.settings.batch_size, shards=shards)
+
     def gradient_labels(self, indices: torch.Tensor) -> torch.Tensor:
         """Labels used for test gradients: predicted (default) or true."""
         p = self.predictions
@@ -171,9 +184,9 @@ class _TrainingAttribution:
         missing = torch.tensor([i for i in indices.tolist() if i not in self._influence], dtype=torch.long)
         if len(missing):
             queries = self.test_features(missing)
-            store = self.train_store
-            proponents, opponents, _ = grad_cos_topk(
-                queries, store.chunks(self.attribution.score_chunk, self.device), self.attribution.top_k)
+            store = self.feature_store
+            chunks = store.chunks(self.attribution.score_chunk, self.device, fill=lambda todo: self._featurized(store, todo))
+            proponents, opponents, _ = grad_cos_topk(queries, chunks, self.attribution.top_k)
             for row, i in enumerate(missing.tolist()):
                 self._influence[i] = (proponents.indices[row], proponents.scores[row],
                                       opponents.indices[row], opponents.scores[row])

@@ -13,3 +13,12 @@ def small_cnn(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> n
         nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),       # 3×3
         nn.Flatten(), nn.Linear(2 * width * 9, num_classes),
     )
+
+
+def resnet18_28(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18 (no weights) adapted to 28×28: a 3×3 stride-1 stem keeps 14×14 after its max-pool."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    return model

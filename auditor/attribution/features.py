@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,15 @@ def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> 
 def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
               batch_size: int = 256, shards: list[int] | None = None, progress: bool = True) -> None:
     """Compute and write the store's missing shards (or only `shards`, for one rank's share)."""
+    for _ in featurized_shards(store, dataset, featurizer, device, batch_size, shards, progress):
+        pass
+
+
+def featurized_shards(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
+                      batch_size: int = 256, shards: list[int] | None = None, progress: bool = True,
+                      ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Compute the missing shards (or only `shards`) in index order; yield `(index, features)` of
+    each as it is handed to the store's background writer, so a caller can score it at once."""
     todo = [i for i in store.missing_shards() if shards is None or i in shards]
     total = sum(stop - start for start, stop in map(store.shard_range, todo))
     with tqdm(total=total, desc="featurizing training set", unit="img", disable=not progress or None) as bar:
@@ -119,5 +129,6 @@ def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, dev
                     shard[first:first + len(chunk)] = require_finite(features, chunk, "training").cpu()
                     bar.update(len(labels))
                 store.write_shard(index, shard)  # written in the background while the next shard is computed
+                yield index, shard
         finally:
-            store.flush()  # every completed shard is on disk when this returns, even after an error
+            store.flush()  # every completed shard is on disk when this ends, even after an error

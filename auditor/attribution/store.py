@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,19 +62,13 @@ def open_cache(root: Path) -> Path:
 
 
 class FeatureStore:
-    """The `(n, d)` feature matrix of one (model, dataset, settings) key, in shards.
-
-    Shards written by this process are also kept in memory, up to `memory_budget` bytes, so a
-    cold run scores from what it just computed instead of reading it back.
-    """
+    """The `(n, d)` feature matrix of one (model, dataset, settings) key, in shards."""
 
     def __init__(self, root: Path, key: str, n: int, dim: int, shard_size: int = 4096,
-                 meta: dict[str, Any] | None = None, memory_budget: int = 256 * 2**20) -> None:
+                 meta: dict[str, Any] | None = None) -> None:
         self.directory = open_cache(root) / "features" / key
         self.key, self.n, self.dim, self.shard_size = key, n, dim, shard_size
         self.meta = meta or {}
-        self.memory_budget = memory_budget
-        self._in_memory: dict[int, torch.Tensor] = {}
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         self._prepare()
@@ -104,9 +98,6 @@ class FeatureStore:
             raise ValueError(f"shard {index} needs shape {(stop - start, self.dim)}, got {tuple(features.shape)}")
         rows = features.detach().to("cpu", torch.float32)
         self.flush()  # one write in flight at most: memory stays bounded if the disk is slow
-        held = sum(t.numel() * 4 for t in self._in_memory.values())
-        if held + rows.numel() * 4 <= self.memory_budget:
-            self._in_memory[index] = rows
         self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditor-shard-writer")
         self._pending = self._writer.submit(self._write, index, rows.numpy())
 
@@ -129,16 +120,27 @@ class FeatureStore:
     def read_shard(self, index: int) -> np.ndarray:
         return np.load(self.shard_path(index), mmap_mode="r")
 
-    def chunks(self, rows: int = 8192, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield `(start, features (c, d))` over all rows, at most `rows` at a time.
+    def chunks(self, rows: int = 8192, device: torch.device | str = "cpu",
+               fill: Callable[[list[int]], Iterator[tuple[int, torch.Tensor]]] | None = None,
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield `(start, features (c, d))` over all rows in order, at most `rows` at a time.
 
-        Each shard not held in memory is read whole (one sequential read: ~14× faster than
-        paging a memory map in), one at a time.
+        Shards on disk are read whole (one sequential read: ~14× faster than paging a memory
+        map in), one at a time. Missing shards come from `fill(missing)`, which computes and
+        writes them in index order: a cold run scores each shard as it is computed, holding
+        one shard in memory, never reading back what it just wrote.
         """
+        missing = self.missing_shards()
+        if missing and fill is None:
+            raise CacheError(f"feature store '{self.directory}' lacks shards {missing}",
+                             field="settings.cache_dir", fix="featurize the training set first")
+        computed = fill(missing) if missing else iter(())
         for index in range(self.n_shards):
             start, _ = self.shard_range(index)
-            shard = self._in_memory.get(index)
-            if shard is None:
+            if index in missing:
+                filled, shard = next(computed)
+                assert filled == index, f"fill yielded shard {filled}, expected {index}"
+            else:
                 shard = torch.from_numpy(np.load(self.shard_path(index)))
             for offset in range(0, shard.shape[0], rows):
                 yield start + offset, shard[offset:offset + rows].to(device, non_blocking=True)
@@ -177,7 +179,6 @@ class FeatureStore:
         if not ok:
             log.warning("feature shard %s is truncated or damaged; recomputing it", path)
             path.unlink()
-            self._in_memory.pop(index, None)
         return ok
 
 
