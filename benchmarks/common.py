@@ -16,12 +16,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def trained_small_cnn(n_train: int = 10000, epochs: int = 1, seed: int = 0) -> tuple[torch.nn.Module, object]:
     """The sample audits' CNN trained briefly on real Fashion-MNIST; returns (model, train set)."""
-    from sample_audits.models import small_cnn
+    return trained_model("small_cnn", n_train, epochs, seed)
+
+
+def trained_model(factory: str, n_train: int = 10000, epochs: int = 1, seed: int = 0) -> tuple[torch.nn.Module, object]:
+    """`sample_audits.models.<factory>()` trained briefly on real Fashion-MNIST; returns (model, train set)."""
+    from sample_audits import models
     from sample_audits.train import train, training_set
 
     torch.manual_seed(seed)
     dataset = training_set({"n_train": n_train})
-    return train(small_cnn(), dataset, epochs=epochs, seed=seed), dataset
+    return train(getattr(models, factory)(), dataset, epochs=epochs, seed=seed), dataset
 
 
 @contextmanager

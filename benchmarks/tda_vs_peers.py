@@ -1,24 +1,28 @@
 """Our Grad-Cos top-k vs captum TracInCP (hooks and default paths) and dattri TracIn, same model and data.
 
-    python -m benchmarks.tda_vs_peers [--n-train 5000] [--n-test 500] [--default-train 300] [--threads 2]
+    python -m benchmarks.tda_vs_peers [--model small_cnn|resnet18] [--n-train 5000] [--n-test 500]
+                                      [--default-train 300] [--threads 2] [--repeats 3]
 
-Each tool runs in its own fresh process (cold imports, its own peak memory), on the sample
-audits' CNN trained on real Fashion-MNIST, with the true labels, unprojected gradients of all
-parameters. Ours runs through the audit engine as a user gets it: cold (empty cache: featurize
-the training set, then score) and warm (the cache from the cold run reused: a CI re-run after
-a change to the rules, not the model). Warm is timed twice: with the whole cache (the stored
-top-k of the same test examples: a re-run whose rules select them again) and with only the
-training features kept (results deleted: a re-run whose rules select new test examples, so
-their gradients are computed and scored). captum's default per-example path is too slow for the
-full set, so it and ours are also timed on the first `--default-train` training images.
-Ours is also timed with the default projection (4,096 dimensions: what an audit runs), with
-its agreement reported. Every figure is the minimum of `--repeats` interleaved runs.
+Each tool runs in its own fresh process (cold imports, its own peak memory), on a model trained
+one epoch on real Fashion-MNIST, with the true labels and unprojected gradients: the sample
+audits' CNN with all its parameters, or torchvision's ResNet-18 adapted to 28×28 with its
+head (`layers: [fc]`, 5,130 parameters; every tool is given the same layer). Ours runs through
+the audit engine as a user gets it: cold (empty cache: featurize the training set, then score)
+and warm (the cache from the cold run reused: a CI re-run after a change to the rules, not the
+model). Warm is timed twice: with the whole cache (the stored top-k of the same test examples:
+a re-run whose rules select them again) and with only the training features kept (results
+deleted: a re-run whose rules select new test examples, so their gradients are computed and
+scored). captum's default per-example path is too slow for the full set, so it and ours are
+also timed on the first `--default-train` training images.
+For the CNN, ours is also timed with the default projection (4,096 dimensions: what an audit
+runs), with its agreement reported. Every figure is the minimum of `--repeats` interleaved runs.
 
 Score agreement: per test example, Spearman ρ over all training images between our scores and
 captum's (dot products divided by captum's own training-gradient norms, from its
 `self_influence`, not timed) and dattri's (`normalized_grad=True`). Captum's timed call is
 `influence(k=None)` (the full score matrix); the top-k is taken from it for free.
-Writes benchmarks/results/peers.json (the TDA part; var_vs_reference adds its own keys).
+Writes benchmarks/results/peers.json: the CNN's figures under `tda` and the top-level keys, the
+ResNet's under `tda_resnet18` (var_vs_reference adds its own keys).
 """
 
 from __future__ import annotations
@@ -38,24 +42,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, environment, peak_memory_mb, trained_small_cnn
+from benchmarks.common import RESULTS, environment, peak_memory_mb, trained_model
 
 TOP_K = 10
+#: model name → (factory in sample_audits.models, `layers:` whose gradients every tool uses)
+MODELS = {"small_cnn": ("small_cnn", None), "resnet18": ("resnet18_28", ["fc"])}
 
 
-def audit_yaml(work: Path, n_train: int, n_test: int, cache: str, projection_dim: int = 1000000) -> Path:
+def audit_yaml(work: Path, n_train: int, n_test: int, cache: str, projection_dim: int = 1000000,
+               model: str = "small_cnn") -> Path:
+    factory, layers = MODELS[model]
     path = work / f"audit_{cache}.yaml"
     path.write_text(textwrap.dedent(f"""
         audit: peers
-        model: {{factory: sample_audits.models:small_cnn, checkpoint: {work / 'model.pt'}}}
+        model: {{factory: sample_audits.models:{factory}, checkpoint: {work / 'model.pt'}}}
         data:
           train: {{fashion_mnist: {{split: train, channels: 3}}, limit: {n_train}}}
           test: {{fashion_mnist: {{split: test, channels: 3}}, limit: {n_test}}}
         settings:
           device: cpu
           cache_dir: {cache}
-          attribution: {{test_label: true, projection_dim: {projection_dim}, top_k: {TOP_K}}}
-        """))
+          attribution: {{test_label: true, projection_dim: {projection_dim}, top_k: {TOP_K}, layers: {layers}}}
+        """).replace("layers: None", "layers: null"))
     return path
 
 
@@ -72,7 +80,8 @@ def test_tensors(engine) -> tuple[torch.Tensor, torch.Tensor]:
     return engine.test_images(indices), engine.predictions.labels[indices]
 
 
-# --- workers: each runs in its own process and saves {seconds, peak_mb, scores (n_test, n_train)} ---
+# --- workers: each runs in its own process and saves {seconds, peak_mb, scores (n_test, n_train)};
+# peak memory is read right after the timed part, before the untimed agreement computations ---
 
 def worker_ours(audit: Path) -> dict:
     engine = load(audit)
@@ -80,9 +89,9 @@ def worker_ours(audit: Path) -> dict:
     engine.predictions  # the model's outputs on the test set: every tool starts from the loaded model
     start = time.perf_counter()
     influence = engine.influence(indices)
-    seconds = time.perf_counter() - start
+    seconds, peak = time.perf_counter() - start, peak_memory_mb(torch.device("cpu"))
     scores = engine.test_features(indices) @ engine.train_store.matrix().T  # not timed: for the agreement check
-    return {"seconds": seconds, "scores": scores, "top": influence.proponents.indices}
+    return {"seconds": seconds, "peak_mb": peak, "scores": scores, "top": influence.proponents.indices}
 
 
 def worker_captum(audit: Path, hooks: bool) -> dict:
@@ -94,13 +103,14 @@ def worker_captum(audit: Path, hooks: bool) -> dict:
     checkpoint = audit.parent / "model.pt"
     load_checkpoint = lambda m, path: (m.load_state_dict(torch.load(path, weights_only=True)), 1.0)[1]  # noqa: E731
     start = time.perf_counter()
+    layers = list(engine.attribution.layers) if engine.attribution.layers else None
     tracin = TracInCP(model, train, checkpoints=[str(checkpoint)], checkpoints_load_func=load_checkpoint,
                       loss_fn=nn.CrossEntropyLoss(reduction="sum" if hooks else "none"), batch_size=256,
-                      sample_wise_grads_per_batch=hooks)
+                      sample_wise_grads_per_batch=hooks, layers=layers)
     dots = tracin.influence((x, y), k=None)
-    seconds = time.perf_counter() - start
+    seconds, peak = time.perf_counter() - start, peak_memory_mb(torch.device("cpu"))
     train_norms = tracin.self_influence(None, show_progress=False).sqrt()  # not timed
-    return {"seconds": seconds, "scores": dots / train_norms[None, :]}
+    return {"seconds": seconds, "peak_mb": peak, "scores": dots / train_norms[None, :]}
 
 
 def worker_dattri(audit: Path) -> dict:
@@ -120,10 +130,12 @@ def worker_dattri(audit: Path) -> dict:
     test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=256, shuffle=False)
     start = time.perf_counter()
     task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
-    attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=True, device="cpu")
+    layer_name = engine.parameter_names if engine.attribution.layers else None
+    attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=True, device="cpu",
+                                  layer_name=layer_name)
     attributor.projector_kwargs = None  # unprojected, like the others (its constructor always sets a default)
     scores = attributor.attribute(train_loader, test_loader).T
-    return {"seconds": time.perf_counter() - start, "scores": scores}
+    return {"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(torch.device("cpu")), "scores": scores}
 
 
 WORKERS = {
@@ -163,6 +175,7 @@ def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--default-train", type=int, default=300)
@@ -176,7 +189,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.worker:
         result = WORKERS[args.worker](args.audit.resolve())
-        result["peak_mb"] = peak_memory_mb(torch.device("cpu"))
         torch.save(result, args.out)
         return
     compare(args)
@@ -184,13 +196,14 @@ def main() -> None:
 
 def compare(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="tda-peers-"))
-    model, _ = trained_small_cnn(10000)
+    model, _ = trained_model(MODELS[args.model][0], 10000)
     torch.save(model.state_dict(), work / "model.pt")
-    full = audit_yaml(work, args.n_train, args.n_test, "cache")
-    small = audit_yaml(work, args.default_train, args.n_test, "cache_small")
-    projected = audit_yaml(work, args.n_train, args.n_test, "cache_projected", projection_dim=4096)
-    print(f"workdir {work}; {args.n_train} train × {args.n_test} test; captum default on {args.default_train} train;"
-          f" min of {args.repeats} runs (captum default: 1)")
+    full = audit_yaml(work, args.n_train, args.n_test, "cache", model=args.model)
+    small = audit_yaml(work, args.default_train, args.n_test, "cache_small", model=args.model)
+    with_projection = MODELS[args.model][1] is None
+    projected = audit_yaml(work, args.n_train, args.n_test, "cache_projected", projection_dim=4096, model=args.model)
+    print(f"workdir {work}; {args.model}; {args.n_train} train × {args.n_test} test; captum default on "
+          f"{args.default_train} train; min of {args.repeats} runs (captum default: 1)")
     r: dict[str, dict] = {}
 
     def best(name: str, tool: str, audit: Path, clear: Path | None = None) -> None:
@@ -204,9 +217,10 @@ def compare(args: argparse.Namespace) -> None:
         best("ours_cold", "ours", full, clear=work / "cache")
         best("ours_warm_features", "ours", full, clear=work / "cache" / "results")
         best("ours_warm", "ours", full)
-        best("ours_projected_cold", "ours", projected, clear=work / "cache_projected")
-        best("ours_projected_warm_features", "ours", projected, clear=work / "cache_projected" / "results")
-        best("ours_projected_warm", "ours", projected)
+        if with_projection:
+            best("ours_projected_cold", "ours", projected, clear=work / "cache_projected")
+            best("ours_projected_warm_features", "ours", projected, clear=work / "cache_projected" / "results")
+            best("ours_projected_warm", "ours", projected)
         for tool in ("captum_hooks", "dattri"):
             if tool not in args.skip:
                 best(tool, tool, full)
@@ -217,10 +231,13 @@ def compare(args: argparse.Namespace) -> None:
     shutil.rmtree(work)
 
     ours = r["ours_cold"]["scores"]
-    document = {"n_train": args.n_train, "n_test": args.n_test, "n_params": sum(p.numel() for p in model.parameters()),
+    n_params = sum(p.numel() for name, p in model.named_parameters()
+                   if MODELS[args.model][1] is None or name.split(".")[0] in MODELS[args.model][1])
+    document = {"model": args.model, "layers": MODELS[args.model][1], "n_train": args.n_train, "n_test": args.n_test,
+                "n_params": n_params,
                 "default_train": args.default_train, "top_k": TOP_K, **environment(torch.device("cpu")),
                 "seconds": {k: v["seconds"] for k, v in r.items()}, "peak_mb": {k: v["peak_mb"] for k, v in r.items()}}
-    for prefix in ("ours", "ours_projected"):
+    for prefix in ("ours", "ours_projected") if with_projection else ("ours",):
         for warm in ("warm", "warm_features"):
             assert torch.equal(r[f"{prefix}_{warm}"]["top"], r[f"{prefix}_cold"]["top"]), f"{prefix} {warm} differs"
     if "captum_hooks" in r:
@@ -231,7 +248,8 @@ def compare(args: argparse.Namespace) -> None:
                      "speedup_vs_captum_hooks_warm": r["captum_hooks"]["seconds"] / r["ours_warm"]["seconds"],
                      "speedup_vs_captum_hooks_warm_features_only":
                          r["captum_hooks"]["seconds"] / r["ours_warm_features"]["seconds"]}
-    rho = spearman_rows(r["ours_projected_cold"]["scores"], r["captum_hooks"]["scores"]) if "captum_hooks" in r else None
+    rho = (spearman_rows(r["ours_projected_cold"]["scores"], r["captum_hooks"]["scores"])
+           if "captum_hooks" in r and with_projection else None)
     if rho is not None:
         document |= {"projected_spearman_vs_captum": float(rho.min()),
                      "projected_spearman_vs_captum_median": float(np.median(rho)),
@@ -253,6 +271,11 @@ def compare(args: argparse.Namespace) -> None:
                      "speedup_vs_captum_default": r["captum_default"]["seconds"] / r["ours_cold_small"]["seconds"]}
     path = RESULTS / "peers.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
+    if args.model != "small_cnn":
+        merged[f"tda_{args.model}"] = document
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+        print(json.dumps(document, indent=2))
+        return
     merged["tda"] = document
     for key in ("speedup_vs_captum_hooks_cold", "speedup_vs_captum_hooks_warm",
                 "speedup_vs_captum_hooks_warm_features_only", "speedup_vs_captum_default",
