@@ -65,6 +65,23 @@ def test_resnet18_matches_loop_on_two_images(computer):
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 5, 3, padding=1),                        # an RGB first layer
+    nn.Conv2d(1, 4, (3, 5), padding=(1, 2), bias=False),  # rectangular kernel, grey input
+    nn.Conv2d(2, 3, 3),                                   # no padding
+    nn.Conv2d(6, 4, 3, padding=1, groups=2),              # grouped
+    nn.Conv2d(3, 4, 3, stride=2, padding=1),              # strided
+], ids=["rgb", "rect", "valid", "grouped", "strided"])
+def test_conv_weight_gradients_match_loop(conv):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv, nn.Flatten(), nn.LazyLinear(3)).eval()
+    x, y = torch.randn(4, conv.in_channels, 9, 10), torch.tensor([0, 2, 1, 2])
+    model(x)  # materialise the lazy head
+    names = select_parameters(model)
+    assert torch.allclose(HookGradients(model, names).flat(x, y), loop_gradients(model, names, x, y),
+                          atol=1e-5, rtol=1e-4)
+
+
 def test_layers_select_only_named_modules_and_auto_uses_hooks():
     model = tiny_cnn()
     names = select_parameters(model, ("6",))
