@@ -57,6 +57,19 @@ def worker(audit: Path, n_test: int) -> dict:
             "tfa_ms_per_pair": 1e3 * tfa_s / (len(tfa_indices) * 3), "peak_extra_mb": peak - before}
 
 
+def run_size(work: Path, n: int, args: argparse.Namespace) -> dict:
+    """One training-set size in a fresh process: its row of the table."""
+    audit = audit_yaml(work, n, args.n_test, f"cache_{n}", projection_dim=4096)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--worker", str(audit),
+                          "--n-test", str(args.n_test), "--threads", str(args.threads)],
+                         check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.split("RESULT ", 1)[1])
+    print(f"{n:6d} train: featurize {row['featurize_s']:.2f} s ({row['featurize_us_per_image']:.0f} µs/img), "
+          f"score {row['score_s']:.2f} s ({row['score_ns_per_pair']:.2f} ns/pair), "
+          f"TFA {row['tfa_ms_per_pair']:.1f} ms/pair, peak +{row['peak_extra_mb']:.0f} MB", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000, 60000])
@@ -68,20 +81,13 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.n_test)))
         return
-    work = Path(tempfile.mkdtemp(prefix="scaling-"))
     model, _ = trained_small_cnn(10000)
-    torch.save(model.state_dict(), work / "model.pt")
     rows = []
-    for n in args.sizes:
-        audit = audit_yaml(work, n, args.n_test, f"cache_{n}", projection_dim=4096)
-        out = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--worker", str(audit),
-                              "--n-test", str(args.n_test), "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
-        row = json.loads(out.split("RESULT ", 1)[1])
-        rows.append(row)
-        print(f"{n:6d} train: featurize {row['featurize_s']:.2f} s ({row['featurize_us_per_image']:.0f} µs/img), "
-              f"score {row['score_s']:.2f} s ({row['score_ns_per_pair']:.2f} ns/pair), "
-              f"TFA {row['tfa_ms_per_pair']:.1f} ms/pair, peak +{row['peak_extra_mb']:.0f} MB", flush=True)
+    with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:  # the caches (1.4 GB for the default sizes)
+        work = Path(tmp)
+        torch.save(model.state_dict(), work / "model.pt")
+        for n in args.sizes:
+            rows.append(run_size(work, n, args))
     write_json("scaling.json", {"n_test": args.n_test, "projection_dim": 4096, **environment(torch.device("cpu")),
                                 "rows": rows})
 

@@ -195,7 +195,13 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="tda-peers-"))
+    with tempfile.TemporaryDirectory(prefix="tda-peers-") as work:  # caches of up to a few GB: never left behind
+        model, r = run_tools(args, Path(work))
+    report(args, model, r)
+
+
+def run_tools(args: argparse.Namespace, work: Path) -> tuple[nn.Module, dict[str, dict]]:
+    """Train the model, then run every tool `--repeats` times; the best run of each."""
     model, _ = trained_model(MODELS[args.model][0], 10000)
     torch.save(model.state_dict(), work / "model.pt")
     full = audit_yaml(work, args.n_train, args.n_test, "cache", model=args.model)
@@ -228,8 +234,12 @@ def compare(args: argparse.Namespace) -> None:
             best("ours_cold_small", "ours", small, clear=work / "cache_small")
     if "captum_default" not in args.skip:
         best("captum_default", "captum_default", small)
-    shutil.rmtree(work)
+    return model, r
 
+
+def report(args: argparse.Namespace, model: nn.Module, r: dict[str, dict]) -> None:
+    """Agreement and speed-ups from the best runs, into peers.json."""
+    with_projection = MODELS[args.model][1] is None
     ours = r["ours_cold"]["scores"]
     n_params = sum(p.numel() for name, p in model.named_parameters()
                    if MODELS[args.model][1] is None or name.split(".")[0] in MODELS[args.model][1])
