@@ -86,14 +86,14 @@ def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tupl
     Rank 0 opens (and if stale, resets) the store before the others touch it, and its list of
     missing shards is broadcast, so every rank deals from the same list.
     """
-    store = engine.open_train_store() if rank.is_main else None
+    store = engine.feature_store if rank.is_main else None
     plan = [(store.key, store.missing_shards())] if rank.is_main else [None]
     if rank.world > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(plan, src=0)
         if not rank.is_main:
-            store = engine.open_train_store()
+            store = engine.feature_store
     key, missing = plan[0]
     if store.key != key:
         raise AuditError(f"rank {rank.rank} built a different model or dataset than rank 0 "

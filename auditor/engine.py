@@ -17,8 +17,7 @@ import torch
 
 from auditor import data as data_module
 from auditor import selection as selection_module
-from auditor.attribution.features import (Featurizer, counters, default_chunk_size, featurize, featurized_shards,
-                                          require_finite)
+from auditor.attribution.features import Featurizer, counters, default_chunk_size, featurized_shards, require_finite
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
@@ -106,8 +105,11 @@ class _TrainingAttribution:
 
     @cached_property
     def feature_store(self) -> FeatureStore:
-        """The training features' store, opened but not necessarily complete."""
-        return self.open_train_store()
+        """The training features' store for this model, data and settings (shards may be missing)."""
+        meta = self.train_features_meta
+        with self._located("cache_dir", section="settings"):
+            return FeatureStore(self.cache_root, settings_hash(meta)[:24], len(self.target.train),
+                                self.featurizer.dim, self.attribution.shard_size, meta)
 
     @cached_property
     def train_features_meta(self) -> dict[str, str]:
@@ -119,13 +121,6 @@ class _TrainingAttribution:
             "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
                                        "projection": a.projection, "seed": self.settings.seed, "label": "true"}),
         }
-
-    def open_train_store(self) -> FeatureStore:
-        """The training features' store for this model, data and settings (shards may be missing)."""
-        meta = self.train_features_meta
-        with self._located("cache_dir", section="settings"):
-            return FeatureStore(self.cache_root, settings_hash(meta)[:24], len(self.target.train),
-                                self.featurizer.dim, self.attribution.shard_size, meta)
 
     @cached_property
     def test_data_hash(self) -> str:
@@ -151,15 +146,15 @@ class _TrainingAttribution:
 
     def featurize_training(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
         """Compute the store's missing shards (or only `shards`: one rank's share)."""
-        with self._located("chunk_size"):
-            featurize(store, self.target.train, self.featurizer, self.device, self.settings.batch_size,
-                      shards=shards, progress=progress)
+        for _ in self._featurized(store, shards, progress):
+            pass
 
-    def _featurized(self, store: FeatureStore, shards: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
-        """The store's missing `shards`, computed and written one at a time, for scoring as they come."""
+    def _featurized(self, store: FeatureStore, shards: list[int] | None = None,
+                    progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
         with self._located("chunk_size"):
             yield from featurized_shards(store, self.target.train, self.featurizer, self.device,
-                                         self.settings.batch_size, shards=shards)
+                                         self.settings.batch_size, shards=shards, progress=progress)
 
     def gradient_labels(self, indices: torch.Tensor) -> torch.Tensor:
         """Labels used for test gradients: predicted (default) or true."""

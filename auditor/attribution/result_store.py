@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from auditor.attribution.store import open_cache
+from auditor.attribution.store import open_cache, write_atomically
 
 log = logging.getLogger(__name__)
 FORMAT = "auditor-results/1"
@@ -59,10 +57,7 @@ class ResultStore:
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "key": self.key, "meta": self.meta, "items": items, "fields": fields}, buffer)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".pt.tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, buffer.getvalue())
 
 
 def _item(item: Any) -> Any:

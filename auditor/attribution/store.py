@@ -54,7 +54,7 @@ def open_cache(root: Path) -> Path:
         return root
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(marker, json.dumps({"format": FORMAT}).encode())
+        write_atomically(marker, json.dumps({"format": FORMAT}).encode())
     except OSError as exc:
         raise CacheError(f"cannot create cache folder '{root}': {exc.strerror or exc}", field="settings.cache_dir",
                          fix="choose a writable cache_dir") from None
@@ -164,7 +164,7 @@ class FeatureStore:
             for stale in self.directory.glob("shard-*.npy"):
                 stale.unlink()
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(manifest, json.dumps(wanted, indent=2, default=str).encode())
+        write_atomically(manifest, json.dumps(wanted, indent=2, default=str).encode())
 
     def _valid_shard(self, index: int) -> bool:
         path = self.shard_path(index)
@@ -182,7 +182,8 @@ class FeatureStore:
         return ok
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename it over `path`: readers see all or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
