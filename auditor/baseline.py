@@ -19,24 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditError
-from auditor.schema import Where, bounded
+from auditor.files import atomic_write
+from auditor.spec import BaselinePolicy
 
 BASELINE_VERSION = 1
 UPDATE_HINT = "run `auditor run AUDIT.yaml --update-baseline` (or pytest --audit-update-baseline)"
-
-
-@dataclass(frozen=True)
-class BaselinePolicy:
-    """A rule's `baseline:` key: how far it may regress against the stored baseline."""
-
-    max_increase: float | None = bounded(0.0, default=None,
-                                         help="largest change of the metric in its failing direction")
-    no_new_failures: bool = False
-
-    def validate(self, where: Where) -> None:
-        if self.max_increase is None and not self.no_new_failures:
-            raise where.error("a baseline policy needs `max_increase` or `no_new_failures: true`",
-                              fix="e.g. `baseline: {max_increase: 0.02, no_new_failures: true}`")
 
 
 @dataclass(frozen=True)
@@ -136,15 +123,16 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
 
 def save_baseline(path: Path, audit: str, entries: dict[str, BaselineEntry]) -> Path:
     """Merge `entries` into the baseline at `path` (other rules' entries are kept)."""
-    from auditor.report.results import atomic_write
-
     merged = load_baseline(path) or {}
     merged.update(entries)
     document = {"baseline_version": BASELINE_VERSION, "audit": audit,
                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "rules": {name: merged[name].to_json() for name in sorted(merged)}}
-    atomic_write(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")
-    return Path(path)
+    try:
+        return atomic_write(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise AuditError(f"cannot write the baseline file: {exc.strerror or exc}", path=path,
+                         fix="make the audit's folder writable, or run without --update-baseline") from None
 
 
 def compare(policy: BaselinePolicy | None, entry: BaselineEntry, result: Any, file: Path) -> BaselineDiff:

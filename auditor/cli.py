@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from auditor.report import baseline_lines, failure_table, summary_table, write_report
-    from auditor.runner import FAILED, AuditSession
+    from auditor.session import FAILED, AuditSession
     from auditor.spec import load_spec
 
     session = AuditSession(load_spec(args.audit), device=args.device, update_baseline=args.update_baseline)
@@ -85,7 +85,7 @@ def _featurize(args: argparse.Namespace) -> int:
     import time
 
     from auditor.distributed import featurize_sharded, process_group, rank_device, rank_from_env
-    from auditor.runner import AuditSession
+    from auditor.session import AuditSession
     from auditor.spec import load_spec
 
     rank = rank_from_env()

@@ -21,7 +21,7 @@ import torch
 from auditor.errors import AuditError
 
 if TYPE_CHECKING:
-    from auditor.attribution.store import FeatureStore
+    from auditor.attribution.feature_store import FeatureStore
     from auditor.engine import Engine
 
 
@@ -86,20 +86,20 @@ def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tupl
     Rank 0 opens (and if stale, resets) the store before the others touch it, and its list of
     missing shards is broadcast, so every rank deals from the same list.
     """
-    store = engine.feature_store if rank.is_main else None
+    store = engine.index.feature_store if rank.is_main else None
     plan = [(store.key, store.missing_shards())] if rank.is_main else [None]
     if rank.world > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(plan, src=0)
         if not rank.is_main:
-            store = engine.feature_store
+            store = engine.index.feature_store
     key, missing = plan[0]
     if store.key != key:
         raise AuditError(f"rank {rank.rank} built a different model or dataset than rank 0 "
                          f"(cache key {store.key} vs {key})", field="model",
                          fix="give `model.checkpoint`, and make the model and data factories deterministic")
-    engine.featurize_training(store, shards=share(missing, rank), progress=progress and rank.is_main)
+    engine.index.featurize(store, shards=share(missing, rank), progress=progress and rank.is_main)
     if rank.world > 1:
         torch.distributed.barrier()
     if rank.is_main and not store.complete():

@@ -1,6 +1,6 @@
 """pytest plugin: each `audit_*.yaml` / `*.audit.yaml` file becomes one test item per rule.
 
-A thin router: hooks hand off to `AuditSession` (runner.py); state lives in `config.stash`;
+A thin router: hooks hand off to `AuditSession` (session.py); state lives in `config.stash`;
 torch is imported only when an audit file is collected.
 """
 
@@ -60,7 +60,7 @@ class AuditFile(pytest.File):
     """An audit YAML file; parsing it yields one `RuleItem` per rule (includes resolved)."""
 
     def collect(self):
-        from auditor.runner import AuditSession
+        from auditor.session import AuditSession
         from auditor.spec import load_spec
 
         spec = load_spec(self.path)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,16 @@ from torch.utils.data import Dataset
 
 from auditor import data as data_module
 from auditor.errors import TargetError
-from auditor.schema import Where
-from auditor.spec import AuditSpec, DatasetSpec, ModelSpec
+from auditor.spec import AuditSpec, DatasetSpec, ModelSpec, Where
+from auditor.suggest import did_you_mean
 
 
 @dataclass
 class Target:
-    """The loaded model (eval mode, on `device`), both datasets and the class names."""
+    """The loaded model (eval mode, on `device`), both datasets and the class names.
+
+    `where["train"]` / `where["test"]` are the datasets' positions in the audit YAML.
+    """
 
     model: nn.Module
     train: Dataset
@@ -34,26 +38,24 @@ class Target:
     classes: tuple[str, ...]
     device: torch.device
     spec: AuditSpec
+    where: dict[str, Where] = field(default_factory=dict)
 
 
 def load_target(spec: AuditSpec) -> Target:
     """Build everything `spec` describes and check that model and data fit together."""
     device = resolve_device(spec.settings.device, spec.settings.where)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _search_path(spec.base_dir, Path.cwd()):
         torch.manual_seed(spec.settings.seed)  # factories that draw random numbers are reproducible
         model = load_model(spec.model, spec.base_dir)
         train = load_dataset(spec.data.train, spec.base_dir)
         test = load_dataset(spec.data.test, spec.base_dir)
-    for dataset in (train, test):
-        _check_example(dataset, dataset_where(dataset))
+    where = {"train": spec.data.train.where, "test": spec.data.test.where}
+    _check_example(train, where["train"])
+    _check_example(test, where["test"])
     classes = _class_names(spec, train, test, model)
     model = model.to(device).eval()
     _check_output_width(model, test, classes, spec, device)
-    return Target(model=model, train=train, test=test, classes=classes, device=device, spec=spec)
-
-
-def dataset_where(dataset: Dataset) -> Where | None:
-    return getattr(dataset, "_auditor_where", None)
+    return Target(model=model, train=train, test=test, classes=classes, device=device, spec=spec, where=where)
 
 
 def resolve_device(name: str, where: Where | None = None) -> torch.device:
@@ -76,12 +78,9 @@ def resolve_device(name: str, where: Where | None = None) -> torch.device:
     return device
 
 
-def import_callable(reference: str, where: Where, base_dir: Path) -> Callable[..., Any]:
-    """Import `module:function`, looking next to the audit file and in the working directory."""
+def import_callable(reference: str, where: Where) -> Callable[..., Any]:
+    """Import `module:function` (`load_target` puts the audit's folder and the working directory on the path)."""
     module_name, _, attr = reference.partition(":")
-    for folder in (str(base_dir), str(Path.cwd())):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -98,10 +97,21 @@ def import_callable(reference: str, where: Where, base_dir: Path) -> Callable[..
     return function
 
 
+@contextmanager
+def _search_path(*folders: Path) -> Iterator[None]:
+    """`folders` first on `sys.path` while the factories are imported and called; restored afterwards."""
+    saved = list(sys.path)
+    sys.path[:0] = [str(f) for f in folders if str(f) not in sys.path]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     where = spec.where.child("factory" if spec.factory else "arch")
     if spec.factory:
-        model = _call(import_callable(spec.factory, where, base_dir), spec.kwargs, where, "model factory")
+        model = _call(import_callable(spec.factory, where), spec.kwargs, where, "model factory")
     else:
         model = _torchvision_model(spec, where)
     if not isinstance(model, nn.Module):
@@ -118,10 +128,8 @@ def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
     name = spec.arch.removeprefix("torchvision.models.")
     builder = getattr(torchvision.models, name, None)
     if builder is None or not callable(builder):
-        from auditor.schema import suggest
-        near = suggest(name, torchvision.models.list_models())
         raise _error(where, f"torchvision has no model '{name}'",
-                     f"did you mean 'torchvision.models.{near}'?" if near else "see torchvision.models.list_models()")
+                     did_you_mean(name, torchvision.models.list_models(), "torchvision.models", "torchvision.models."))
     return _call(builder, {"weights": None, "num_classes": spec.num_classes, **spec.kwargs}, where, "torchvision builder")
 
 
@@ -162,7 +170,7 @@ def load_checkpoint(model: nn.Module, path: Path, where: Where) -> None:
 def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:
     where = spec.where
     if spec.factory:
-        dataset = _call(import_callable(spec.factory, where.child("factory"), base_dir), spec.kwargs,
+        dataset = _call(import_callable(spec.factory, where.child("factory")), spec.kwargs,
                         where.child("factory"), "dataset factory")
     elif spec.image_folder:
         dataset = _image_folder(base_dir / spec.image_folder, spec, where.child("image_folder"))
@@ -179,9 +187,7 @@ def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:
                      "return a torch Dataset of (image_tensor, label) pairs")
     if len(dataset) == 0:
         raise _error(where, "the dataset is empty", "point the data source at a non-empty dataset")
-    dataset = data_module.limited(dataset, spec.limit)
-    dataset._auditor_where = where
-    return dataset
+    return data_module.limited(dataset, spec.limit)
 
 
 def _image_folder(root: Path, spec: DatasetSpec, where: Where) -> Dataset:

@@ -39,7 +39,7 @@ VARIANTS = {
                                         "colour": [0, 0, 255], "position": [1, 23]},
 }
 MISLABEL = {"from": "Sneaker", "to": "Sandal", "count": 30}
-PACKS = ["rules/shortcuts.yaml", "rules/label_noise.yaml", "rules/localization.yaml"]
+PACKS = [{"pack": "shortcuts"}, {"pack": "label_noise"}, {"pack": "localization"}]
 
 
 def auc(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -81,7 +81,7 @@ def train_model(rec: dict, folder: Path) -> Path:
 
 def audit(rec: dict, checkpoint: Path, folder: Path):
     """Run the shipped packs on the model; return the session (engine and outcomes)."""
-    from auditor.runner import AuditSession
+    from auditor.session import AuditSession
     from auditor.spec import load_spec
 
     doc = {"audit": "efficacy", "model": {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)},
@@ -115,7 +115,7 @@ def overlaps(window: list[int], square: dict) -> bool:
 
 
 def measure_defective(session, rec: dict) -> dict:
-    from auditor.checks.influence import harm_counts
+    from auditor.checks.harmful_training_images import harm_counts
     from sample_audits.fashion import FASHION_MNIST_CLASSES, defects
 
     engine, outcomes = session.engine, session.outcomes

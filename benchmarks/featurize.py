@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from auditor.attribution.features import Featurizer, featurize
 from auditor.attribution.gradients import FuncGradients, HookGradients, select_parameters
 from auditor.attribution.projection import make_projector
-from auditor.attribution.store import FeatureStore
+from auditor.attribution.feature_store import FeatureStore
 from auditor.data import batches
 from auditor.target import resolve_device
 from benchmarks.common import environment, peak_memory_mb, timer, trained_small_cnn, write_json

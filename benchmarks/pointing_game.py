@@ -21,7 +21,8 @@ import time
 import torch
 from torch import nn
 
-from auditor.attribution.saliency import METHODS, make_method
+from auditor.attribution.saliency import make_method
+from auditor.registry import SALIENCY_METHODS
 from auditor.attribution.var import var
 from auditor.data import fashion_mnist
 from benchmarks.common import environment, write_json
@@ -101,7 +102,7 @@ def main() -> None:
     grids, classes = make_grids(model, args.grids, args.seed)
     options = {"integrated_gradients": {"steps": 32, "internal_batch_size": 1024}}
     result = {"n_grids": len(grids), "methods": {}, "seconds": {}, **environment(torch.device("cpu"))}
-    for name in METHODS:
+    for name in SALIENCY_METHODS.names:
         start = time.perf_counter()
         result["methods"][name] = evaluate(name, model, grids, classes, 100, options.get(name, {}))
         result["seconds"][name] = round(time.perf_counter() - start, 1)

@@ -40,7 +40,7 @@ def worker(audit: Path, n_test: int) -> dict:
     engine.predictions
     before = rss_mb()
     start = time.perf_counter()
-    store = engine.train_store
+    store = engine.index.store
     featurize_s = time.perf_counter() - start
     indices = torch.arange(n_test)
     start = time.perf_counter()

@@ -90,7 +90,7 @@ def worker_ours(audit: Path) -> dict:
     start = time.perf_counter()
     influence = engine.influence(indices)
     seconds, peak = time.perf_counter() - start, peak_memory_mb(torch.device("cpu"))
-    scores = engine.test_features(indices) @ engine.train_store.matrix().T  # not timed: for the agreement check
+    scores = engine.index.test_features(indices) @ engine.index.store.matrix().T  # not timed: for the agreement check
     return {"seconds": seconds, "peak_mb": peak, "scores": scores, "top": influence.proponents.indices}
 
 
@@ -130,7 +130,7 @@ def worker_dattri(audit: Path) -> dict:
     test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=256, shuffle=False)
     start = time.perf_counter()
     task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
-    layer_name = engine.parameter_names if engine.attribution.layers else None
+    layer_name = engine.index.parameter_names if engine.attribution.layers else None
     attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=True, device="cpu",
                                   layer_name=layer_name)
     attributor.projector_kwargs = None  # unprojected, like the others (its constructor always sets a default)

@@ -12,7 +12,7 @@ from auditor.checks import CHECKS
 from auditor.cli import main
 from auditor.engine import Engine
 from auditor.errors import AttributionError, CacheError, SpecError, TargetError
-from auditor.runner import AuditSession
+from auditor.session import AuditSession
 from auditor.spec import load_spec
 from auditor.target import load_target
 from conftest import HEAD, audit, spec_file, write
@@ -181,7 +181,7 @@ def test_nan_parameter_gradient_is_an_error_not_a_score(tmp_path):
 def test_unusable_cache_directory(tmp_path, prepare, fragments):
     prepare(tmp_path / "cache")
     with pytest.raises(CacheError) as info:
-        engine_for(tmp_path).train_store
+        engine_for(tmp_path).index.store
     message = str(info.value)
     assert "audit_t.yaml:6: settings.cache_dir" in message, message
     for fragment in fragments:
@@ -190,10 +190,10 @@ def test_unusable_cache_directory(tmp_path, prepare, fragments):
 
 def test_damaged_shard_is_recomputed_not_read(tmp_path):
     engine = engine_for(tmp_path, attribution="{shard_size: 4}")
-    expected = engine.train_store.matrix()
-    shard = engine.train_store.shard_path(1)
+    expected = engine.index.store.matrix()
+    shard = engine.index.store.shard_path(1)
     shard.write_bytes(shard.read_bytes()[:40])
-    again = engine_for(tmp_path, attribution="{shard_size: 4}").train_store
+    again = engine_for(tmp_path, attribution="{shard_size: 4}").index.store
     assert torch.equal(again.matrix(), expected)
 
 
@@ -220,7 +220,7 @@ REQUIRED = {"accuracy": "min_accuracy: 0.5", "influence_dominance": "max_top1_sh
 
 
 def test_every_check_is_listed():
-    assert set(REQUIRED) == set(CHECKS)
+    assert set(REQUIRED) == set(CHECKS.names) and not CHECKS.missing()
 
 
 @pytest.mark.parametrize("check", sorted(REQUIRED))

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from auditor.attribution import features
 from auditor.engine import Engine
 from auditor.spec import load_spec
 from auditor.target import load_target
@@ -32,67 +31,69 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_cache_is_reused_and_invalidated(fashion_audit, tmp_path):
-    features.counters.clear()
     first = engine_for(fashion_audit, train_limit=300)
-    matrix = first.train_store.matrix()
-    assert features.counters["featurized"] == 300
+    matrix = first.index.store.matrix()
+    assert first.stats["featurized"] == 300
     second = engine_for(fashion_audit, train_limit=300)
-    assert torch.equal(second.train_store.matrix(), matrix)
-    assert features.counters["featurized"] == 300, "second run featurized again"
+    assert torch.equal(second.index.store.matrix(), matrix)
+    assert second.stats["featurized"] == 0, "second run featurized again"
     # a changed setting, dataset or weight each invalidate the cache
-    engine_for(fashion_audit, "attribution: {projection_dim: 512}", train_limit=300).train_store
-    assert features.counters["featurized"] == 600
-    engine_for(fashion_audit, train_limit=301).train_store
-    assert features.counters["featurized"] == 901
+    projected = engine_for(fashion_audit, "attribution: {projection_dim: 512}", train_limit=300)
+    projected.index.store
+    assert projected.stats["featurized"] == 300
+    longer = engine_for(fashion_audit, train_limit=301)
+    longer.index.store
+    assert longer.stats["featurized"] == 301
     changed = engine_for(fashion_audit, train_limit=300)
     with torch.no_grad():
         changed.target.model[0].bias.add_(0.01)
-    changed.train_store
-    assert features.counters["featurized"] == 1201
+    changed.index.store
+    assert changed.stats["featurized"] == 300
 
 
 def test_influence_results_are_reused_by_a_rerun_and_keyed_by_what_they_depend_on(fashion_audit, caplog):
-    features.counters.clear()
-    first = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300).influence(torch.arange(10))
-    assert features.counters["scored"] == 10
+    engine = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
+    first = engine.influence(torch.arange(10))
+    assert engine.stats["scored"] == 10
     rerun = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
     again = rerun.influence(torch.arange(10))
-    assert features.counters["scored"] == 10 and features.counters["featurized"] == 300 + 10, "re-run recomputed"
+    assert rerun.stats["scored"] == 0 and rerun.stats["featurized"] == 0, "re-run recomputed"
     for mine, theirs in ((again.proponents, first.proponents), (again.opponents, first.opponents)):
         assert torch.equal(mine.indices, theirs.indices) and torch.equal(mine.scores, theirs.scores)
     rerun.influence(torch.arange(5, 15))                     # a wider selection scores only the new examples
-    assert features.counters["scored"] == 15
-    engine_for(fashion_audit, "attribution: {top_k: 4, test_label: true}", train_limit=300).influence(torch.arange(3))
-    engine_for(fashion_audit, "attribution: {top_k: 5}", train_limit=300).influence(torch.arange(3))
-    assert features.counters["scored"] == 21, "a changed test label or k reused stale results"
+    assert rerun.stats["scored"] == 5
+    for changed in ("attribution: {top_k: 4, test_label: true}", "attribution: {top_k: 5}"):
+        other = engine_for(fashion_audit, changed, train_limit=300)
+        other.influence(torch.arange(3))
+        assert other.stats["scored"] == 3, "a changed test label or k reused stale results"
     damaged = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
-    damaged.influence_results.path.write_bytes(b"not a torch file")
+    damaged.index.results.path.write_bytes(b"not a torch file")
     repaired = damaged.influence(torch.arange(10))
-    assert "result cache" in caplog.text and features.counters["scored"] == 31
+    assert "result cache" in caplog.text and damaged.stats["scored"] == 10
     assert torch.equal(repaired.proponents.indices, first.proponents.indices)
 
 
 def test_truncated_shard_is_rebuilt(fashion_audit):
     engine = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300)
-    store = engine.train_store
+    store = engine.index.store
     expected = store.matrix()
     path = store.shard_path(1)
     path.write_bytes(path.read_bytes()[:1000])
-    features.counters.clear()
-    again = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300).train_store
-    assert features.counters["featurized"] == 128
+    rebuilt = engine_for(fashion_audit, "attribution: {shard_size: 128}", train_limit=300)
+    again = rebuilt.index.store
+    assert rebuilt.stats["featurized"] == 128
     assert torch.equal(again.matrix(), expected)
 
 
 def test_unprojected_influence_equals_argsort_of_exact_scores(fashion_audit):
     engine = engine_for(fashion_audit, "attribution: {layers: ['10'], projection_dim: 4096}", train_limit=500)
-    assert engine.featurizer.projector.in_dim == 2890  # head only: exact, no projection
+    assert engine.index.featurizer.projector.in_dim == 2890  # head only: exact, no projection
     tests = torch.arange(0, 40)
     influence = engine.influence(tests)
     images, labels = engine.train_batch(torch.arange(500))
-    train = F.normalize(engine.gradients.flat(images, labels), dim=1)
+    train = F.normalize(engine.index.gradients.flat(images, labels), dim=1)
     test_images = engine.test_images(tests)
-    query = F.normalize(engine.gradients.flat(test_images, engine.predictions.predicted[tests]), dim=1)
+    query = F.normalize(engine.index.gradients.flat(test_images, engine.predictions.predicted[tests]), dim=1)
     full = query @ train.T
     assert torch.equal(influence.proponents.indices, full.argsort(dim=1, descending=True)[:, :5])
     assert torch.allclose(influence.opponents.scores, full.sort(dim=1).values[:, :5], atol=1e-5)
@@ -100,12 +101,12 @@ def test_unprojected_influence_equals_argsort_of_exact_scores(fashion_audit):
 
 def test_projected_scores_keep_rank_order_at_default_dimension(fashion_audit):
     engine = engine_for(fashion_audit, train_limit=1000)
-    assert engine.gradients.dim > engine.attribution.projection_dim  # projection is active
+    assert engine.index.gradients.dim > engine.attribution.projection_dim  # projection is active
     tests = torch.arange(0, 30)
-    projected = engine.test_features(tests) @ engine.train_store.matrix().T
+    projected = engine.index.test_features(tests) @ engine.index.store.matrix().T
     images, labels = engine.train_batch(torch.arange(1000))
-    exact_train = F.normalize(engine.gradients.flat(images, labels), dim=1)
-    exact = engine.exact_test_gradients(tests) @ exact_train.T
+    exact_train = F.normalize(engine.index.gradients.flat(images, labels), dim=1)
+    exact = engine.index.exact_test_gradients(tests) @ exact_train.T
     rho = np.mean([spearman(projected[i], exact[i]) for i in range(len(tests))])
     print(f"mean Spearman rho projected vs exact: {rho:.4f}")
     assert rho >= 0.95, rho
@@ -123,20 +124,23 @@ def test_tfa_of_top_proponents_has_image_shape(fashion_audit):
 
 def test_tfa_maps_are_reused_by_a_rerun_and_do_not_depend_on_what_else_was_asked(fashion_audit):
     settings = "attribution: {smoothgrad_samples: 2, top_k: 2}"
-    features.counters.clear()
-    both = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([3, 9]))
-    assert features.counters["tfa_pairs"] == 4
-    rerun = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([9]))
-    assert features.counters["tfa_pairs"] == 4, "a re-run recomputed stored maps"
+    engine = engine_for(fashion_audit, settings, train_limit=300)
+    both = engine.tfa(torch.tensor([3, 9]))
+    assert engine.stats["tfa_pairs"] == 4
+    rerun_engine = engine_for(fashion_audit, settings, train_limit=300)
+    rerun = rerun_engine.tfa(torch.tensor([9]))
+    assert rerun_engine.stats["tfa_pairs"] == 0, "a re-run recomputed stored maps"
     assert torch.equal(rerun[0].maps.signed, both[1].maps.signed)
     assert torch.equal(rerun[0].maps.magnitude, both[1].maps.magnitude)
-    shutil.rmtree(engine_for(fashion_audit, settings, train_limit=300).tfa_results.path.parent)
-    alone = engine_for(fashion_audit, settings, train_limit=300).tfa(torch.tensor([9]))
-    assert features.counters["tfa_pairs"] == 6
+    shutil.rmtree(engine_for(fashion_audit, settings, train_limit=300).tfa.results.path.parent)
+    alone_engine = engine_for(fashion_audit, settings, train_limit=300)
+    alone = alone_engine.tfa(torch.tensor([9]))
+    assert alone_engine.stats["tfa_pairs"] == 2
     scale = both[1].maps.signed.abs().max()  # equal up to float rounding (other batch shapes)
     assert torch.allclose(alone[0].maps.signed, both[1].maps.signed, atol=1e-4 * scale), "depends on other pairs"
-    engine_for(fashion_audit, "attribution: {smoothgrad_samples: 3, top_k: 2}", train_limit=300).tfa(torch.tensor([9]))
-    assert features.counters["tfa_pairs"] == 8, "changed SmoothGrad settings reused stale maps"
+    changed = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 3, top_k: 2}", train_limit=300)
+    changed.tfa(torch.tensor([9]))
+    assert changed.stats["tfa_pairs"] == 2, "changed SmoothGrad settings reused stale maps"
 
 
 def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
@@ -144,8 +148,8 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
     first = engine.saliency(torch.tensor([0, 5]), "input_x_gradient", use_var=True)
     assert first.signed.shape == (2, 3, 28, 28) and first.magnitude.shape == (2, 28, 28)
     calls = []
-    original = engine.saliency_method
-    engine.saliency_method = lambda name=None: calls.append(name) or original(name)
+    original = engine._saliency.method
+    engine._saliency.method = lambda name=None: calls.append(name) or original(name)
     again = engine.saliency(torch.tensor([5, 0]), "input_x_gradient", use_var=True)
     assert calls == [] and torch.equal(again.signed[0], first.signed[1])
     plain = engine.saliency(torch.tensor([0]), "input_x_gradient")
@@ -156,13 +160,13 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
 
 def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_path):
     from auditor.attribution.features import featurize
-    from auditor.attribution.store import FeatureStore
+    from auditor.attribution.feature_store import FeatureStore
 
     engine = engine_for(fashion_audit, train_limit=300)
-    whole = engine.train_store.matrix()
-    parts = FeatureStore(tmp_path / "ranks", "k", 300, engine.featurizer.dim, shard_size=128)
+    whole = engine.index.store.matrix()
+    parts = FeatureStore(tmp_path / "ranks", "k", 300, engine.index.featurizer.dim, shard_size=128)
     assert parts.n_shards == 3
-    featurize(parts, engine.target.train, engine.featurizer, engine.device, shards=[1], progress=False)
+    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[1], progress=False)
     assert parts.missing_shards() == [0, 2]           # "rank 1" wrote only its shard
-    featurize(parts, engine.target.train, engine.featurizer, engine.device, shards=[0, 2], progress=False)
+    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[0, 2], progress=False)
     assert parts.complete() and torch.allclose(parts.matrix(), whole, atol=1e-6)

@@ -126,7 +126,7 @@ def test_other_errors_are_not_retried():
 @needs_fashion
 def test_two_runs_give_identical_results_json(fashion_audit, tmp_path):
     path = fashion_audit("""
-include: [rules/shortcuts.yaml, rules/label_noise.yaml, rules/localization.yaml]
+include: [{pack: shortcuts}, {pack: label_noise}, {pack: localization}]
 rules:
   - {name: accurate, check: accuracy, min_accuracy: 0.5}
   - {name: agreement, check: proponent_label_agreement, on: {sample: 40}, min_agreement: 0.5}

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, needs_fashion]
 
 
 def audit(tmp_path, recipe: dict, name: str):
-    from auditor.runner import AuditSession
+    from auditor.session import AuditSession
     from auditor.spec import load_spec
     from sample_audits.fashion import train_set
     from sample_audits.models import small_cnn
@@ -25,7 +25,7 @@ def audit(tmp_path, recipe: dict, name: str):
            "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": recipe}},
                     "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": recipe}}},
            "settings": {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
-           "include": ["rules/shortcuts.yaml", "rules/label_noise.yaml", "rules/localization.yaml"]}
+           "include": [{"pack": "shortcuts"}, {"pack": "label_noise"}, {"pack": "localization"}]}
     path = tmp_path / f"audit_{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return {o.rule.name: o for o in AuditSession(load_spec(path)).run_all()}

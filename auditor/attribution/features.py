@@ -16,12 +16,8 @@ from tqdm.auto import tqdm
 from auditor import data as data_module
 from auditor.attribution.gradients import GradientComputer
 from auditor.attribution.projection import Projector
-from auditor.attribution.store import FeatureStore
+from auditor.attribution.feature_store import FeatureStore
 from auditor.errors import AttributionError, MemoryWarning
-
-#: How many examples were featurized (`featurized`) and test examples scored (`scored`) in this
-#: process: tests assert cache reuse with it.
-counters: Counter[str] = Counter()
 
 
 GRADIENT_BUDGET_BYTES = 512 * 2**20
@@ -48,11 +44,13 @@ class Featurizer:
     """`(images, labels)` → unit-norm projected gradients `(b, d)`, in chunks of `chunk_size`.
 
     A chunk that runs out of memory is retried at half the size (with a warning); the smaller
-    size is kept for the rest of the run.
+    size is kept for the rest of the run. `stats["featurized"]` counts the examples done.
     """
 
-    def __init__(self, computer: GradientComputer, projector: Projector, chunk_size: int = 64) -> None:
+    def __init__(self, computer: GradientComputer, projector: Projector, chunk_size: int = 64,
+                 stats: Counter[str] | None = None) -> None:
         self.computer, self.projector, self.chunk_size = computer, projector, chunk_size
+        self.stats = stats if stats is not None else Counter()
 
     @property
     def dim(self) -> int:
@@ -70,7 +68,7 @@ class Featurizer:
                 self._shrink(exc)
                 continue
             start += len(x)
-        counters["featurized"] += len(images)
+        self.stats["featurized"] += len(images)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

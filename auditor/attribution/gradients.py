@@ -13,7 +13,6 @@ then depends on no other example in the batch.
 from __future__ import annotations
 
 import abc
-import difflib
 from collections import defaultdict
 
 import torch
@@ -23,6 +22,8 @@ from torch.func import functional_call, grad, vmap
 
 from auditor.attribution.hooks import RecordLayerIO
 from auditor.errors import AttributionError
+from auditor.registry import GRADIENT_COMPUTERS
+from auditor.suggest import nearest
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -39,7 +40,7 @@ def select_parameters(model: nn.Module, layers: tuple[str, ...] | None = None) -
     names: list[str] = []
     for layer in layers:
         if layer not in modules:
-            near = difflib.get_close_matches(layer, [m for m in modules if m], n=3)
+            near = nearest(layer, [m for m in modules if m], n=3)
             raise AttributionError(
                 f"the model has no module named '{layer}'", field="settings.attribution.layers",
                 fix=f"did you mean {', '.join(repr(n) for n in near)}?" if near
@@ -90,6 +91,7 @@ def example_loss(model: nn.Module, names: list[str]):
     return selected, loss
 
 
+@GRADIENT_COMPUTERS.register("func")
 class FuncGradients(GradientComputer):
     """`vmap(grad(loss))` over the batch via `torch.func.functional_call`."""
 
@@ -99,6 +101,7 @@ class FuncGradients(GradientComputer):
         return [grads[n] for n in self.names]
 
 
+@GRADIENT_COMPUTERS.register("hooks")
 class HookGradients(GradientComputer):
     """Per-example gradients from saved layer inputs and output gradients (one backward pass)."""
 
@@ -190,6 +193,6 @@ def _conv2d_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> 
 
 def make_gradient_computer(model: nn.Module, names: list[str], kind: str = "auto") -> GradientComputer:
     """`auto`: hooks when every selected parameter sits in a supported layer, else torch.func."""
-    if kind == "func" or (kind == "auto" and parameter_owners(model, names) is None):
-        return FuncGradients(model, names)
-    return HookGradients(model, names)
+    if kind == "auto":
+        kind = "func" if parameter_owners(model, names) is None else "hooks"
+    return GRADIENT_COMPUTERS.get(kind)(model, names)

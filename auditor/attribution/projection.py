@@ -16,6 +16,8 @@ import abc
 
 import torch
 
+from auditor.registry import PROJECTIONS
+
 BLOCK_ROWS = 8192
 
 
@@ -57,6 +59,7 @@ class IdentityProjector(Projector):
         raise NotImplementedError
 
 
+@PROJECTIONS.register("rademacher")
 class RademacherProjector(Projector):
     """Dense ±1/√d matrix; rows generated in blocks of `BLOCK_ROWS` from `(seed, block index)`."""
 
@@ -79,6 +82,7 @@ class RademacherProjector(Projector):
         return (signs.to(device=device, dtype=torch.float32) * 2 - 1) / self.out_dim ** 0.5
 
 
+@PROJECTIONS.register("sparse")
 class SparseProjector(Projector):
     """Sparse JL: coordinate j adds `sign·x_j/√s` to `s` buckets chosen by a seeded hash."""
 
@@ -110,8 +114,4 @@ def make_projector(in_dim: int, out_dim: int, kind: str = "sparse", seed: int = 
     """Exact when P ≤ d; otherwise the named random projection."""
     if in_dim <= out_dim:
         return IdentityProjector(in_dim, seed)
-    if kind == "rademacher":
-        return RademacherProjector(in_dim, out_dim, seed)
-    if kind == "sparse":
-        return SparseProjector(in_dim, out_dim, seed)
-    raise ValueError(f"unknown projection '{kind}'; use sparse or rademacher")
+    return PROJECTIONS.get(kind)(in_dim, out_dim, seed)

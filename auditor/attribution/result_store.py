@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from auditor.attribution.store import open_cache, write_atomically
+from auditor.attribution.feature_store import open_cache
+from auditor.files import atomic_write
 
 log = logging.getLogger(__name__)
 FORMAT = "auditor-results/1"
@@ -56,8 +57,7 @@ class ResultStore:
         fields = [torch.stack([rows[item][f].cpu() for item in items]) for f in range(len(rows[items[0]]))]
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "key": self.key, "meta": self.meta, "items": items, "fields": fields}, buffer)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(self.path, buffer.getvalue())
+        atomic_write(self.path, buffer.getvalue())
 
 
 def _item(item: Any) -> Any:

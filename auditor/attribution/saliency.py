@@ -2,7 +2,7 @@
 
 Base: `SaliencyMethod.attribute(images (b, C, H, W), targets (b, K)) -> (b, K, C', H, W)`.
 Every method runs ONE forward pass per batch and takes the K classes' gradients from it
-(`class_gradients`), never one forward per class. Implementations (registry `METHODS`):
+(`class_gradients`), never one forward per class. Implementations (`auditor.registry.SALIENCY_METHODS`):
 - `gradient` ∂y_c/∂x;  `input_x_gradient` x ⊙ ∂y_c/∂x;
 - `integrated_gradients` (x − x₀) ⊙ Σ_i w_i ∂y_c/∂x(x₀ + α_i (x − x₀)), Gauss–Legendre nodes
   (as captum's default), path points evaluated `internal_batch_size` images at a time;
@@ -25,6 +25,7 @@ from torch import nn
 
 from auditor.attribution.hooks import GuidedReLU, RecordLayerIO
 from auditor.errors import AttributionError
+from auditor.registry import SALIENCY_METHODS
 
 
 def batched_backward_default(device: torch.device) -> bool:
@@ -84,6 +85,7 @@ class SaliencyMethod(abc.ABC):
         """`(n, K, C', H, W)` maps for `images (n, C, H, W)` and K target classes each `(n, K)`."""
 
 
+@SALIENCY_METHODS.register("gradient")
 class Gradient(SaliencyMethod):
     name = "gradient"
 
@@ -91,6 +93,7 @@ class Gradient(SaliencyMethod):
         return self._input_gradients(images, classes)
 
 
+@SALIENCY_METHODS.register("input_x_gradient")
 class InputXGradient(SaliencyMethod):
     name = "input_x_gradient"
 
@@ -98,6 +101,7 @@ class InputXGradient(SaliencyMethod):
         return images.unsqueeze(1) * self._input_gradients(images, classes)
 
 
+@SALIENCY_METHODS.register("integrated_gradients")
 class IntegratedGradients(SaliencyMethod):
     name = "integrated_gradients"
 
@@ -123,6 +127,7 @@ class IntegratedGradients(SaliencyMethod):
         return delta.unsqueeze(1) * summed
 
 
+@SALIENCY_METHODS.register("guided_backprop")
 class GuidedBackprop(SaliencyMethod):
     name = "guided_backprop"
 
@@ -131,6 +136,7 @@ class GuidedBackprop(SaliencyMethod):
             return self._input_gradients(images, classes)
 
 
+@SALIENCY_METHODS.register("grad_cam")
 class GradCam(SaliencyMethod):
     name = "grad_cam"
 
@@ -168,12 +174,6 @@ def last_conv_layer(model: nn.Module) -> str:
     return names[-1]
 
 
-METHODS: dict[str, type[SaliencyMethod]] = {
-    cls.name: cls for cls in (Gradient, InputXGradient, IntegratedGradients, GuidedBackprop, GradCam)}
-
-
 def make_method(name: str, model: nn.Module, **options) -> SaliencyMethod:
     """The method `name` with its options (`steps`, `internal_batch_size`, `layer`, ...)."""
-    if name not in METHODS:
-        raise AttributionError(f"unknown saliency method '{name}'", fix=f"use one of: {', '.join(METHODS)}")
-    return METHODS[name](model, **options)
+    return SALIENCY_METHODS.get(name)(model, **options)

@@ -1,7 +1,8 @@
-"""Rule kinds. Importing this package registers every built-in check."""
+"""Rule kinds' computations, one module per kind. Importing this package registers them all
+under the names `auditor.spec.checks` declares."""
 
-from auditor.checks import accuracy, concentration, influence  # noqa: F401  (registers)
-from auditor.checks.base import Check, CheckResult, Finding
-from auditor.checks.registry import CHECKS, get_check, register
+from auditor.checks import (accuracy, harmful_training_images, influence_dominance,  # noqa: F401  (registers)
+                            proponent_label_agreement, region_mass, saliency_concentration)
+from auditor.checks.base import CHECKS, AuditEngine, Check, CheckResult, Evidence, Finding
 
-__all__ = ["CHECKS", "Check", "CheckResult", "Finding", "get_check", "register"]
+__all__ = ["CHECKS", "AuditEngine", "Check", "CheckResult", "Evidence", "Finding"]

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from auditor.checks.base import Check, CheckResult, Finding
-from auditor.checks.registry import register
-from auditor.schema import bounded
-
-
-@dataclass(frozen=True)
-class AccuracyParams:
-    min_accuracy: float = bounded(0.0, 1.0, help="required share of correct predictions")
-    per_class: bool = False
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.spec.checks import AccuracyParams
 
 
 @register
 class AccuracyCheck(Check):
     """Aggregate check. With `per_class`, the metric is the lowest per-class accuracy."""
 
-    name = "accuracy"
     Params = AccuracyParams
-    per_example = False
-    description = "share of correct predictions"
 
-    def run(self, engine, indices: torch.Tensor) -> CheckResult:
+    def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         p = engine.predictions
         labels, predicted = p.labels[indices], p.predicted[indices]
         correct = predicted == labels
@@ -36,7 +24,8 @@ class AccuracyCheck(Check):
         accuracy = correct.float().mean().item()
         confidence = p.probs[indices].max(dim=1).values
         failures = [
-            Finding(int(i), float(c), details={"label": engine.classes[int(y)], "predicted": engine.classes[int(q)]})
+            Finding(int(i), float(c), details={"label": engine.classes[int(y)], "predicted": engine.classes[int(q)]},
+                    evidence=Evidence("prediction", ("test", int(i))))
             for i, c, y, q, ok in zip(indices, confidence, labels, predicted, correct) if not ok]
         failures.sort(key=lambda f: -f.value)
         return CheckResult("accuracy", accuracy, threshold, ">=", len(indices), failures,

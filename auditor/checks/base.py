@@ -1,30 +1,84 @@
-"""The check interface: a rule kind with a typed parameter schema and a `run(engine, indices)`.
+"""The check interface: a rule kind's computation, `run(engine, indices) -> CheckResult`.
 
-Implementations: see `auditor.checks` (registry). Each check computes a per-example (or
-aggregate) metric on the engine's results and returns a `CheckResult` with the FULL list of
-failing examples; the runner applies the rule's tolerance (`max_failures` / `mostly`).
+Each check kind's parameters are declared torch-free in `auditor.spec.checks`; its
+computation registers here under the same name (`@CHECKS.register("accuracy")`). A check
+returns the FULL list of failing items, each a `Finding` carrying its `Evidence` (the map
+and window it judged, on which image, measured how), so the report draws exactly that; the
+session applies the rule's tolerance (`max_failures` / `mostly`).
+
+Checks read the engine through the `AuditEngine` protocol, never by importing it.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
-    from auditor.engine import Engine
+from auditor.registry import Registry
+from auditor.spec.checks import CHECK_KINDS
+
+
+class AuditEngine(Protocol):
+    """What checks read from the engine (`auditor.engine.Engine` implements it)."""
+
+    classes: tuple[str, ...]
+    settings: Any
+    attribution: Any
+
+    @property
+    def predictions(self) -> Any: ...            # logits, labels, predicted, probs, correct
+
+    @property
+    def train_labels(self) -> torch.Tensor: ...
+
+    def influence(self, indices: torch.Tensor) -> Any: ...                  # proponents / opponents TopK
+
+    def tfa(self, indices: torch.Tensor, k: int | None = None) -> list[Any]: ...
+
+    def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a check measured for one finding.
+
+    `image` is the picture the map lies on (`("test", i)` or `("train", j)`); `map (H, W)` is
+    the channel-reduced magnitude the check judged and `signed (C, H, W)` the signed map, when
+    the finding rests on one; `window` `(row, col, side)` and `region` (a named region or a
+    box in fractions) are what was measured on it; `related` lists the other images that
+    explain the finding as `(kind, index, score)` (e.g. proponents, or the test examples a
+    training image affects).
+    """
+
+    source: str
+    image: tuple[str, int]
+    method: str | None = None
+    map: torch.Tensor | None = field(default=None, repr=False)
+    signed: torch.Tensor | None = field(default=None, repr=False)
+    window: tuple[int, int, int] | None = None
+    region: str | tuple[float, ...] | None = None
+    related: tuple[tuple[str, int, float], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The evidence without its tensors (the panel shows those)."""
+        return {"source": self.source, "method": self.method, "image": {"kind": self.image[0], "index": self.image[1]},
+                "window": list(self.window) if self.window else None,
+                "region": list(self.region) if isinstance(self.region, tuple) else self.region,
+                "related": [{"kind": k, "index": i, "score": s} for k, i, s in self.related]}
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One failing item: a test example, a training image or a class, with its numbers."""
+    """One failing item: a test example, a training image or a class, with its numbers and evidence."""
 
     index: int
     value: float
     kind: str = "test"
     details: dict[str, Any] = field(default_factory=dict)
+    evidence: Evidence | None = field(default=None, compare=False)
 
     def row(self) -> dict[str, Any]:
         return {self.kind: self.index, "value": round(self.value, 6), **self.details}
@@ -34,7 +88,7 @@ class Finding:
 class CheckResult:
     """What a check observed: the metric, its threshold, and every failing item.
 
-    `passed` is None for per-example checks: the runner decides from the rule's tolerance.
+    `passed` is None for per-example checks: the session decides from the rule's tolerance.
     """
 
     metric: str
@@ -47,28 +101,49 @@ class CheckResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def require_top_k(engine: Engine, k: int) -> int:
-    """`k` itself, or an error when the engine keeps fewer than `k` proponents per example."""
-    from auditor.errors import AuditError
-
-    top_k = engine.attribution.top_k
-    if k > top_k:
-        raise AuditError(f"k={k} exceeds settings.attribution.top_k={top_k}", field="k",
-                         fix=f"lower k or raise settings.attribution.top_k to {k}")
-    return k
-
-
 class Check(abc.ABC):
-    """A rule kind. Subclasses set `name`, a frozen `Params` dataclass, and implement `run`."""
+    """A rule kind's computation. Subclasses set `Params` (from `auditor.spec.checks`) and
+    implement `run`; name, `per_example` and description come from the parameters."""
 
-    name: ClassVar[str]
     Params: ClassVar[type]
-    per_example: ClassVar[bool] = True
-    description: ClassVar[str] = ""
 
     def __init__(self, params: Any) -> None:
         self.params = params
 
+    @property
+    def name(self) -> str:
+        return self.Params.check
+
+    @property
+    def per_example(self) -> bool:
+        return self.Params.per_example
+
     @abc.abstractmethod
-    def run(self, engine: Engine, indices: torch.Tensor) -> CheckResult:
+    def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         """Evaluate the check on the selected test examples `indices` (1-D long tensor)."""
+
+
+CHECKS: Registry[type[Check]] = Registry("check", names=lambda: CHECK_KINDS.names)
+
+
+def register(cls: type[Check]) -> type[Check]:
+    """Class decorator: the computation of the check kind its `Params` declare."""
+    return CHECKS.register(cls.Params.check)(cls)
+
+
+def example_details(engine: AuditEngine, index: int) -> dict[str, str]:
+    """`label` and `predicted` class names of test example `index`."""
+    p = engine.predictions
+    return {"label": engine.classes[int(p.labels[index])], "predicted": engine.classes[int(p.predicted[index])]}
+
+
+def ranked(engine: AuditEngine, indices: torch.Tensor, k: int, side: str = "proponents"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` proponents (or opponents) of test examples: `(m, k)` train indices and scores."""
+    rows = getattr(engine.influence(indices), side)
+    return rows.indices[:, :k], rows.scores[:, :k]
+
+
+def related_train(train: torch.Tensor, scores: torch.Tensor) -> tuple[tuple[str, int, float], ...]:
+    """`(k,)` training indices and scores as evidence entries."""
+    return tuple(("train", int(j), round(float(s), 6)) for j, s in zip(train.tolist(), scores.tolist()))

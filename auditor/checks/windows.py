@@ -102,9 +102,6 @@ def hotspot(windows: Windows, reference: Windows, side: int) -> Hotspot | None:
     return Hotspot(row, col, near(windows, row, col, side), float(recurrence[best]), float(baseline[best]))
 
 
-REGIONS = ("border", "top_left", "top_right", "bottom_left", "bottom_right", "centre")
-
-
 def region_mask(region: str | tuple[float, float, float, float], height: int, width: int,
                 thickness: float = 0.1) -> torch.Tensor:
     """Boolean `(H, W)` mask of a named region or a box `(top, left, bottom, right)` in fractions.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from auditor.report.html import markdown_summary, render_index
 from auditor.report.panels import panel_name, write_panels
-from auditor.report.results import atomic_write, results_document, write_results
-from auditor.runner import RuleOutcome
+from auditor.report.results import results_document, write_report_file, write_results
+from auditor.session import RuleOutcome
 
 
 def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_panels: int = 8,
@@ -35,7 +35,7 @@ def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_pan
                 failure["panel"] = f"panels/{name}"
     write_results(folder, document)
     index = folder / "index.html"
-    atomic_write(index, render_index(document, panels, folder))
+    write_report_file(index, render_index(document, panels, folder))
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a", encoding="utf-8") as handle:

@@ -1,8 +1,10 @@
-"""PNG evidence panels for failing examples.
+"""PNG evidence panels for failing items, drawn from each finding's `Evidence` only.
 
-A test-example panel shows the test image, its saliency (VAR) map with the reported window,
-and its top proponent training images with their TFA maps (diverging colours: red supports,
-blue opposes). A training-image panel shows the image and the test examples it affects.
+A panel shows the image the check measured (for TFA: the training image, after the test
+example it was measured for), the map it judged with the window or region it measured
+(saliency/VAR as a heatmap; TFA signed: red supports the test prediction, blue opposes), and
+the related images (proponents with their Grad-Cos, or the test examples a training image
+affects). Nothing is recomputed: the report shows what the check measured.
 Images are upscaled with scikit-image (nearest neighbour) and captioned with Pillow.
 """
 
@@ -17,7 +19,9 @@ import torch
 from PIL import Image, ImageDraw
 from skimage.transform import resize
 
-from auditor.checks.base import Finding
+from auditor.checks.base import Evidence, Finding
+from auditor.checks.windows import region_mask
+from auditor.report.results import write_report_file
 
 TILE = 112
 CAPTION = 28
@@ -92,57 +96,64 @@ def compose(tiles: list[Tile], title: str) -> Image.Image:
     return canvas
 
 
-def test_panel(engine, finding: Finding, k: int = 3, source: str = "var") -> Image.Image:
-    """Test image, its map (with the finding's window), and its top-`k` proponents with TFA."""
-    index = finding.index
+def evidence_panel(engine: Any, finding: Finding, n_related: int = 4) -> Image.Image:
+    """The finding's evidence as the check measured it: the image the map lies on (with the
+    test example it was measured for, for TFA), the map with its window or region, and the
+    related images (proponents, or the test examples a training image affects)."""
+    ev = finding.evidence or Evidence("item", (finding.kind, finding.index))
+    tiles = []
+    measured_for = [i for k, i, _ in ev.related if k == "test"] if ev.image[0] == "train" and ev.map is not None else []
+    for t in measured_for[:1]:
+        tiles.append(_tile(engine, ("test", t), "measured for"))
+    tiles.append(_tile(engine, ev.image, f"value {finding.value:.3g}"))
+    if ev.map is not None:
+        picture = _picture(engine, ev.image)
+        overlay = (blend(to_rgb(picture), diverging(ev.signed.sum(0))) if ev.source == "tfa" and ev.signed is not None
+                   else blend(to_rgb(picture), heat(ev.map)))
+        if ev.region is not None:
+            overlay = outline(overlay, region_mask(ev.region, *ev.map.shape))
+        label = ev.source if ev.method is None else f"{ev.source} ({ev.method})"
+        tiles.append(Tile(overlay, (f"{label} map", "window" if ev.window else str(ev.region or "")), ev.window))
+    for kind, index, score in [r for r in ev.related if (r[0], r[1]) != ("test", measured_for[0] if measured_for else -1)
+                               ][:n_related]:
+        tiles.append(_tile(engine, (kind, index), f"score {score:.3f}" if kind == "train" else ""))
+    kind_name = "training image" if finding.kind == "train" else "test example"
+    return compose(tiles, f"{kind_name} #{finding.index}: {ev.source} evidence")
+
+
+def _picture(engine: Any, image: tuple[str, int]) -> torch.Tensor:
+    kind, index = image
     idx = torch.tensor([index])
-    p = engine.predictions
-    label, predicted = engine.classes[int(p.labels[index])], engine.classes[int(p.predicted[index])]
-    image = engine.test_images(idx)[0]
-    saliency = engine.saliency(idx, use_var=source == "var").magnitude[0]
-    window = tuple(finding.details["window"]) if "window" in finding.details else None
-    tiles = [Tile(to_rgb(image), (f"test #{index}", f"{label} -> {predicted}")),
-             Tile(blend(to_rgb(image), heat(saliency)), ("VAR map" if source == "var" else "saliency",
-                                                         f"value {finding.value:.3g}"), window)]
-    k = min(k, engine.attribution.top_k)
-    result = engine.tfa(idx, k)[0]
-    images, labels = engine.train_batch(result.train_indices)
-    for j, (train, score) in enumerate(zip(result.train_indices.tolist(), result.scores.tolist())):
-        signed = result.maps.signed[j].sum(0)
-        tiles.append(Tile(blend(to_rgb(images[j]), diverging(signed)),
-                          (f"train #{train} {engine.classes[int(labels[j])]}", f"Grad-Cos {score:.3f}")))
-    return compose(tiles, f"{label} predicted as {predicted}: test image, its map, top proponents with TFA")
+    return engine.train_batch(idx)[0][0] if kind == "train" else engine.test_images(idx)[0]
 
 
-def train_panel(engine, finding: Finding, n_examples: int = 4) -> Image.Image:
-    """A flagged training image and the test examples it opposes or supports."""
-    image, label = engine.train_batch(torch.tensor([finding.index]))
-    tiles = [Tile(to_rgb(image[0]), (f"train #{finding.index}", f"label {engine.classes[int(label[0])]}"))]
-    examples = list(finding.details.get("examples", []))[:n_examples]
-    if examples:
+def _tile(engine: Any, image: tuple[str, int], note: str) -> Tile:
+    """An image with its number and labels (`label -> predicted` for test images)."""
+    kind, index = image
+    if kind == "train":
+        caption = f"label {engine.classes[int(engine.train_labels[index])]}"
+    else:
         p = engine.predictions
-        for t, picture in zip(examples, engine.test_images(torch.tensor(examples))):
-            tiles.append(Tile(to_rgb(picture), (f"test #{t}", f"{engine.classes[int(p.labels[t])]}"
-                                                              f" -> {engine.classes[int(p.predicted[t])]}")))
-    return compose(tiles, f"training image #{finding.index} (count {finding.value:g}) and test examples it affects")
+        caption = f"{engine.classes[int(p.labels[index])]} -> {engine.classes[int(p.predicted[index])]}"
+    return Tile(to_rgb(_picture(engine, image)), (f"{kind} #{index} {note}".strip(), caption))
 
 
-def write_panels(engine, outcome: Any, folder: Path, limit: int) -> list[Path]:
-    """Panels for the first `limit` failing items of a rule; returns the written files."""
-    from auditor.report.results import atomic_write
+def outline(rgb: np.ndarray, mask: torch.Tensor, colour: tuple[int, int, int] = (0, 220, 255)) -> np.ndarray:
+    """`rgb` with the boundary pixels of a boolean `(H, W)` mask painted in `colour`."""
+    m = mask.numpy()
+    inner = m.copy()
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    out = rgb.copy()
+    out[m & ~inner] = colour
+    return out
 
+
+def write_panels(engine: Any, outcome: Any, folder: Path, limit: int) -> list[Path]:
+    """Panels for the first `limit` failing test examples and training images of a rule."""
     written = []
-    source = getattr(outcome.rule.params, "source", "var")
-    for finding in outcome.failures[:limit]:
-        if finding.kind == "test":
-            panel = test_panel(engine, finding, source="saliency" if source == "saliency" else "var")
-        elif finding.kind == "train":
-            panel = train_panel(engine, finding)
-        else:
-            continue
+    for finding in [f for f in outcome.failures if f.kind in ("test", "train")][:limit]:
         path = folder / panel_name(outcome.rule.name, finding.kind, finding.index)
-        atomic_write(path, png_bytes(panel))
-        written.append(path)
+        written.append(write_report_file(path, png_bytes(evidence_panel(engine, finding))))
     return written
 
 

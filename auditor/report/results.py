@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditError
-from auditor.runner import RuleOutcome
+from auditor.files import atomic_write
+from auditor.session import RuleOutcome
 from auditor.spec import AuditSpec
 
 SCHEMA_VERSION = 1
@@ -40,7 +39,8 @@ def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[s
             "comparison": r.comparison if r else None,
             "n_selected": r.n_selected if r else 0,
             "n_failures": len(r.failures) if r else 0,
-            "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details}
+            "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details,
+                          **({"evidence": f.evidence.to_json()} if f.evidence is not None else {})}
                          for f in (r.failures if r else [])],
             "extra": r.extra if r else {},
             **({"baseline": o.baseline.to_json()} if o.baseline is not None else {}),
@@ -59,25 +59,16 @@ def write_results(directory: Path, document: dict[str, Any], name: str = "result
     """Write `document` as JSON under `directory` via a temp file and rename."""
     path = Path(directory) / name
     text = json.dumps(_finite(document), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
-    atomic_write(path, text + "\n")
-    return path
+    return write_report_file(path, text + "\n")
 
 
-def atomic_write(path: Path, text: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+def write_report_file(path: Path, data: str | bytes) -> Path:
+    """One report file, written atomically; an unwritable folder is the user's to fix."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write(path, data)
     except OSError as exc:
         raise AuditError(f"cannot write the report directory '{path.parent}': {exc.strerror or exc}",
                          field="report", fix="choose a writable directory with --report / --audit-report") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _finite(value: Any) -> Any:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from tabulate import tabulate
 
-from auditor.runner import RuleOutcome
+from auditor.session import RuleOutcome
 
 
 def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:

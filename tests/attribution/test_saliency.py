@@ -13,7 +13,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from captum.attr import Saliency as CaptumSaliency
 from torch import nn
 
-from auditor.attribution.saliency import METHODS, GradCam, make_method
+from auditor.attribution.saliency import GradCam, make_method
+from auditor.registry import SALIENCY_METHODS
 
 
 class Net(nn.Module):
@@ -62,7 +63,7 @@ def captum_maps(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="bilinear")
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(SALIENCY_METHODS.names))
 def test_each_method_equals_captum(name, batch):
     model = net()
     x, y = batch
@@ -73,7 +74,7 @@ def test_each_method_equals_captum(name, batch):
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(SALIENCY_METHODS.names))
 @pytest.mark.parametrize("batched_backward", [False, True], ids=["k-backward-passes", "one-vmapped-backward"])
 def test_batched_classes_equal_one_class_at_a_time(name, batched_backward, batch):
     model = net(functional=name == "guided_backprop")
@@ -102,7 +103,7 @@ def snapshot(model: nn.Module):
             [(n, p.requires_grad, p.grad) for n, p in model.named_parameters()])
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(SALIENCY_METHODS.names))
 @pytest.mark.parametrize("functional", [False, True])
 def test_model_is_unchanged_after_every_method(name, functional, batch):
     model = net(functional)

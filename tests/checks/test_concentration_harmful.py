@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from auditor.attribution.influence import Influence, TopK
-from auditor.checks.concentration import ConcentrationParams, RegionMass, RegionParams, SaliencyConcentration
-from auditor.checks.influence import HarmfulParams, HarmfulTrainingImages
+from auditor.checks.harmful_training_images import HarmfulTrainingImages
+from auditor.checks.region_mass import RegionMass
+from auditor.checks.saliency_concentration import SaliencyConcentration
+from auditor.spec.checks import ConcentrationParams, HarmfulParams, RegionParams
 from auditor.engine import Predictions, SaliencyMaps
+from auditor.spec import AttributionSettings
 from auditor.errors import SpecError
-from auditor.schema import Where, build
+from auditor.spec.binding import Where, build
 from conftest import needs_fashion
 
 
@@ -28,7 +31,7 @@ def saliency_engine(maps: torch.Tensor, labels: list[int], predicted: list[int])
     """An engine stand-in whose saliency() returns `maps[i]` for test example i."""
     logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
     return SimpleNamespace(
-        attribution=SimpleNamespace(top_k=5), settings=SimpleNamespace(seed=0), classes=("a", "b", "c"),
+        attribution=AttributionSettings(top_k=5), settings=SimpleNamespace(seed=0), classes=("a", "b", "c"),
         predictions=Predictions(logits, torch.tensor(labels)),
         saliency=lambda idx, method=None, use_var=False: SaliencyMaps(idx, maps[idx][:, None], maps[idx]),
     )
@@ -78,7 +81,7 @@ def test_region_mass_flags_border_maps():
 def test_region_box_is_validated_with_its_field():
     with pytest.raises(SpecError, match=r"rules\[0\]\.box: box \[0.5, 0.0, 0.2, 1.0\] is not"):
         build(RegionParams, {"max_mass": 0.5, "box": [0.5, 0.0, 0.2, 1.0]}, Where(Path("a.yaml"), 3, "rules[0]"))
-    with pytest.raises(SpecError, match="unknown region 'boarder'"):
+    with pytest.raises(SpecError, match=r"r\.region: invalid value 'boarder'.*\n  fix: did you mean 'border'\?"):
         build(RegionParams, {"max_mass": 0.5, "region": "boarder"}, Where(Path("a.yaml"), 3, "r"))
 
 
@@ -87,7 +90,7 @@ def influence_engine(opponents: list[list[int]], proponents: list[list[int]], la
     n = len(opponents)
     scores = torch.linspace(0.9, 0.1, len(opponents[0])).expand(n, -1)
     return SimpleNamespace(
-        attribution=SimpleNamespace(top_k=5), classes=("a", "b", "c"),
+        attribution=AttributionSettings(top_k=5), classes=("a", "b", "c"),
         predictions=Predictions(logits, torch.tensor(labels)), train_labels=torch.tensor([0, 1, 2] * 4),
         influence=lambda idx: Influence(idx, TopK(torch.tensor(proponents)[idx], scores[idx]),
                                         TopK(torch.tensor(opponents)[idx], -scores[idx])),
@@ -116,11 +119,11 @@ def test_proponent_mode_counts_errors_only():
 
 @needs_fashion
 def test_shortcut_and_label_rules_on_a_real_model(tmp_path, fashion_audit):
-    from auditor.runner import AuditSession
+    from auditor.session import AuditSession
     from auditor.spec import load_spec
 
     path = fashion_audit("""
-include: [rules/shortcuts.yaml, rules/localization.yaml]
+include: [{pack: shortcuts}, {pack: localization}]
 rules:
   - name: suspects
     check: harmful_training_images

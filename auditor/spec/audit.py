@@ -4,26 +4,29 @@
     model: {factory: module:function | arch: torchvision.models.NAME, num_classes, checkpoint}
     data:  {train: DATASET, test: DATASET, classes: [...]}
     settings: {device, batch_size, seed, cache_dir, attribution: {...}}
-    include: [rules/shortcuts.yaml, ...]
+    include: [{pack: shortcuts}, path/to/own_rules.yaml, ...]
     rules: [{name, check, on, severity, max_failures | mostly, tags, baseline, ...check parameters}]
 
-Every error is a `SpecError` naming the file, the line and the field.
+Every error is a `SpecError` naming the file, the line and the field. Nothing here imports
+torch: a rule's parameters are judged by its kind's dataclass (`auditor.spec.checks`),
+including what depends on the settings (`k` against `top_k`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from auditor.baseline import BaselinePolicy
-from auditor.checks import CHECKS, get_check
-from auditor.schema import Where, bounded, build, expect_mapping, located, unknown_key_error
-from auditor.selection import Selection, parse_selection
-from auditor.yamlsource import LocatedDict, LocatedList, load_yaml
+from auditor.registry import GRADIENT_COMPUTERS, PROJECTIONS, SALIENCY_METHODS
+from auditor.spec.binding import Where, bounded, build, choice, expect_mapping, located, unknown_key_error
+from auditor.spec.checks import CHECK_KINDS
+from auditor.spec.selection import Selection, parse_selection
+from auditor.spec.yaml_source import LocatedDict, LocatedList, load_yaml
+from auditor.suggest import did_you_mean
 
-BUILTIN_RULES = Path(__file__).resolve().parent / "rules"
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TAG_PATTERN = re.compile(r"^[A-Za-z_]\w*$")
 
@@ -86,8 +89,8 @@ class AttributionSettings:
 
     layers: tuple[str, ...] | None = None
     projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
-    projection: Literal["sparse", "rademacher"] = "sparse"
-    gradient_computer: Literal["auto", "func", "hooks"] = "auto"
+    projection: str = choice(PROJECTIONS, default="sparse")
+    gradient_computer: str = choice(("auto", *GRADIENT_COMPUTERS.names), default="auto")
     shard_size: int = bounded(1, default=4096, help="training examples per cache shard")
     test_label: Literal["predicted", "true"] = "predicted"
     top_k: int = bounded(1, 1000, default=5)
@@ -96,8 +99,7 @@ class AttributionSettings:
     score_chunk: int = bounded(1, default=8192, help="training rows scored per chunk")
     smoothgrad_samples: int = bounded(0, 1024, default=16)
     smoothgrad_sigma: float = bounded(0.0, default=0.1, help="fraction of the input range")
-    saliency: Literal["gradient", "input_x_gradient", "integrated_gradients",
-                      "guided_backprop", "grad_cam"] = "gradient"
+    saliency: str = choice(SALIENCY_METHODS, default="gradient")
     ig_steps: int = bounded(1, 1024, default=32)
     var_temperature: float = bounded(0.0, default=10.0)
     var_tau: float = bounded(-1.0, 1.0, default=0.01)
@@ -113,6 +115,20 @@ class Settings:
     cache_dir: str = ".auditor_cache"
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     where: Where | None = located()
+
+
+@dataclass(frozen=True)
+class BaselinePolicy:
+    """A rule's `baseline:` key: how far it may regress against the stored baseline."""
+
+    max_increase: float | None = bounded(0.0, default=None,
+                                         help="largest change of the metric in its failing direction")
+    no_new_failures: bool = False
+
+    def validate(self, where: Where) -> None:
+        if self.max_increase is None and not self.no_new_failures:
+            raise where.error("a baseline policy needs `max_increase` or `no_new_failures: true`",
+                              fix="e.g. `baseline: {max_increase: 0.02, no_new_failures: true}`")
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,11 @@ class RuleSpec:
     description: str
     where: Where
     baseline: BaselinePolicy | None = None
+
+    @property
+    def per_example(self) -> bool:
+        """True when the check judges examples one by one (the tolerance then applies)."""
+        return self.params.per_example
 
     def tolerance(self) -> str:
         if self.mostly is not None:
@@ -197,7 +218,7 @@ def load_spec(path: str | Path) -> AuditSpec:
     for dataset in (data.train, data.test):
         _check_dataset(dataset)
     settings = build(Settings, doc.get("settings"), top.child("settings", doc.line_of("settings")))
-    rules = _collect_rules(doc, path, stack=(path,), seen=set())
+    rules = _collect_rules(doc, path, settings, stack=(path,), seen=set())
     _check_unique_names(rules)
     return AuditSpec(name=name, path=path, model=model, data=data, settings=settings, rules=tuple(rules))
 
@@ -239,14 +260,15 @@ def _at(raw: Any, key: str, where: Where) -> Where:
     return where.child(key, line)
 
 
-def _collect_rules(doc: LocatedDict, path: Path, stack: tuple[Path, ...], seen: set[Path]) -> list[RuleSpec]:
+def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tuple[Path, ...],
+                   seen: set[Path]) -> list[RuleSpec]:
     """Rules of `doc`'s includes (depth first, each file once), then its own rules."""
     top = Where(path, doc.line, "")
     rules: list[RuleSpec] = []
     includes = doc.get("include") or []
     inc_where = top.child("include", doc.line_of("include"))
     if not isinstance(includes, list):
-        raise inc_where.error("expected a list of rule-pack paths", fix="write `include: [rules/shortcuts.yaml]`")
+        raise inc_where.error("expected a list of rule packs", fix="write `include: [{pack: shortcuts}, my_rules.yaml]`")
     for i, entry in enumerate(includes):
         here = inc_where.child(i, includes.line_of(i) if isinstance(includes, LocatedList) else None)
         target = _resolve_include(entry, path.parent, here)
@@ -261,47 +283,70 @@ def _collect_rules(doc: LocatedDict, path: Path, stack: tuple[Path, ...], seen: 
         for key in pack:
             if key not in PACK_KEYS:
                 raise unknown_key_error(key, PACK_KEYS, pack_where.child(key, pack.line_of(key)))
-        rules += _collect_rules(pack, target, (*stack, target), seen)
+        rules += _collect_rules(pack, target, settings, (*stack, target), seen)
     raw_rules = doc.get("rules") or []
     rules_where = top.child("rules", doc.line_of("rules"))
     if not isinstance(raw_rules, list):
         raise rules_where.error("expected a list of rules", fix="start each rule with `- name: ...`")
     for i, raw in enumerate(raw_rules):
         line = raw_rules.line_of(i) if isinstance(raw_rules, LocatedList) else rules_where.line
-        rules.append(parse_rule(raw, rules_where.child(i, line)))
+        rules.append(parse_rule(raw, rules_where.child(i, line), settings))
     return rules
 
 
+def builtin_packs() -> dict[str, Path]:
+    """The rule packs shipped as `auditor.rules` (top-level `rules/` in the repository), by name."""
+    folder = resources.files("auditor.rules")
+    return {entry.name.removesuffix(".yaml"): Path(str(entry)) for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")}
+
+
 def _resolve_include(entry: Any, base: Path, where: Where) -> Path:
+    """`{pack: NAME}` names a built-in pack; a string is a path relative to the including file."""
+    if isinstance(entry, dict):
+        mapping = expect_mapping(entry, where)
+        if set(mapping) != {"pack"} or not isinstance(mapping["pack"], str):
+            raise where.error(f"an include mapping is `{{pack: NAME}}`, got {dict(mapping)}",
+                              fix="write e.g. `- {pack: shortcuts}`, or a path to your own rules file")
+        packs = builtin_packs()
+        name = mapping["pack"]
+        if name not in packs:
+            raise where.child("pack", mapping.line_of("pack")).error(
+                f"unknown rule pack '{name}'", fix=did_you_mean(name, sorted(packs), "built-in packs"))
+        return packs[name].resolve()
     if not isinstance(entry, str):
-        raise where.error(f"expected a path, got {entry!r}")
-    candidates = [base / entry, BUILTIN_RULES / entry, BUILTIN_RULES / Path(entry).name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    packs = sorted(p.name for p in BUILTIN_RULES.glob("*.yaml"))
-    raise where.error(f"include '{entry}' not found (looked in {base} and the built-in packs)",
-                      fix=f"built-in packs: {', '.join('rules/' + p for p in packs) or 'none'}")
+        raise where.error(f"expected a path or `{{pack: NAME}}`, got {entry!r}")
+    candidate = base / entry
+    if candidate.is_file():
+        return candidate.resolve()
+    packs = builtin_packs()
+    stem = Path(entry).stem
+    fix = (f"the built-in pack is included as `{{pack: {stem}}}`" if stem in packs
+           else "fix the path (relative to this file), or name a built-in pack: "
+                + ", ".join(f"{{pack: {name}}}" for name in sorted(packs)))
+    raise where.error(f"include '{entry}' not found in {base}", fix=fix)
 
 
-def parse_rule(raw: Any, where: Where) -> RuleSpec:
-    """Validate one rule mapping: common keys, then the parameters of its check."""
+def parse_rule(raw: Any, where: Where, settings: Settings | None = None) -> RuleSpec:
+    """Validate one rule mapping: common keys, then the parameters of its check, then those
+    parameters against the audit's `settings` (defaults when not given)."""
     mapping = expect_mapping(raw, where)
     check_name = mapping.get("check")
     if not isinstance(check_name, str):
-        raise where.error("a rule needs `check: NAME`", fix=f"available checks: {', '.join(sorted(CHECKS))}")
-    check_cls = get_check(check_name, _at(mapping, "check", where))
+        raise where.error("a rule needs `check: NAME`", fix=f"available checks: {', '.join(CHECK_KINDS.names)}")
+    params_cls = CHECK_KINDS.get(check_name, _at(mapping, "check", where))
     common_keys = [name for name in RuleCommon.__dataclass_fields__]
-    param_keys = list(check_cls.Params.__dataclass_fields__)
+    param_keys = list(params_cls.__dataclass_fields__)
     common = build(RuleCommon, mapping, where, exclude=param_keys)
-    params = build(check_cls.Params, _subset(mapping, param_keys), where, exclude=common_keys)
+    params = build(params_cls, _subset(mapping, param_keys), where, exclude=common_keys)
+    params.against(settings or Settings(), where.within(mapping))
     for tag in common.tags:
         if not TAG_PATTERN.match(tag):
             raise _at(mapping, "tags", where).error(
                 f"tag '{tag}' is not a valid marker name", fix="use letters, digits and underscores")
     if common.max_failures is not None and common.mostly is not None:
         raise _at(mapping, "mostly", where).error("give either `max_failures` or `mostly`, not both")
-    if not check_cls.per_example and (common.max_failures is not None or common.mostly is not None):
+    if not params_cls.per_example and (common.max_failures is not None or common.mostly is not None):
         key = "mostly" if common.mostly is not None else "max_failures"
         raise _at(mapping, key, where).error(
             f"check '{check_name}' judges an aggregate metric; `{key}` does not apply",

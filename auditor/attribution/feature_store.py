@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from auditor.errors import CacheError
+from auditor.files import atomic_write
 
 log = logging.getLogger(__name__)
 FORMAT = "auditor-cache/1"
@@ -54,7 +53,7 @@ def open_cache(root: Path) -> Path:
         return root
     try:
         root.mkdir(parents=True, exist_ok=True)
-        write_atomically(marker, json.dumps({"format": FORMAT}).encode())
+        atomic_write(marker, json.dumps({"format": FORMAT}).encode())
     except OSError as exc:
         raise CacheError(f"cannot create cache folder '{root}': {exc.strerror or exc}", field="settings.cache_dir",
                          fix="choose a writable cache_dir") from None
@@ -108,14 +107,8 @@ class FeatureStore:
             pending.result()
 
     def _write(self, index: int, rows: np.ndarray) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, rows)  # numpy releases the GIL while the bytes go to the file
-            os.replace(tmp, self.shard_path(index))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # numpy releases the GIL while the bytes go to the file
+        atomic_write(self.shard_path(index), lambda handle: np.save(handle, rows))
 
     def read_shard(self, index: int) -> np.ndarray:
         return np.load(self.shard_path(index), mmap_mode="r")
@@ -164,7 +157,7 @@ class FeatureStore:
             for stale in self.directory.glob("shard-*.npy"):
                 stale.unlink()
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(manifest, json.dumps(wanted, indent=2, default=str).encode())
+        atomic_write(manifest, json.dumps(wanted, indent=2, default=str).encode())
 
     def _valid_shard(self, index: int) -> bool:
         path = self.shard_path(index)
@@ -180,11 +173,3 @@ class FeatureStore:
             log.warning("feature shard %s is truncated or damaged; recomputing it", path)
             path.unlink()
         return ok
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it over `path`: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)

@@ -8,7 +8,6 @@ Unknown keys are errors with a did-you-mean suggestion.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,21 +15,33 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from auditor.errors import SpecError
-from auditor.yamlsource import LocatedDict, LocatedList
+from auditor.spec.yaml_source import LocatedDict, LocatedList
+from auditor.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
 class Where:
-    """A position in a YAML file: the file, the line and the dotted field path."""
+    """A position in a YAML file: the file, the line and the dotted field path.
+
+    `lines` are the key lines of the mapping found here (set by `build`), so `child(key)`
+    points at the key's own line.
+    """
 
     path: Path
     line: int
     field: str
+    lines: typing.Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def child(self, name: str | int, line: int | None = None) -> Where:
         joined = f"{self.field}[{name}]" if isinstance(name, int) else (
             f"{self.field}.{name}" if self.field else name)
-        return Where(self.path, line if line is not None else self.line, joined)
+        if line is None:
+            line = self.lines.get(name, self.line) if isinstance(name, str) else self.line
+        return Where(self.path, line, joined)
+
+    def within(self, mapping: typing.Any) -> Where:
+        """This position, remembering the key lines of `mapping` (a `LocatedDict`)."""
+        return dataclasses.replace(self, lines=dict(getattr(mapping, "key_lines", {})))
 
     def error(self, message: str, fix: str | None = None) -> SpecError:
         return SpecError(message, path=self.path, line=self.line, field=self.field or None, fix=fix)
@@ -47,17 +58,26 @@ def located() -> Any:
     return field(default=None, compare=False, repr=False, metadata={"internal": True})
 
 
-def suggest(name: str, choices: typing.Iterable[str]) -> str | None:
-    """The nearest valid name to a typo, or None."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return close[0] if close else None
+def choice(names: typing.Any, *, default: Any = dataclasses.MISSING) -> Any:
+    """A string field whose value must be one of `names` (a tuple, or an object with `.names`,
+    such as a `Registry`: the spec then accepts exactly what the registry declares)."""
+    return field(default=default, metadata={"choices": names})
+
+
+def choices_of(meta: typing.Mapping[str, Any]) -> tuple[str, ...] | None:
+    names = meta.get("choices")
+    return None if names is None else tuple(getattr(names, "names", names))
 
 
 def unknown_key_error(key: str, allowed: typing.Iterable[str], where: Where) -> SpecError:
-    allowed = sorted(allowed)
-    near = suggest(key, allowed)
-    fix = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
-    return where.error(f"unknown key '{key}'", fix=fix)
+    return where.error(f"unknown key '{key}'", fix=did_you_mean(key, sorted(allowed), "valid keys"))
+
+
+def invalid_choice(value: Any, choices: typing.Sequence[Any], where: Where) -> SpecError:
+    """`invalid value 'x'; expected one of: ...` with a did-you-mean fix."""
+    listed = ", ".join(map(str, choices))
+    return where.error(f"invalid value {value!r}; expected one of: {listed}",
+                       fix=did_you_mean(str(value), [str(c) for c in choices]))
 
 
 def describe(value: Any) -> str:
@@ -84,6 +104,7 @@ def build(cls: type, raw: Any, where: Where, *, exclude: typing.Collection[str] 
     on the dataclass, if any, checks rules that span several fields.
     """
     mapping = expect_mapping({} if raw is None else raw, where)
+    where = where.within(mapping)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
     for key in mapping:
@@ -125,10 +146,7 @@ def coerce(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any] =
             return str(value).lower()  # YAML reads a bare `true` as a boolean; the choice is the word
         if value in args and not isinstance(value, bool):
             return value
-        choices = ", ".join(map(str, args))
-        near = suggest(str(value), [str(a) for a in args])
-        fix = f"did you mean '{near}'?" if near else f"use one of: {choices}"
-        raise where.error(f"invalid value {value!r}; expected one of: {choices}", fix=fix)
+        raise invalid_choice(value, args, where)
     if origin is tuple:
         if not isinstance(value, list):
             raise where.error(f"expected a list, got {describe(value)}", fix="write it as `[a, b]`")
@@ -162,6 +180,9 @@ def _scalar(value: Any, hint: Any, where: Where, meta: typing.Mapping[str, Any])
     elif hint is str:
         if not isinstance(value, str):
             raise where.error(f"expected a string, got {describe(value)}", fix="quote the value")
+        choices = choices_of(meta)
+        if choices is not None and value not in choices:
+            raise invalid_choice(value, choices, where)
         return value
     else:
         raise TypeError(f"schema type {hint!r} is not supported")

@@ -1,15 +1,20 @@
-"""Run an audit's rules against one shared engine; used by both the CLI and the pytest plugin."""
+"""An audit session: one audit's rules run against one shared engine; used by the CLI and the
+pytest plugin. Creating a session imports no torch: the engine and the checks load when the
+first rule runs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditor.baseline import BaselineBook, BaselineDiff
-from auditor.checks import CHECKS, CheckResult
 from auditor.spec import AuditSpec, RuleSpec
+
+if TYPE_CHECKING:
+    from auditor.checks import CheckResult
+    from auditor.engine import Engine
 
 PASSED, FAILED, WARNED = "passed", "failed", "warned"
 
@@ -43,7 +48,7 @@ class RuleOutcome:
         return text
 
     def rule_is_per_example(self) -> bool:
-        return CHECKS[self.rule.check].per_example
+        return self.rule.per_example
 
 
 class AuditSession:
@@ -60,7 +65,7 @@ class AuditSession:
         self._engine = None
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         """Model, data and the attribution caches, loaded on first use (torch imports here)."""
         if self._engine is None:
             from auditor.engine import Engine
@@ -85,17 +90,19 @@ class AuditSession:
         return self.baseline.save()
 
     def _evaluate(self, rule: RuleSpec) -> RuleOutcome:
+        from auditor.checks import CHECKS
+
         engine = self.engine
         indices = engine.select(rule.selection)
         if len(indices) == 0:
             return _empty(rule, None, f"selection `on: {rule.selection.describe()}` matched no test example",
                           "an empty selection cannot pass")
-        check = CHECKS[rule.check](rule.params)
+        check = CHECKS.get(rule.check)(rule.params)
         result = check.run(engine, indices)
         if result.n_selected == 0:
             return _empty(rule, result, result.extra.get("note", "the check had nothing to measure"),
                           "an empty measurement cannot pass")
-        passed = judge(rule, len(result.failures), result.n_selected) if check.per_example else True
+        passed = judge(rule, len(result.failures), result.n_selected) if rule.per_example else True
         if result.passed is not None:
             passed = passed and result.passed
         diff = self.baseline.check(rule, result)

@@ -1,0 +1,36 @@
+"""`region_mass`: share of attribution mass inside a declared region (the border, a corner,
+the centre or a box): watermark and border shortcuts."""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.checks.base import AuditEngine, Check, CheckResult, register
+from auditor.checks.maps import add_finding, attribution_maps, empty_map_findings, seeded_subset
+from auditor.checks.windows import region_mask, region_share
+from auditor.spec.checks import RegionParams
+
+
+@register
+class RegionMass(Check):
+    """Attribution share inside a fixed region: watermark and border shortcuts."""
+
+    Params = RegionParams
+
+    def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
+        p = self.params
+        indices = seeded_subset(indices, p.sample, engine.settings.seed)
+        maps = attribution_maps(engine, indices, p.source, p.method, p.k)
+        height, width = maps.values.shape[1:]
+        mask = region_mask(p.area, height, width, p.thickness)
+        shares = region_share(maps.values, mask)
+        failures = empty_map_findings(engine, maps, shares)
+        for row in (shares > p.max_mass).nonzero().flatten().tolist():
+            add_finding(failures, engine, maps, row, float(shares[row]), region=p.area)
+        finite = shares[~shares.isnan()]
+        area = float(mask.float().mean())
+        return CheckResult(f"max mass in {'box' if p.box is not None else p.area}",
+                           float(finite.max()) if len(finite) else 0.0, p.max_mass, "<=", len(indices),
+                           sorted(failures.values(), key=lambda f: -f.value),
+                           extra={"region_area": area, "median_share": float(finite.median()) if len(finite) else None,
+                                  "empty_maps": int(shares.isnan().sum())})

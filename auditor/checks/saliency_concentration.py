@@ -1,0 +1,87 @@
+"""`saliency_concentration`: "no prediction may rely on a small patch region".
+
+Per map, the mass share inside its densest square window (`max_mass`); over the selection,
+grouped by predicted class, the excess recurrence of a spot (`max_recurrence`): the share of
+the group's maps whose densest window sits there, minus the share of correctly classified
+examples' maps of that class that peak there too. A shortcut shows as a spot the model looks
+at when it errs and not when it is right. The per-map share alone does not separate shortcut
+from clean models (see rules/shortcuts.yaml).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.checks.base import AuditEngine, Check, CheckResult, Finding, register
+from auditor.checks.maps import Maps, add_finding, attribution_maps, empty_map_findings, seeded_subset
+from auditor.checks.windows import Windows, densest_window, hotspot, window_side
+from auditor.spec.checks import ConcentrationParams
+
+
+@register
+class SaliencyConcentration(Check):
+    """Per-map densest-window share, plus per-class excess hotspot recurrence."""
+
+    Params = ConcentrationParams
+
+    def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
+        p = self.params
+        indices = seeded_subset(indices, p.sample, engine.settings.seed)
+        maps = attribution_maps(engine, indices, p.source, p.method, p.k)
+        height, width = maps.values.shape[1:]
+        side = window_side(p.window, min(height, width))
+        windows = densest_window(maps.values, side)
+        failures = empty_map_findings(engine, maps, windows.share)
+        for row in (windows.share > p.max_mass).nonzero().flatten().tolist():
+            add_finding(failures, engine, maps, row, float(windows.share[row]), "concentrated",
+                        (int(windows.row[row]), int(windows.col[row]), side))
+        groups, worst = [], float("nan")
+        if p.max_recurrence is not None:
+            groups, worst = self._hotspots(engine, maps, windows, side, failures)
+        flagged = [g for g in groups if g["flagged"]]
+        finite = windows.share[~windows.share.isnan()]
+        extra = {"window_px": side, "floor": side * side / (height * width),
+                 "median_share": float(finite.median()) if len(finite) else None,
+                 "max_share": float(finite.max()) if len(finite) else None,
+                 "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": groups}
+        ordered = sorted(failures.values(), key=lambda f: -f.value)
+        if p.max_recurrence is None:
+            return CheckResult("max densest-window share", extra["max_share"] or 0.0, p.max_mass, "<=",
+                               len(indices), ordered, extra=extra)
+        return CheckResult("excess hotspot recurrence", worst, p.max_recurrence, "<=",
+                           len(indices), ordered, passed=not flagged, extra=extra)
+
+    def _hotspots(self, engine: AuditEngine, maps: Maps, windows, side: int, failures: dict[int, Finding]):
+        """Judge each predicted class's maps; members of flagged hotspots become failures."""
+        p = self.params
+        predicted = engine.predictions.predicted[maps.test]
+        groups, worst = [], 0.0
+        for c in predicted.unique().tolist():
+            rows = (predicted == c).nonzero().flatten()
+            if len(rows) < p.min_group:
+                continue
+            sub = Windows(windows.share[rows], windows.row[rows], windows.col[rows])
+            spot = hotspot(sub, self._reference(engine, c, side), side)
+            if spot is None:
+                continue
+            flagged = spot.excess > p.max_recurrence
+            worst = max(worst, spot.excess)
+            groups.append({"predicted": engine.classes[c], "n_maps": len(rows), "window": [spot.row, spot.col, side],
+                           "recurrence": round(spot.recurrence, 4),
+                           "reference_recurrence": round(spot.reference_recurrence, 4),
+                           "excess": round(spot.excess, 4), "flagged": flagged})
+            if flagged:
+                for row in rows[spot.members].tolist():
+                    add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot",
+                                (spot.row, spot.col, side))
+        return groups, worst
+
+    def _reference(self, engine: AuditEngine, c: int, side: int) -> Windows:
+        """Densest windows of correctly classified test examples predicted as `c`: where
+        attribution normally peaks for that class (same source, at most `reference_size`)."""
+        p = self.params
+        chosen = (engine.predictions.correct & (engine.predictions.predicted == c)).nonzero().flatten()
+        chosen = seeded_subset(chosen, p.reference_size, engine.settings.seed)
+        if len(chosen) == 0:
+            return Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        return densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).values, side)

@@ -1,0 +1,77 @@
+"""The engine computes each quantity an audit needs once per run, lazily, for every rule.
+
+    predictions (test set) ─▶ selections                                   predictions.py
+    training index: gradient features (cached) ─▶ influence top-k         training_index.py
+    TFA maps on the top-k proponents                                       tfa_cache.py
+    saliency maps (+VAR) of test images                                    saliency_cache.py
+
+`Engine` composes these parts and is what checks read (`auditor.checks.base.AuditEngine`);
+`stats` counts what this engine computed (featurized, scored, tfa_pairs).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cached_property
+
+import torch
+
+from auditor import data as data_module
+from auditor.attribution.influence import Influence
+from auditor.engine.predictions import Predictions, predict, resolve
+from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
+from auditor.engine.tfa_cache import TfaCache, TfaResult
+from auditor.engine.training_index import TrainingIndex
+from auditor.spec import Selection
+from auditor.target import Target
+
+__all__ = ["Engine", "Predictions", "SaliencyMaps", "TfaResult"]
+
+
+class Engine:
+    """Holds the target and the parts that compute and cache every quantity of one audit."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.settings = target.spec.settings
+        self.attribution = self.settings.attribution
+        self.classes = target.classes
+        self.device = target.device
+        self.stats: Counter[str] = Counter()
+        self.index = TrainingIndex(target, self.gradient_labels, self.stats)
+        self.tfa = TfaCache(self.index, self.stats)
+        self._saliency = SaliencyCache(target)
+
+    @cached_property
+    def predictions(self) -> Predictions:
+        """Model outputs on the whole test set (checked for NaN/Inf and label range)."""
+        spec = self.target.spec
+        return predict(self.target.model, self.target.test, self.device, self.settings.batch_size,
+                       len(self.classes), self.target.where.get("test"), spec.model.where)
+
+    def select(self, selection: Selection) -> torch.Tensor:
+        """Sorted test indices picked by a rule's `on:`."""
+        return resolve(selection, self.predictions, self.classes, self.settings.seed)
+
+    def gradient_labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """Labels used for test gradients: predicted (default) or true."""
+        p = self.predictions
+        return (p.predicted if self.attribution.test_label == "predicted" else p.labels)[indices]
+
+    @property
+    def train_labels(self) -> torch.Tensor:
+        return self.index.labels
+
+    def influence(self, indices: torch.Tensor) -> Influence:
+        """Top-k proponents and opponents of each selected test example."""
+        return self.index.influence(indices)
+
+    def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
+        """Maps of the predicted class for each selected test image, VAR-refined if `use_var`."""
+        return self._saliency(self.predictions, indices, method, use_var)
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        return data_module.gather(self.target.test, indices)[0]
+
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return data_module.gather(self.target.train, indices)

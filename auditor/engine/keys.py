@@ -1,0 +1,60 @@
+"""Every cache key in one place: what each stored result depends on, hashed.
+
+- training features: the weights, the training data, the parameters, the projection, the seed;
+- influence top-k: the features' key + the test data, the test label mode and top_k;
+- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from auditor.fingerprint import dataset_hash, model_hash, settings_hash
+from auditor.target import Target
+
+KEY_LENGTH = 24
+
+
+def key_of(meta: dict) -> str:
+    """The short hash naming a cache entry."""
+    return settings_hash(meta)[:KEY_LENGTH]
+
+
+class CacheKeys:
+    """Hashes of the target (each computed once) and the metadata of each cached result."""
+
+    def __init__(self, target: Target, parameter_names: list[str]) -> None:
+        self.target, self.parameter_names = target, parameter_names
+        self.settings = target.spec.settings
+        self.attribution = self.settings.attribution
+
+    @cached_property
+    def model(self) -> str:
+        return model_hash(self.target.model)
+
+    @cached_property
+    def train_data(self) -> str:
+        return dataset_hash(self.target.train)
+
+    @cached_property
+    def test_data(self) -> str:
+        return dataset_hash(self.target.test)
+
+    @cached_property
+    def features(self) -> dict[str, str]:
+        a = self.attribution
+        return {"model": self.model, "data": self.train_data,
+                "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
+                                           "projection": a.projection, "seed": self.settings.seed, "label": "true"})}
+
+    @cached_property
+    def influence(self) -> dict:
+        a = self.attribution
+        return {"features": self.features, "test": self.test_data, "test_label": a.test_label, "top_k": a.top_k}
+
+    @cached_property
+    def tfa(self) -> dict:
+        a = self.attribution
+        return {"model": self.model, "data": self.train_data, "test": self.test_data, "params": self.parameter_names,
+                "test_label": a.test_label, "samples": a.smoothgrad_samples, "sigma": a.smoothgrad_sigma,
+                "seed": self.settings.seed}

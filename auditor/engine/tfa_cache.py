@@ -1,0 +1,83 @@
+"""TFA maps (DESIGN.md §1.2) of test examples on their top-k proponents: each (test, train)
+pair computed once, kept in memory and on disk across runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from auditor import data as data_module
+from auditor.attribution.result_store import ResultStore
+from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
+from auditor.engine.keys import key_of
+from auditor.engine.located import located
+from auditor.engine.training_index import TrainingIndex
+from auditor.errors import AuditError
+
+
+@dataclass(frozen=True)
+class TfaResult:
+    """TFA of one test example on its top-k proponents: `train_indices (k,)`, `scores (k,)`, maps."""
+
+    test_index: int
+    train_indices: torch.Tensor
+    scores: torch.Tensor
+    maps: TfaMaps
+
+
+class TfaCache:
+    """Signed TFA maps `(C, H, W)` by (test, train) pair, for the proponents the index finds."""
+
+    def __init__(self, index: TrainingIndex, stats: Counter[str]) -> None:
+        self.index, self.stats = index, stats
+        self.target, self.spec = index.target, index.spec
+        self.settings = self.spec.settings
+
+    @cached_property
+    def results(self) -> ResultStore:
+        """Maps of the pairs computed by earlier runs with the same key (on disk)."""
+        meta = self.index.keys.tfa
+        with located(self.spec, "cache_dir", section="settings"):
+            return ResultStore(self.index.cache_root, "tfa", key_of(meta), meta)
+
+    @cached_property
+    def _maps(self) -> dict[tuple[int, int], tuple[torch.Tensor]]:
+        return self.results.load()
+
+    def __call__(self, indices: torch.Tensor, k: int | None = None) -> list[TfaResult]:
+        """TFA maps of each test example on its top-`k` proponents (SmoothGrad per settings)."""
+        a = self.settings.attribution
+        k = a.top_k if k is None else k
+        if k > a.top_k:
+            raise AuditError(f"TFA on k={k} proponents, but settings.attribution.top_k={a.top_k}",
+                             field="k", fix=f"lower k or raise settings.attribution.top_k to {k}")
+        influence = self.index.influence(indices)
+        pairs = [(int(t), int(j)) for row, t in enumerate(indices.tolist())
+                 for j in influence.proponents.indices[row, :k].tolist()]
+        todo = [pair for pair in pairs if pair not in self._maps]
+        if todo:
+            self._compute(todo)
+        results = []
+        for row, t in enumerate(indices.tolist()):
+            train = influence.proponents.indices[row, :k]
+            signed = torch.stack([self._maps[(t, int(j))][0] for j in train.tolist()])
+            results.append(TfaResult(t, train, influence.proponents.scores[row, :k],
+                                     TfaMaps(signed, signed.abs().sum(1))))
+        return results
+
+    def _compute(self, todo: list[tuple[int, int]]) -> None:
+        a, device = self.settings.attribution, self.target.device
+        tests = torch.tensor(sorted({t for t, _ in todo}))
+        grads = self.index.exact_test_gradients(tests)
+        position = {t: r for r, t in enumerate(tests.tolist())}
+        images, labels = data_module.gather(self.target.train, torch.tensor([j for _, j in todo]))
+        maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
+                   grads[[position[t] for t, _ in todo]], a.smoothgrad_samples, a.smoothgrad_sigma,
+                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in todo])
+        for n, pair in enumerate(todo):
+            self._maps[pair] = (maps.signed[n].cpu(),)
+        self.stats["tfa_pairs"] += len(todo)
+        self.results.save(self._maps)

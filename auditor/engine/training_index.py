@@ -1,0 +1,153 @@
+"""The training index: gradient features of every training image (cached on disk) and each
+test example's top-k Grad-Cos proponents and opponents (DESIGN.md §1.1), scored once.
+
+    parameters ─▶ gradient computer ─▶ featurizer ─▶ feature store (shards) ─▶ influence top-k (result cache)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from auditor import data as data_module
+from auditor.attribution.feature_store import FeatureStore
+from auditor.attribution.features import Featurizer, default_chunk_size, featurized_shards, require_finite
+from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
+from auditor.attribution.influence import Influence, TopK, grad_cos_topk
+from auditor.attribution.projection import make_projector
+from auditor.attribution.result_store import ResultStore
+from auditor.engine.keys import CacheKeys, key_of
+from auditor.engine.located import located
+from auditor.engine.predictions import check_labels
+from auditor.target import Target
+
+Row = tuple[torch.Tensor, ...]
+
+
+class TrainingIndex:
+    """Training features and influence for one target. `test_labels(indices)` gives the label
+    each test example's gradient is taken for (predicted or true, per settings)."""
+
+    def __init__(self, target: Target, test_labels: Callable[[torch.Tensor], torch.Tensor],
+                 stats: Counter[str]) -> None:
+        self.target, self.test_labels, self.stats = target, test_labels, stats
+        self.spec = target.spec
+        self.settings = self.spec.settings
+        self.attribution = self.settings.attribution
+
+    @cached_property
+    def parameter_names(self) -> list[str]:
+        """Selected parameters (`layers:` or all trainable)."""
+        with located(self.spec, "layers"):
+            return select_parameters(self.target.model, self.attribution.layers)
+
+    @cached_property
+    def keys(self) -> CacheKeys:
+        return CacheKeys(self.target, self.parameter_names)
+
+    @cached_property
+    def gradients(self) -> GradientComputer:
+        with located(self.spec, "gradient_computer"):
+            return make_gradient_computer(self.target.model, self.parameter_names, self.attribution.gradient_computer)
+
+    @cached_property
+    def featurizer(self) -> Featurizer:
+        a = self.attribution
+        projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed)
+        chunk = a.chunk_size or default_chunk_size(self.gradients.dim, self.settings.batch_size)
+        return Featurizer(self.gradients, projector, chunk, self.stats)
+
+    @cached_property
+    def labels(self) -> torch.Tensor:
+        """`(n_train,)` labels of the training set (checked against the class count)."""
+        dataset = self.target.train
+        targets = getattr(dataset, "targets", None)
+        if isinstance(targets, (list, tuple)):
+            targets = torch.as_tensor(targets)
+        labels = (targets.long() if isinstance(targets, torch.Tensor) and len(targets) == len(dataset)
+                  else torch.cat([y for _, y, _ in data_module.batches(dataset, batch_size=self.settings.batch_size)]))
+        check_labels(labels, len(self.target.classes), self.target.where.get("train"))
+        return labels
+
+    @property
+    def cache_root(self) -> Path:
+        return self.spec.base_dir / self.settings.cache_dir
+
+    @cached_property
+    def feature_store(self) -> FeatureStore:
+        """The training features' store for this model, data and settings (shards may be missing)."""
+        meta = self.keys.features
+        with located(self.spec, "cache_dir", section="settings"):
+            return FeatureStore(self.cache_root, key_of(meta), len(self.target.train), self.featurizer.dim,
+                                self.attribution.shard_size, meta)
+
+    @cached_property
+    def store(self) -> FeatureStore:
+        """The feature store with every shard computed."""
+        store = self.feature_store
+        if not store.complete():
+            self.featurize(store)
+        return store
+
+    def featurize(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
+        """Compute the store's missing shards (or only `shards`: one rank's share)."""
+        for _ in self.featurized(store, shards, progress):
+            pass
+
+    def featurized(self, store: FeatureStore, shards: list[int] | None = None,
+                   progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
+        with located(self.spec, "chunk_size"):
+            yield from featurized_shards(store, self.target.train, self.featurizer, self.target.device,
+                                         self.settings.batch_size, shards=shards, progress=progress)
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        return data_module.gather(self.target.test, indices)[0]
+
+    def test_features(self, indices: torch.Tensor) -> torch.Tensor:
+        """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
+        device = self.target.device
+        features = self.featurizer(self.test_images(indices).to(device), self.test_labels(indices).to(device))
+        with located(self.spec, "layers"):
+            return require_finite(features, indices, "test")
+
+    def exact_test_gradients(self, indices: torch.Tensor) -> torch.Tensor:
+        """Unprojected unit-norm test gradients `(m, P)` (for TFA)."""
+        device = self.target.device
+        grads = self.gradients.flat(self.test_images(indices).to(device), self.test_labels(indices).to(device))
+        return F.normalize(grads, dim=1)
+
+    @cached_property
+    def results(self) -> ResultStore:
+        """Top-k rows of the test examples scored by earlier runs with the same key (on disk)."""
+        meta = self.keys.influence
+        with located(self.spec, "cache_dir", section="settings"):
+            return ResultStore(self.cache_root, "influence", key_of(meta), meta)
+
+    @cached_property
+    def _rows(self) -> dict[int, Row]:
+        """Per test example: proponent indices and scores, opponent indices and scores."""
+        return self.results.load()
+
+    def influence(self, indices: torch.Tensor) -> Influence:
+        """Top-k proponents and opponents of each selected test example (computed once each)."""
+        missing = torch.tensor([i for i in indices.tolist() if i not in self._rows], dtype=torch.long)
+        if len(missing):
+            queries = self.test_features(missing)
+            store = self.feature_store
+            chunks = store.chunks(self.attribution.score_chunk, self.target.device,
+                                  fill=lambda todo: self.featurized(store, todo))
+            proponents, opponents, _ = grad_cos_topk(queries, chunks, self.attribution.top_k)
+            for row, i in enumerate(missing.tolist()):
+                self._rows[i] = (proponents.indices[row], proponents.scores[row],
+                                 opponents.indices[row], opponents.scores[row])
+            self.stats["scored"] += len(missing)
+            self.results.save(self._rows)
+        rows = [self._rows[i] for i in indices.tolist()]
+        stack = lambda j: torch.stack([r[j] for r in rows]) if rows else torch.zeros(0, 0)  # noqa: E731
+        return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))

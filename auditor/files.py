@@ -1,0 +1,29 @@
+"""The one atomic writer: readers of a cache, report or baseline file see all of it or none."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
+    """Write `data` (bytes, text as UTF-8, or a function writing to a binary handle) to a temp
+    file beside `path`, then rename it over `path`. The temp file never outlives a failure.
+    `OSError`s propagate: each caller names the setting a user should change."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

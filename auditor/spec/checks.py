@@ -1,0 +1,146 @@
+"""What a rule of each check kind may say: its name, parameter dataclass and `per_example`
+flag — torch-free, so `auditor validate` and pytest collection judge a rule without loading
+any model. The computations live in `auditor.checks`, one module per kind, registered under
+the same names (`auditor.checks.base.CHECKS` accepts exactly `CHECK_KINDS.names`).
+
+A parameter class may define `validate(where)` (its own fields) and `against(settings, where)`
+(fields checked against the audit's settings); `where.child(key)` is the line of the rule's `key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from auditor.registry import SALIENCY_METHODS, Registry
+from auditor.spec.binding import Where, bounded, choice
+
+CHECK_KINDS: Registry[type] = Registry("check")
+Source = Literal["tfa", "var", "saliency"]
+REGIONS = ("border", "top_left", "top_right", "bottom_left", "bottom_right", "centre")
+
+
+def check_kind(name: str, *, per_example: bool = True, description: str = "") -> Callable[[type], type]:
+    """Class decorator: declare a check kind with this parameter dataclass."""
+    def declare(params: type) -> type:
+        params.check, params.per_example, params.description = name, per_example, description
+        return CHECK_KINDS.register(name)(params)
+    return declare
+
+
+class Params:
+    """Base of every check's parameters: the kind's name, flags and cross-checks."""
+
+    check: ClassVar[str]
+    per_example: ClassVar[bool]
+    description: ClassVar[str]
+
+    def against(self, settings: Any, where: Where) -> None:
+        """Check parameters against the audit's settings (default: nothing to check)."""
+
+
+def require_top_k(k: int, settings: Any, where: Where) -> None:
+    """`k` proponents per example cannot exceed the `top_k` the engine keeps."""
+    top_k = settings.attribution.top_k
+    if k > top_k:
+        raise where.error(f"k={k} exceeds settings.attribution.top_k={top_k}",
+                          fix=f"lower k to at most {top_k}, or raise settings.attribution.top_k to {k}")
+
+
+class UsesInfluence(Params):
+    """Parameters of checks that read each example's top-`k` Grad-Cos proponents."""
+
+    def against(self, settings: Any, where: Where) -> None:
+        require_top_k(self.k, settings, where.child("k"))
+
+
+class UsesMaps(Params):
+    """Parameters of checks that measure attribution maps from a `source` (and `method`)."""
+
+    def validate(self, where: Where) -> None:
+        if self.source == "tfa" and self.method is not None:
+            raise where.child("method").error(
+                "`method` picks the saliency method of `source: var | saliency`; TFA maps have none",
+                fix="remove `method`, or use `source: var` or `source: saliency`")
+
+    def against(self, settings: Any, where: Where) -> None:
+        if self.source == "tfa":
+            require_top_k(self.k, settings, where.child("k"))
+
+
+@check_kind("accuracy", per_example=False, description="share of correct predictions")
+@dataclass(frozen=True)
+class AccuracyParams(Params):
+    min_accuracy: float = bounded(0.0, 1.0, help="required share of correct predictions")
+    per_class: bool = False
+
+
+@check_kind("influence_dominance", description="share of the top-1 proponent among the top-k")
+@dataclass(frozen=True)
+class DominanceParams(UsesInfluence):
+    max_top1_share: float = bounded(0.0, 1.0, help="largest share one training image may carry")
+    k: int = bounded(2, 1000, default=5)
+    min_gap: float | None = bounded(0.0, 1.0, default=None, help="required score gap top-1 − top-2")
+
+
+@check_kind("proponent_label_agreement", description="share of top-k proponents labelled as the prediction")
+@dataclass(frozen=True)
+class AgreementParams(UsesInfluence):
+    min_agreement: float = bounded(0.0, 1.0, help="share of proponents that must carry the predicted label")
+    k: int = bounded(1, 1000, default=5)
+
+
+@check_kind("harmful_training_images", per_example=False,
+            description="training images that oppose correct predictions or drive errors")
+@dataclass(frozen=True)
+class HarmfulParams(UsesInfluence):
+    mode: Literal["opponents", "proponents"] = "opponents"
+    k: int = bounded(1, 1000, default=5)
+    min_count: int = bounded(1, None, default=100, help="test examples an image must oppose (opponents) or "
+                                                          "support in error (proponents) to be flagged")
+    max_count: int = bounded(0, None, default=0, help="flagged training images the rule tolerates")
+
+
+@check_kind("saliency_concentration",
+            description="attribution mass in the densest window, and hotspots recurring off the object")
+@dataclass(frozen=True)
+class ConcentrationParams(UsesMaps):
+    source: Source = "tfa"
+    method: str | None = choice(SALIENCY_METHODS, default=None)
+    window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
+    max_mass: float = bounded(0.0, 1.0, default=1.0, help="largest mass share one window may hold per map")
+    max_recurrence: float | None = bounded(0.0, 1.0, default=None,
+                                           help="largest excess share of a class's maps peaking at one spot")
+    min_group: int = bounded(1, None, default=10, help="classes with fewer maps are not judged for recurrence")
+    k: int = bounded(1, 1000, default=3)
+    sample: int | None = bounded(1, None, default=None, help="measure at most this many selected examples")
+    reference_size: int = bounded(1, None, default=300, help="correct examples per class in the reference")
+
+
+@check_kind("region_mass", description="attribution mass inside a declared region")
+@dataclass(frozen=True)
+class RegionParams(UsesMaps):
+    max_mass: float = bounded(0.0, 1.0, help="largest mass share the region may hold per map")
+    region: str | None = choice(REGIONS, default=None)
+    box: tuple[float, ...] | None = None
+    thickness: float = bounded(0.01, 0.5, default=0.1, help="border width as a fraction of the image side")
+    source: Source = "var"
+    method: str | None = choice(SALIENCY_METHODS, default=None)
+    k: int = bounded(1, 1000, default=3)
+    sample: int | None = bounded(1, None, default=None)
+
+    @property
+    def area(self) -> str | tuple[float, ...]:
+        """The box if one is given, else the named region (`border` by default)."""
+        return self.box if self.box is not None else self.region or "border"
+
+    def validate(self, where: Where) -> None:
+        super().validate(where)
+        if self.box is not None and self.region is not None:
+            raise where.child("box").error("give either `region` or `box`, not both",
+                                           fix="remove `region:` to measure the box, or `box:` for the region")
+        if self.box is not None and (len(self.box) != 4 or not all(0 <= v <= 1 for v in self.box) or not (
+                self.box[0] < self.box[2] and self.box[1] < self.box[3])):
+            raise where.child("box").error(f"box {list(self.box)} is not [top, left, bottom, right] in 0..1",
+                                           fix="write e.g. `box: [0.0, 0.0, 0.2, 0.2]` (fractions of the side)")

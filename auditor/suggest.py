@@ -1,0 +1,21 @@
+"""The one "did you mean" helper: the nearest valid name to a typo, phrased as a fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def nearest(name: str, choices: Iterable[str], n: int = 1) -> list[str]:
+    """Up to `n` valid names close to `name` (difflib ratio ≥ 0.6), best first."""
+    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.6)
+
+
+def did_you_mean(name: str, choices: Iterable[str], listing: str = "use one of", prefix: str = "") -> str:
+    """`did you mean 'x'?` when a choice is close, else `<listing>: a, b, c` (at most 12 shown)."""
+    choices = list(choices)
+    close = nearest(name, choices)
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    shown = ", ".join(map(str, choices[:12])) + (" ..." if len(choices) > 12 else "")
+    return f"{listing}: {shown or 'none'}"
