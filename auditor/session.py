@@ -98,7 +98,7 @@ class AuditSession:
             return _empty(rule, None, f"selection `on: {rule.selection.describe()}` matched no test example",
                           "an empty selection cannot pass")
         check = CHECKS.get(rule.check)(rule.params)
-        result = check.run(engine, indices)
+        result = check.evaluate(engine, indices)
         if result.n_selected == 0:
             return _empty(rule, result, result.extra.get("note", "the check had nothing to measure"),
                           "an empty measurement cannot pass")

@@ -118,9 +118,16 @@ class Check(abc.ABC):
     def per_example(self) -> bool:
         return self.Params.per_example
 
+    def evaluate(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
+        """`run` on a non-empty selection; an empty one measures nothing (`n_selected` 0)."""
+        if len(indices) == 0:
+            return CheckResult(self.name, float("nan"), float("nan"), "", 0, [],
+                               extra={"note": "the selection is empty"})
+        return self.run(engine, indices)
+
     @abc.abstractmethod
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
-        """Evaluate the check on the selected test examples `indices` (1-D long tensor)."""
+        """Evaluate the check on the selected test examples `indices` (1-D long tensor, not empty)."""
 
 
 CHECKS: Registry[type[Check]] = Registry("check", names=lambda: CHECK_KINDS.names)

@@ -97,28 +97,36 @@ def compose(tiles: list[Tile], title: str) -> Image.Image:
 
 
 def evidence_panel(engine: Any, finding: Finding, n_related: int = 4) -> Image.Image:
-    """The finding's evidence as the check measured it: the image the map lies on (with the
-    test example it was measured for, for TFA), the map with its window or region, and the
-    related images (proponents, or the test examples a training image affects)."""
+    """The finding's evidence as one captioned PNG panel (see `evidence_tiles`)."""
+    ev = finding.evidence
+    kind_name = "training image" if finding.kind == "train" else "test example"
+    source = ev.source if ev is not None else finding.kind
+    return compose(evidence_tiles(engine, finding, n_related), f"{kind_name} #{finding.index}: {source} evidence")
+
+
+def evidence_tiles(engine: Any, finding: Finding, n_related: int = 4) -> list[Tile]:
+    """The evidence as the check measured it: the image the map lies on (after the test
+    example it was measured for, for TFA), the map with its window or region, and the
+    related images (proponents with their scores, or the test examples a training image
+    affects). Only images are read from the engine; maps come from the evidence."""
     ev = finding.evidence or Evidence("item", (finding.kind, finding.index))
-    tiles = []
-    measured_for = [i for k, i, _ in ev.related if k == "test"] if ev.image[0] == "train" and ev.map is not None else []
-    for t in measured_for[:1]:
-        tiles.append(_tile(engine, ("test", t), "measured for"))
+    measured_for = ([i for k, i, _ in ev.related if k == "test"][:1]
+                    if ev.image[0] == "train" and ev.map is not None else [])
+    tiles = [_tile(engine, ("test", t), "measured for") for t in measured_for]
     tiles.append(_tile(engine, ev.image, f"value {finding.value:.3g}"))
     if ev.map is not None:
-        picture = _picture(engine, ev.image)
-        overlay = (blend(to_rgb(picture), diverging(ev.signed.sum(0))) if ev.source == "tfa" and ev.signed is not None
-                   else blend(to_rgb(picture), heat(ev.map)))
+        picture = to_rgb(_picture(engine, ev.image))
+        signed = ev.source == "tfa" and ev.signed is not None
+        overlay = blend(picture, diverging(ev.signed.sum(0)) if signed else heat(ev.map))
         if ev.region is not None:
             overlay = outline(overlay, region_mask(ev.region, *ev.map.shape))
         label = ev.source if ev.method is None else f"{ev.source} ({ev.method})"
-        tiles.append(Tile(overlay, (f"{label} map", "window" if ev.window else str(ev.region or "")), ev.window))
-    for kind, index, score in [r for r in ev.related if (r[0], r[1]) != ("test", measured_for[0] if measured_for else -1)
-                               ][:n_related]:
+        note = "red +, blue -" if signed else ("window" if ev.window else str(ev.region or ""))
+        tiles.append(Tile(overlay, (f"{label} map", note), ev.window))
+    others = [(k, i, s) for k, i, s in ev.related if not (k == "test" and i in measured_for)]
+    for kind, index, score in others[:n_related]:
         tiles.append(_tile(engine, (kind, index), f"score {score:.3f}" if kind == "train" else ""))
-    kind_name = "training image" if finding.kind == "train" else "test example"
-    return compose(tiles, f"{kind_name} #{finding.index}: {ev.source} evidence")
+    return tiles
 
 
 def _picture(engine: Any, image: tuple[str, int]) -> torch.Tensor:
@@ -141,8 +149,8 @@ def _tile(engine: Any, image: tuple[str, int], note: str) -> Tile:
 def outline(rgb: np.ndarray, mask: torch.Tensor, colour: tuple[int, int, int] = (0, 220, 255)) -> np.ndarray:
     """`rgb` with the boundary pixels of a boolean `(H, W)` mask painted in `colour`."""
     m = mask.numpy()
-    inner = m.copy()
-    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    p = np.pad(m, 1)  # pixels on the image's edge are boundary too
+    inner = m & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     out = rgb.copy()
     out[m & ~inner] = colour
     return out
