@@ -26,6 +26,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def assert_spec_error(path: Path, line: int, fragments: list[str]) -> str:
+    """`load_spec(path)` fails with a message starting `path:line` and containing each fragment."""
+    from auditor.errors import SpecError
+    from auditor.spec import load_spec
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}"), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"))

@@ -15,7 +15,7 @@ from auditor.errors import AttributionError, CacheError, SpecError, TargetError
 from auditor.session import AuditSession
 from auditor.spec import load_spec
 from auditor.target import load_target
-from conftest import HEAD, audit, spec_file, write
+from conftest import HEAD, assert_spec_error, audit, spec_file, write
 
 # --- the YAML ---------------------------------------------------------------------------------
 
@@ -63,13 +63,7 @@ MALFORMED = {
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_spec_names_file_line_and_field(tmp_path, case):
     text, line, fragments = MALFORMED[case]
-    path = write(tmp_path / "audit_bad.yaml", text)
-    with pytest.raises(SpecError) as info:
-        load_spec(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}:{line}"), message
-    for fragment in fragments:
-        assert fragment in message, message
+    assert_spec_error(write(tmp_path / "audit_bad.yaml", text), line, fragments)
 
 
 def test_include_cycle_is_reported(tmp_path):

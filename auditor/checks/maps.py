@@ -7,7 +7,9 @@ image's own map, with the rule's `method` or the settings' default).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -44,6 +46,23 @@ def attribution_maps(engine: AuditEngine, indices: torch.Tensor, source: str, me
     method = method or engine.attribution.saliency
     saliency = engine.saliency(indices, method, use_var=source == "var")
     return Maps(saliency.magnitude, saliency.signed, indices.clone(), None, source, method)
+
+
+def measured_maps(engine: AuditEngine, indices: torch.Tensor, params: Any) -> tuple[torch.Tensor, Maps]:
+    """The (seeded, at most `params.sample`) examples a map-based rule measures, and their maps."""
+    indices = seeded_subset(indices, params.sample, engine.settings.seed)
+    return indices, attribution_maps(engine, indices, params.source, params.method, params.k)
+
+
+def over_threshold(engine: AuditEngine, maps: Maps, shares: torch.Tensor, max_mass: float, reason: str | None = None,
+                   window_of: Callable[[int], tuple[int, int, int]] | None = None,
+                   region: str | tuple[float, ...] | None = None) -> dict[int, Finding]:
+    """Findings for empty/NaN maps and for maps whose share exceeds `max_mass` (one per test example)."""
+    failures = empty_map_findings(engine, maps, shares)
+    for row in (shares > max_mass).nonzero().flatten().tolist():
+        add_finding(failures, engine, maps, row, float(shares[row]), reason,
+                    window_of(row) if window_of else None, region)
+    return failures
 
 
 def empty_map_findings(engine: AuditEngine, maps: Maps, shares: torch.Tensor) -> dict[int, Finding]:

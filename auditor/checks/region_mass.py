@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, register
-from auditor.checks.maps import add_finding, attribution_maps, empty_map_findings, seeded_subset
+from auditor.checks.maps import measured_maps, over_threshold
 from auditor.checks.windows import region_mask, region_share
 from auditor.spec.checks import RegionParams
 
@@ -19,14 +19,11 @@ class RegionMass(Check):
 
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         p = self.params
-        indices = seeded_subset(indices, p.sample, engine.settings.seed)
-        maps = attribution_maps(engine, indices, p.source, p.method, p.k)
+        indices, maps = measured_maps(engine, indices, p)
         height, width = maps.values.shape[1:]
         mask = region_mask(p.area, height, width, p.thickness)
         shares = region_share(maps.values, mask)
-        failures = empty_map_findings(engine, maps, shares)
-        for row in (shares > p.max_mass).nonzero().flatten().tolist():
-            add_finding(failures, engine, maps, row, float(shares[row]), region=p.area)
+        failures = over_threshold(engine, maps, shares, p.max_mass, region=p.area)
         finite = shares[~shares.isnan()]
         area = float(mask.float().mean())
         return CheckResult(f"max mass in {'box' if p.box is not None else p.area}",

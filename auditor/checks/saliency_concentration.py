@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Finding, register
-from auditor.checks.maps import Maps, add_finding, attribution_maps, empty_map_findings, seeded_subset
+from auditor.checks.maps import Maps, add_finding, attribution_maps, measured_maps, over_threshold, seeded_subset
 from auditor.checks.windows import Windows, densest_window, hotspot, window_side
 from auditor.spec.checks import ConcentrationParams
 
@@ -26,15 +26,12 @@ class SaliencyConcentration(Check):
 
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         p = self.params
-        indices = seeded_subset(indices, p.sample, engine.settings.seed)
-        maps = attribution_maps(engine, indices, p.source, p.method, p.k)
+        indices, maps = measured_maps(engine, indices, p)
         height, width = maps.values.shape[1:]
         side = window_side(p.window, min(height, width))
         windows = densest_window(maps.values, side)
-        failures = empty_map_findings(engine, maps, windows.share)
-        for row in (windows.share > p.max_mass).nonzero().flatten().tolist():
-            add_finding(failures, engine, maps, row, float(windows.share[row]), "concentrated",
-                        (int(windows.row[row]), int(windows.col[row]), side))
+        failures = over_threshold(engine, maps, windows.share, p.max_mass, "concentrated",
+                                  lambda row: (int(windows.row[row]), int(windows.col[row]), side))
         groups, worst = [], float("nan")
         if p.max_recurrence is not None:
             groups, worst = self._hotspots(engine, maps, windows, side, failures)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from auditor.cli import main
-from auditor.errors import SpecError
 from auditor.spec import load_spec
-from conftest import audit
+from conftest import assert_spec_error, audit
 
 # (rule body under `rules:`, settings/include line, expected line, expected text); conftest's
 # five-line HEAD comes first, so the body starts on line 6.
@@ -41,12 +40,7 @@ def test_validate_rejects_at_the_rules_own_line(tmp_path, capsys, case):
     rules, settings, line, needles = CASES[case]
     body = settings + ("rules:\n" + rules if rules else "")
     path = audit(tmp_path, body)
-    with pytest.raises(SpecError) as info:
-        load_spec(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}:{line}: "), message
-    for needle in needles:
-        assert needle in message, message
+    assert_spec_error(path, line, [f"{path}:{line}: ", *needles])
     assert main(["validate", str(path)]) == 2
     assert f"{path.name}:{line}:" in capsys.readouterr().err
 
