@@ -31,3 +31,13 @@ def test_image_folder_dataset_with_transform(tmp_path):
     target = load_target(load_spec(path))
     assert target.classes == ("cat", "dog", "fox") and target.test[0][0].shape == (1, 8, 8)
     assert Engine(target).predictions.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_target_restores_sys_path_and_leaves_user_datasets_untouched(tmp_path):
+    import sys
+
+    before = list(sys.path)
+    target = load_target(load_spec(spec_file(tmp_path)))
+    assert sys.path == before, "loading the target left folders on sys.path"
+    assert not any(name.startswith("_auditor") for name in vars(target.train)), "attributes set on the user's dataset"
+    assert target.where["train"].field == "data.train" and target.where["test"].line == 5
