@@ -2,7 +2,8 @@
 under the names `auditor.spec.checks` declares."""
 
 from auditor.checks import (accuracy, harmful_training_images, influence_dominance,  # noqa: F401  (registers)
-                            proponent_label_agreement, region_mass, saliency_concentration)
+                            proponent_label_agreement, region_mass, saliency_concentration,
+                            shortcut_carriers)
 from auditor.checks.base import CHECKS, AuditEngine, Check, CheckResult, Evidence, Finding
 
 __all__ = ["CHECKS", "AuditEngine", "Check", "CheckResult", "Evidence", "Finding"]

@@ -40,6 +40,12 @@ class AuditEngine(Protocol):
 
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> Any: ...
 
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor: ...                   # (b, classes), any images
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor, method: str | None = None) -> torch.Tensor: ...
+
 
 @dataclass(frozen=True)
 class Evidence:

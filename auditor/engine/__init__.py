@@ -70,6 +70,21 @@ class Engine:
         """Maps of the predicted class for each selected test image, VAR-refined if `use_var`."""
         return self._saliency(self.predictions, indices, method, use_var)
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """`(b, classes)` model outputs for any images (e.g. occluded ones), in batches, on the CPU."""
+        model, size = self.target.model, self.settings.batch_size
+        with torch.no_grad():
+            parts = [model(images[i:i + size].to(self.device)).float().cpu() for i in range(0, len(images), size)]
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.classes))
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """`(b, C', H, W)` saliency of any images for one class each (not cached: for training images)."""
+        attributor = self._saliency.method(method)
+        size = self.settings.batch_size
+        parts = [attributor.attribute(images[i:i + size].to(self.device), classes[i:i + size, None].to(self.device))
+                 .detach()[:, 0].cpu() for i in range(0, len(images), size)]
+        return torch.cat(parts) if parts else torch.zeros(0, *images.shape[1:])
+
     def test_images(self, indices: torch.Tensor) -> torch.Tensor:
         return data_module.gather(self.target.test, indices)[0]
 

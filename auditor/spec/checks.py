@@ -144,3 +144,31 @@ class RegionParams(UsesMaps):
                 self.box[0] < self.box[2] and self.box[1] < self.box[3])):
             raise where.child("box").error(f"box {list(self.box)} is not [top, left, bottom, right] in 0..1",
                                            fix="write e.g. `box: [0.0, 0.0, 0.2, 0.2]` (fractions of the side)")
+
+
+@check_kind("shortcut_carriers", per_example=False,
+            description="training images that carry a flagged shortcut hotspot (occlusion of the spot)")
+@dataclass(frozen=True)
+class CarrierParams(UsesMaps):
+    """The hotspot is found as `saliency_concentration` finds it (same `source`, `window`,
+    `max_recurrence`, `min_group`, `reference_size`); then every training image of the
+    hotspot's class is a candidate carrier."""
+
+    max_recurrence: float = bounded(0.0, 1.0, default=0.35,
+                                    help="excess recurrence above which a class's hotspot is followed into the training data")
+    max_carrier_share: float = bounded(0.0, 1.0, default=0.0,
+                                       help="largest share of the class's training images that may carry the spot")
+    min_z: float = bounded(0.0, None, default=5.0, help="robust z-score of the occlusion drop that makes a carrier")
+    source: Source = "var"
+    method: str | None = choice(SALIENCY_METHODS, default=None)
+    window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
+    min_group: int = bounded(1, None, default=30, help="classes with fewer error maps are not judged")
+    reference_size: int = bounded(1, None, default=300, help="correct examples per class in the hotspot reference")
+    carrier_reference: int = bounded(10, None, default=1000,
+                                     help="training images of other classes whose occlusion drop is the reference")
+    k: int = bounded(1, 1000, default=3)
+    sample: int | None = bounded(1, None, default=None)
+
+    @property
+    def max_mass(self) -> float:
+        return 1.0  # the hotspot search judges recurrence only

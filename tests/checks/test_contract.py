@@ -21,8 +21,10 @@ from auditor.spec.checks import CHECK_KINDS
 # Parameters that make each check fail on the normal case below, and the keys it needs.
 PARAMS = {"accuracy": {"min_accuracy": 0.99}, "influence_dominance": {"max_top1_share": 0.3},
           "proponent_label_agreement": {"min_agreement": 0.9}, "region_mass": {"max_mass": 0.05},
-          "saliency_concentration": {"max_mass": 0.1}, "harmful_training_images": {"min_count": 1, "k": 2}}
+          "saliency_concentration": {"max_mass": 0.1}, "harmful_training_images": {"min_count": 1, "k": 2},
+          "shortcut_carriers": {"min_group": 1, "max_recurrence": 0.1, "carrier_reference": 10, "min_z": 3.0}}
 MAP_CHECKS = ("region_mass", "saliency_concentration")
+SPOT = (slice(None), slice(None), slice(2, 5), slice(2, 5))
 N_TEST, N_TRAIN, K = 12, 8, 3
 
 
@@ -42,7 +44,9 @@ class FakeEngine:
         self.train = torch.randint(0, N_TRAIN, (N_TEST, K), generator=g)
         self.scores = torch.rand(N_TEST, K, generator=g).sort(dim=1, descending=True).values
         self.maps = torch.rand(N_TEST, 1, 16, 16, generator=g)
-        self.maps[:, :, 2:5, 2:5] += 5.0              # one concentrated corner spot
+        self.maps[predicted != labels, :, 2:5, 2:5] += 5.0    # the errors' maps peak at one corner spot
+        self.images = torch.rand(N_TRAIN, 1, 16, 16, generator=g)
+        self.images[(self.train_labels == 1).nonzero().flatten()[:2], :, 2:5, 2:5] = 9.0  # two carriers of the spot
         if nan:
             self.scores[:] = float("nan")
             self.maps[:] = float("nan")
@@ -59,6 +63,16 @@ class FakeEngine:
 
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
         return SaliencyMaps(indices, self.maps[indices], self.maps[indices].abs().sum(1))
+
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[indices], self.train_labels[indices]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """A model that reads only the spot: every class's logit is the spot's mean brightness."""
+        return images[SPOT].mean(dim=(1, 2, 3))[:, None].expand(-1, 3) * torch.tensor([1.0, 2.0, 3.0])
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        return images.clone()
 
 
 def make(name: str):
@@ -87,6 +101,8 @@ def test_nan_maps_and_scores_never_pass_silently(name):
         assert {f.details["reason"] for f in result.failures} == {"attribution is NaN or Inf"}
     elif name == "influence_dominance":
         assert {f.details["reason"] for f in result.failures} == {"no positive proponent"}
+    elif name == "shortcut_carriers":                # NaN maps flag no hotspot: nothing is followed
+        assert result.failures == [] and result.extra["note"] == "no shortcut hotspot flagged on the test side"
     else:                                   # label- and count-based checks do not read scores or maps
         assert result.n_selected > 0 and result.failures
 
@@ -102,6 +118,8 @@ def test_normal_case_is_well_formed_and_findings_carry_evidence(name):
             continue
         ev = finding.evidence
         assert ev is not None and ev.image[0] in ("test", "train")
+        if name == "shortcut_carriers":
+            assert ev.image[0] == "train" and ev.window is not None and ev.map.shape == (16, 16)
         if name in MAP_CHECKS:
             assert ev.map is not None and ev.map.shape == (16, 16) and ev.source == check.params.source
             assert (ev.window is not None) == (name == "saliency_concentration")

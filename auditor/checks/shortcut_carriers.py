@@ -1,0 +1,124 @@
+"""`shortcut_carriers`: follow a flagged shortcut hotspot into the training data and name the
+training images that carry it.
+
+1. The hotspot is found exactly as `saliency_concentration` finds it: a spot where a class's
+   errors' maps peak far more often than its correct predictions' maps do.
+2. Every training image of that class is a candidate. Its evidence is causal (DESIGN.md §7):
+   fill the hotspot window with the image's own background (the median colour of its frame)
+   and measure how much its own-label logit drops.
+3. The drops are judged against the same occlusion on a seeded sample of other classes'
+   training images: a carrier's drop is a robust z-score above `min_z` (median and MAD of
+   the reference; scale-free, whatever the dataset size).
+
+The failing list holds the carriers (most dependent first) with the window and their
+own-label gradient map; the metric is the largest share of a class's training images that
+carry its spot.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.checks.saliency_concentration import SaliencyConcentration
+from auditor.spec.checks import CarrierParams
+
+MAPS_KEPT = 100          # carriers whose gradient map is carried as evidence (the report draws a few)
+MAD_TO_SIGMA = 1.4826
+
+
+def frame_median(images: torch.Tensor) -> torch.Tensor:
+    """`(b, C)` median colour of each image's one-pixel frame: its own background."""
+    frame = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
+    return frame.median(dim=2).values
+
+
+def occlude(images: torch.Tensor, window: tuple[int, int, int]) -> torch.Tensor:
+    """`images (b, C, H, W)` with the `(row, col, side)` window filled by each image's frame median."""
+    row, col, side = window
+    out = images.clone()
+    out[:, :, row:row + side, col:col + side] = frame_median(images)[:, :, None, None]
+    return out
+
+
+def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float) -> torch.Tensor:
+    """`(values − median(reference)) / (1.4826 · MAD(reference))`, the scale at least `floor`."""
+    centre = reference.median()
+    scale = max(MAD_TO_SIGMA * float((reference - centre).abs().median()), floor)
+    return (values - centre) / scale
+
+
+def occlusion_drops(engine: AuditEngine, indices: torch.Tensor, window: tuple[int, int, int],
+                    batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per training image: its own-label logit, and the drop of that logit when the window is occluded."""
+    logits, drops = [], []
+    for start in range(0, len(indices), batch):
+        images, labels = engine.train_batch(indices[start:start + batch])
+        rows = torch.arange(len(labels))
+        plain = engine.logits(images)[rows, labels]
+        logits.append(plain)
+        drops.append(plain - engine.logits(occlude(images, window))[rows, labels])
+    empty = torch.zeros(0)
+    return (torch.cat(logits), torch.cat(drops)) if logits else (empty, empty)
+
+
+@register
+class ShortcutCarriers(Check):
+    Params = CarrierParams
+
+    def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
+        p = self.params
+        test_side = SaliencyConcentration(p).evaluate(engine, indices)
+        hotspots = [g for g in test_side.extra.get("hotspots", []) if g["flagged"]]
+        failures: list[Finding] = []
+        groups = []
+        for spot in hotspots:
+            found, group = self._carriers(engine, spot, test_side.failures)
+            failures += found
+            groups.append(group)
+        worst = max((g["carrier_share"] for g in groups), default=0.0)
+        failures.sort(key=lambda f: -f.value)
+        extra = {"hotspots": test_side.extra.get("hotspots", []), "carriers": groups}
+        if not hotspots:
+            extra["note"] = "no shortcut hotspot flagged on the test side"
+        return CheckResult("carrier share of the class", worst, p.max_carrier_share, "<=", test_side.n_selected,
+                           failures, passed=worst <= p.max_carrier_share, extra=extra)
+
+    def _carriers(self, engine: AuditEngine, spot: dict, errors: list[Finding]) -> tuple[list[Finding], dict]:
+        """The training images of the hotspot's class whose own prediction depends on the spot."""
+        p = self.params
+        c = engine.classes.index(spot["predicted"])
+        window = tuple(spot["window"])
+        labels = engine.train_labels
+        candidates = (labels == c).nonzero().flatten()
+        others = (labels != c).nonzero().flatten()
+        generator = torch.Generator().manual_seed(engine.settings.seed)
+        reference = others[torch.randperm(len(others), generator=generator)[:p.carrier_reference]]
+        ref_logits, ref_drops = occlusion_drops(engine, reference, window)
+        _, drops = occlusion_drops(engine, candidates, window)
+        floor = 0.01 * float(ref_logits.abs().median()) if len(ref_logits) else 1e-6  # 1% of a logit: noise level
+        z = robust_z(drops, ref_drops, max(floor, 1e-6)) if len(ref_drops) else torch.zeros_like(drops)
+        chosen = (z > p.min_z).nonzero().flatten()
+        chosen = chosen[z[chosen].argsort(descending=True)]
+        carriers = candidates[chosen]
+        related = tuple(("test", f.index, 1.0) for f in errors
+                        if f.details.get("predicted") == spot["predicted"] and f.details.get("window") == list(window))[:3]
+        maps = self._maps(engine, carriers[:MAPS_KEPT], c)
+        found = [Finding(int(j), float(z[row]), kind="train", details={
+            "label": engine.classes[c], "window": list(window), "logit_drop": round(float(drops[row]), 4),
+            "hotspot_of": spot["predicted"]},
+            evidence=Evidence("occlusion", ("train", int(j)), "gradient", *maps.get(int(j), (None, None)),
+                              window, None, related))
+            for j, row in zip(carriers.tolist(), chosen.tolist())]
+        share = len(carriers) / max(1, len(candidates))
+        return found, {"class": spot["predicted"], "window": list(window), "candidates": len(candidates),
+                       "carriers": len(carriers), "carrier_share": round(share, 4),
+                       "reference_drop_median": float(ref_drops.median()) if len(ref_drops) else None}
+
+    def _maps(self, engine: AuditEngine, carriers: torch.Tensor, c: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Own-label gradient maps of the first carriers: what the panel draws with the window."""
+        if len(carriers) == 0:
+            return {}
+        images, _ = engine.train_batch(carriers)
+        signed = engine.attribute(images, torch.full((len(carriers),), c), "gradient")
+        return {int(j): (m.abs().sum(0), m) for j, m in zip(carriers.tolist(), signed)}
