@@ -1,0 +1,133 @@
+"""Shortcut carriers on real data: does `shortcut_carriers` name the planted training images?
+
+For each seed and shortcut variant of `benchmarks/efficacy.py` it trains the sample CNN with
+the planted square (defective) and without it (clean), runs the `shortcut_carriers` rule on
+the errors with the shortcuts pack's hotspot settings, and measures, against the planted list:
+- recall and precision of the carriers the rule names (occlusion, robust z-score);
+- the same for the obvious baseline in the same run: a training image of the hotspot's class
+  is a carrier when the densest window of its own-label gradient map lies at the hotspot;
+- the clean model's verdict (a false alarm if it fails) and the rule's wall time.
+
+    python -m benchmarks.carriers [--seeds 0 1 2] [--n-train 20000] [--n-test 5000] [--out carriers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from benchmarks.common import environment, write_json
+from benchmarks.efficacy import VARIANTS, recipe, train_model
+
+RULE = {"name": "shortcut-carriers", "check": "shortcut_carriers", "on": "misclassified", "source": "var",
+        "window": 0.15, "max_recurrence": 0.35, "min_group": 30, "min_z": 5.0}
+
+
+def session_for(rec: dict, checkpoint: Path, folder: Path):
+    from auditor.session import AuditSession
+    from auditor.spec import load_spec
+
+    doc = {"audit": "carriers", "model": {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)},
+           "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": rec}},
+                    "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": rec}}},
+           "settings": {"device": "auto", "cache_dir": str(folder / "cache")}, "rules": [RULE]}
+    path = folder / f"carriers-{checkpoint.stem}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return AuditSession(load_spec(path))
+
+
+def saliency_baseline(engine, spot: dict) -> set[int]:
+    """Training images of the hotspot's class whose own-label gradient map peaks at the hotspot."""
+    from auditor.checks.windows import densest_window, near
+
+    c = engine.classes.index(spot["class"])
+    row, col, side = spot["window"]
+    candidates = (engine.train_labels == c).nonzero().flatten()
+    found = []
+    for start in range(0, len(candidates), 1024):
+        chunk = candidates[start:start + 1024]
+        images, labels = engine.train_batch(chunk)
+        maps = engine.attribute(images, labels, "gradient").abs().sum(1)
+        found.append(chunk[near(densest_window(maps, side), row, col, side)])
+    return set(torch.cat(found).tolist()) if found else set()
+
+
+def scores(found: set[int], planted: set[int]) -> tuple[float, float | None]:
+    hits = len(found & planted)
+    return hits / max(1, len(planted)), (hits / len(found) if found else None)
+
+
+def run(rec: dict, work: Path, defective: bool) -> dict:
+    from sample_audits.fashion import defects
+
+    session = session_for(rec, train_model(rec, work), work)
+    start = time.perf_counter()
+    outcome = session.run_all()[0]
+    seconds = time.perf_counter() - start
+    groups = outcome.result.extra["carriers"] if outcome.result else []
+    row = {"status": outcome.status, "value": outcome.result.value if outcome.result else None,
+           "seconds": round(seconds, 1), "groups": groups,
+           "hotspots": [g for g in (outcome.result.extra["hotspots"] if outcome.result else []) if g["flagged"]]}
+    if not defective:
+        return row
+    planted = set(defects(rec)["patched_train"])
+    found = {f.index for f in outcome.failures}
+    square_class = rec["square"]["class"]
+    spot = next((g for g in groups if g["class"] == square_class), None)
+    baseline = saliency_baseline(session.engine, spot) if spot else set()
+    recall, precision = scores(found, planted)
+    base_recall, base_precision = scores(baseline, planted)
+    return {**row, "planted": len(planted), "found": len(found), "recall": recall, "precision": precision,
+            "saliency_baseline_recall": base_recall, "saliency_baseline_precision": base_precision,
+            "baseline_found": len(baseline)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--n-test", type=int, default=5000)
+    parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
+    parser.add_argument("--out", default="carriers.json", help="file name under benchmarks/results/")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="auditor-carriers-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            for name, square in VARIANTS.items():
+                for defective in (True, False):
+                    rec = recipe(seed, args.n_train, args.n_test, square, defective)
+                    runs.append({"seed": seed, "variant": name, "defective": defective, **run(rec, work, defective)})
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("groups", "hotspots")}), flush=True)
+    defective = [r for r in runs if r["defective"]]
+    clean = [r for r in runs if not r["defective"]]
+    mean = lambda key: float(np.mean([r[key] for r in defective if r[key] is not None]))  # noqa: E731
+    document = {
+        "shortcut_carrier_recall": mean("recall") if defective else None,
+        "shortcut_carrier_precision": mean("precision") if any(r["precision"] is not None for r in defective) else None,
+        "saliency_baseline_carrier_recall": mean("saliency_baseline_recall") if defective else None,
+        "saliency_baseline_carrier_precision": mean("saliency_baseline_precision")
+        if any(r["saliency_baseline_precision"] is not None for r in defective) else None,
+        "defective_failed_rate": float(np.mean([r["status"] == "failed" for r in defective])),
+        "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" for r in clean])),
+        "rule_seconds": [r["seconds"] for r in runs],
+        "seeds": args.seeds, "variants": list(VARIANTS), "n_train": args.n_train, "n_test": args.n_test,
+        "rule": RULE, "seconds": round(time.perf_counter() - start, 1),
+        "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "runs": runs,
+    }
+    path = write_json(args.out, document)
+    print(json.dumps({k: v for k, v in document.items() if k != "runs"}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
