@@ -58,12 +58,6 @@ class Registry(Generic[T]):
         """Declared names with no implementation registered (the contract test wants none)."""
         return tuple(n for n in self.names if n not in self._items)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def items(self) -> list[tuple[str, T]]:
-        return list(self._items.items())
-
 
 SALIENCY_METHODS: Registry[Any] = Registry(
     "saliency method", ("gradient", "input_x_gradient", "integrated_gradients", "guided_backprop", "grad_cam"))

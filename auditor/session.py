@@ -41,14 +41,11 @@ class RuleOutcome:
             return self.message
         r = self.result
         text = f"{r.metric} = {r.value:.4g} (required {r.comparison} {r.threshold:g})"
-        if self.rule_is_per_example():
+        if self.rule.per_example:
             text += f"; {len(r.failures)} of {r.n_selected} examples fail ({self.rule.tolerance()})"
         if self.baseline is not None:
             text += f"; {self.baseline.summary()}"
         return text
-
-    def rule_is_per_example(self) -> bool:
-        return self.rule.per_example
 
 
 class AuditSession:

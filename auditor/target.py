@@ -40,6 +40,14 @@ class Target:
     spec: AuditSpec
     where: dict[str, Where] = field(default_factory=dict)
 
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images `(m, C, H, W)` and labels `(m,)` of `indices`, in that order."""
+        return data_module.gather(self.train, indices)
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Test images `(m, C, H, W)` of `indices`, in that order."""
+        return data_module.gather(self.test, indices)[0]
+
 
 def load_target(spec: AuditSpec) -> Target:
     """Build everything `spec` describes and check that model and data fit together."""

@@ -21,26 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from benchmarks.common import environment, write_json
-from benchmarks.efficacy import VARIANTS, recipe, train_model
+from benchmarks.efficacy import VARIANTS, audit_session, recipe, train_model
 
 RULE = {"name": "shortcut-carriers", "check": "shortcut_carriers", "on": "misclassified", "source": "var",
         "window": 0.15, "max_recurrence": 0.35, "min_group": 30, "min_z": 5.0}
-
-
-def session_for(rec: dict, checkpoint: Path, folder: Path):
-    from auditor.session import AuditSession
-    from auditor.spec import load_spec
-
-    doc = {"audit": "carriers", "model": {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)},
-           "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": rec}},
-                    "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": rec}}},
-           "settings": {"device": "auto", "cache_dir": str(folder / "cache")}, "rules": [RULE]}
-    path = folder / f"carriers-{checkpoint.stem}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return AuditSession(load_spec(path))
 
 
 def saliency_baseline(engine, spot: dict) -> set[int]:
@@ -67,7 +53,7 @@ def scores(found: set[int], planted: set[int]) -> tuple[float, float | None]:
 def run(rec: dict, work: Path, defective: bool) -> dict:
     from sample_audits.fashion import defects
 
-    session = session_for(rec, train_model(rec, work), work)
+    session = audit_session(rec, train_model(rec, work), work, rules=[RULE])
     start = time.perf_counter()
     outcome = session.run_all()[0]
     seconds = time.perf_counter() - start

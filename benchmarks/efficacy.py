@@ -79,18 +79,24 @@ def train_model(rec: dict, folder: Path) -> Path:
     return path
 
 
-def audit(rec: dict, checkpoint: Path, folder: Path):
-    """Run the shipped packs on the model; return the session (engine and outcomes)."""
+def audit_session(rec: dict, checkpoint: Path, folder: Path, **rules):
+    """An audit session of the sample CNN on the recipe's data; `rules` are the YAML's
+    `include:` and/or `rules:` entries."""
     from auditor.session import AuditSession
     from auditor.spec import load_spec
 
     doc = {"audit": "efficacy", "model": {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)},
            "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": rec}},
                     "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": rec}}},
-           "settings": {"device": "auto", "cache_dir": str(folder / "cache")}, "include": PACKS}
-    path = folder / f"audit-{checkpoint.stem}.yaml"
+           "settings": {"device": "auto", "cache_dir": str(folder / "cache")}, **rules}
+    path = folder / f"audit-{checkpoint.stem}-{'-'.join(sorted(rules))}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    session = AuditSession(load_spec(path))
+    return AuditSession(load_spec(path))
+
+
+def audit(rec: dict, checkpoint: Path, folder: Path):
+    """Run the shipped packs on the model; return the session (engine and outcomes)."""
+    session = audit_session(rec, checkpoint, folder, include=PACKS)
     session.recipe = rec
     session.run_all()
     return session

@@ -96,8 +96,10 @@ class ShortcutCarriers(Check):
         reference = others[torch.randperm(len(others), generator=generator)[:p.carrier_reference]]
         ref_logits, ref_drops = occlusion_drops(engine, reference, window)
         _, drops = occlusion_drops(engine, candidates, window)
-        floor = 0.01 * float(ref_logits.abs().median()) if len(ref_logits) else 1e-6  # 1% of a logit: noise level
-        z = robust_z(drops, ref_drops, max(floor, 1e-6)) if len(ref_drops) else torch.zeros_like(drops)
+        if len(ref_drops):  # scale at least 1% of a typical logit: below that a drop is noise
+            z = robust_z(drops, ref_drops, max(0.01 * float(ref_logits.abs().median()), 1e-6))
+        else:               # a training set of one class: nothing to compare against
+            z = torch.zeros_like(drops)
         chosen = (z > p.min_z).nonzero().flatten()
         chosen = chosen[z[chosen].argsort(descending=True)]
         carriers = candidates[chosen]

@@ -16,7 +16,6 @@ from functools import cached_property
 
 import torch
 
-from auditor import data as data_module
 from auditor.attribution.influence import Influence
 from auditor.engine.predictions import Predictions, predict, resolve
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
@@ -86,7 +85,7 @@ class Engine:
         return torch.cat(parts) if parts else torch.zeros(0, *images.shape[1:])
 
     def test_images(self, indices: torch.Tensor) -> torch.Tensor:
-        return data_module.gather(self.target.test, indices)[0]
+        return self.target.test_images(indices)
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return data_module.gather(self.target.train, indices)
+        return self.target.train_batch(indices)

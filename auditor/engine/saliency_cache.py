@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from auditor import data as data_module
 from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.var import class_set, var
 from auditor.engine.located import located
@@ -51,7 +50,7 @@ class SaliencyCache:
             attributor = self.method(method)
             for start in range(0, len(missing), self.settings.batch_size):
                 chunk = missing[start:start + self.settings.batch_size]
-                images = data_module.gather(self.target.test, chunk)[0].to(self.target.device)
+                images = self.target.test_images(chunk).to(self.target.device)
                 predicted = predictions.predicted[chunk]
                 classes = class_set(predictions.logits[chunk], predicted, a.var_top_k) if use_var else predicted[:, None]
                 maps = attributor.attribute(images, classes.to(self.target.device)).detach()

@@ -9,7 +9,6 @@ from functools import cached_property
 
 import torch
 
-from auditor import data as data_module
 from auditor.attribution.result_store import ResultStore
 from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
 from auditor.engine.keys import key_of
@@ -73,7 +72,7 @@ class TfaCache:
         tests = torch.tensor(sorted({t for t, _ in todo}))
         grads = self.index.exact_test_gradients(tests)
         position = {t: r for r, t in enumerate(tests.tolist())}
-        images, labels = data_module.gather(self.target.train, torch.tensor([j for _, j in todo]))
+        images, labels = self.target.train_batch(torch.tensor([j for _, j in todo]))
         maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
                    grads[[position[t] for t, _ in todo]], a.smoothgrad_samples, a.smoothgrad_sigma,
                    pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in todo])

@@ -106,20 +106,17 @@ class TrainingIndex:
             yield from featurized_shards(store, self.target.train, self.featurizer, self.target.device,
                                          self.settings.batch_size, shards=shards, progress=progress)
 
-    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
-        return data_module.gather(self.target.test, indices)[0]
-
     def test_features(self, indices: torch.Tensor) -> torch.Tensor:
         """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
         device = self.target.device
-        features = self.featurizer(self.test_images(indices).to(device), self.test_labels(indices).to(device))
+        features = self.featurizer(self.target.test_images(indices).to(device), self.test_labels(indices).to(device))
         with located(self.spec, "layers"):
             return require_finite(features, indices, "test")
 
     def exact_test_gradients(self, indices: torch.Tensor) -> torch.Tensor:
         """Unprojected unit-norm test gradients `(m, P)` (for TFA)."""
         device = self.target.device
-        grads = self.gradients.flat(self.test_images(indices).to(device), self.test_labels(indices).to(device))
+        grads = self.gradients.flat(self.target.test_images(indices).to(device), self.test_labels(indices).to(device))
         return F.normalize(grads, dim=1)
 
     @cached_property

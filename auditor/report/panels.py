@@ -113,11 +113,11 @@ def evidence_tiles(engine: Any, finding: Finding, n_related: int = 4) -> list[Ti
     measured_for = ([i for k, i, _ in ev.related if k == "test"][:1]
                     if ev.image[0] == "train" and ev.map is not None else [])
     tiles = [_tile(engine, ("test", t), "measured for") for t in measured_for]
-    tiles.append(_tile(engine, ev.image, f"value {finding.value:.3g}"))
+    measured = _tile(engine, ev.image, f"value {finding.value:.3g}")
+    tiles.append(measured)
     if ev.map is not None:
-        picture = to_rgb(_picture(engine, ev.image))
         signed = ev.source == "tfa" and ev.signed is not None
-        overlay = blend(picture, diverging(ev.signed.sum(0)) if signed else heat(ev.map))
+        overlay = blend(measured.rgb, diverging(ev.signed.sum(0)) if signed else heat(ev.map))
         if ev.region is not None:
             overlay = outline(overlay, region_mask(ev.region, *ev.map.shape))
         label = ev.source if ev.method is None else f"{ev.source} ({ev.method})"

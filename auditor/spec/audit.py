@@ -237,7 +237,7 @@ def _model(raw: Any, where: Where) -> ModelSpec:
         raise where.error("give exactly one of `factory` or `arch`",
                           fix="e.g. `factory: mypkg.model:load` or `arch: torchvision.models.resnet18`")
     if model.factory is not None and not FACTORY_PATTERN.match(model.factory):
-        raise _at(raw, "factory", where).error(
+        raise where.within(raw).child("factory").error(
             f"'{model.factory}' is not of the form module:function", fix="e.g. `mypkg.models:build`")
     if model.arch is not None and model.num_classes is None:
         raise where.error("`arch` needs `num_classes`", fix="add e.g. `num_classes: 10`")
@@ -253,11 +253,6 @@ def _check_dataset(dataset: DatasetSpec) -> None:
     if dataset.factory is not None and not FACTORY_PATTERN.match(dataset.factory):
         raise where.error(f"'{dataset.factory}' is not of the form module:function",
                           fix="e.g. `mypkg.data:train_set`")
-
-
-def _at(raw: Any, key: str, where: Where) -> Where:
-    line = raw.line_of(key) if isinstance(raw, LocatedDict) else where.line
-    return where.child(key, line)
 
 
 def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tuple[Path, ...],
@@ -331,10 +326,11 @@ def parse_rule(raw: Any, where: Where, settings: Settings | None = None) -> Rule
     """Validate one rule mapping: common keys, then the parameters of its check, then those
     parameters against the audit's `settings` (defaults when not given)."""
     mapping = expect_mapping(raw, where)
+    at = where.within(mapping).child  # the line of one of the rule's keys
     check_name = mapping.get("check")
     if not isinstance(check_name, str):
         raise where.error("a rule needs `check: NAME`", fix=f"available checks: {', '.join(CHECK_KINDS.names)}")
-    params_cls = CHECK_KINDS.get(check_name, _at(mapping, "check", where))
+    params_cls = CHECK_KINDS.get(check_name, at("check"))
     common_keys = [name for name in RuleCommon.__dataclass_fields__]
     param_keys = list(params_cls.__dataclass_fields__)
     common = build(RuleCommon, mapping, where, exclude=param_keys)
@@ -342,18 +338,18 @@ def parse_rule(raw: Any, where: Where, settings: Settings | None = None) -> Rule
     params.against(settings or Settings(), where.within(mapping))
     for tag in common.tags:
         if not TAG_PATTERN.match(tag):
-            raise _at(mapping, "tags", where).error(
+            raise at("tags").error(
                 f"tag '{tag}' is not a valid marker name", fix="use letters, digits and underscores")
     if common.max_failures is not None and common.mostly is not None:
-        raise _at(mapping, "mostly", where).error("give either `max_failures` or `mostly`, not both")
+        raise at("mostly").error("give either `max_failures` or `mostly`, not both")
     if not params_cls.per_example and (common.max_failures is not None or common.mostly is not None):
         key = "mostly" if common.mostly is not None else "max_failures"
-        raise _at(mapping, key, where).error(
+        raise at(key).error(
             f"check '{check_name}' judges an aggregate metric; `{key}` does not apply",
             fix=f"remove `{key}` and set the check's own threshold")
     if not common.name.strip():
-        raise _at(mapping, "name", where).error("rule name must not be empty")
-    selection = parse_selection(common.on, _at(mapping, "on", where))
+        raise at("name").error("rule name must not be empty")
+    selection = parse_selection(common.on, at("on"))
     return RuleSpec(name=common.name, check=check_name, params=params, selection=selection,
                     severity=common.severity, max_failures=common.max_failures, mostly=common.mostly,
                     tags=common.tags, allow_empty=common.allow_empty, description=common.description,
