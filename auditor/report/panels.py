@@ -110,8 +110,8 @@ def evidence_tiles(engine: Any, finding: Finding, n_related: int = 4) -> list[Ti
     related images (proponents with their scores, or the test examples a training image
     affects). Only images are read from the engine; maps come from the evidence."""
     ev = finding.evidence or Evidence("item", (finding.kind, finding.index))
-    measured_for = ([i for k, i, _ in ev.related if k == "test"][:1]
-                    if ev.image[0] == "train" and ev.map is not None else [])
+    measured_for = ([i for k, i, _ in ev.related if k == "test"][:1]   # a TFA map belongs to one test example
+                    if ev.source == "tfa" and ev.image[0] == "train" else [])
     tiles = [_tile(engine, ("test", t), "measured for") for t in measured_for]
     measured = _tile(engine, ev.image, f"value {finding.value:.3g}")
     tiles.append(measured)

@@ -80,3 +80,13 @@ def test_a_tfa_rules_panel_shows_the_pair_it_judged(fashion_audit, tmp_path):
     written = write_panels(engine, outcome, tmp_path / "panels", limit=3)
     assert len(written) == 3 and all(p.stat().st_size > 0 for p in written)
     assert dict(engine.stats) == before, "drawing the panels computed attributions"
+
+
+def test_a_carriers_own_map_is_not_captioned_as_measured_for_a_test_example():
+    engine = ImagesOnly()
+    signed = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(4))
+    evidence = Evidence("occlusion", ("train", 5), "gradient", signed.abs().sum(0), signed, (0, 0, 2), None,
+                        (("test", 1, 1.0), ("test", 3, 1.0)))
+    tiles = evidence_tiles(engine, Finding(5, 7.5, kind="train", evidence=evidence))
+    assert [t.caption[0] for t in tiles] == ["train #5 value 7.5", "occlusion (gradient) map", "test #1", "test #3"]
+    assert tiles[1].window == (0, 0, 2)
