@@ -8,7 +8,7 @@ from torch import nn
 
 from auditor.attribution.gradients import FuncGradients, select_parameters
 from auditor.attribution.influence import grad_cos_matrix, grad_cos_topk
-from auditor.attribution.tfa import grad_cos_to, tfa
+from auditor.attribution.tfa import pair_noise, pair_seed, tfa
 
 
 def linear_model(d: int = 6, c: int = 4) -> nn.Module:
@@ -65,26 +65,72 @@ def test_linear_softmax_scores_and_tfa_equal_closed_forms():
     assert torch.allclose(maps.magnitude, maps.signed.abs().sum(1))
 
 
-def test_tfa_equals_float64_central_finite_difference_on_tiny_cnn():
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
-                          nn.Linear(3 * 3 * 3, 4)).double().eval()
-    names = select_parameters(model)
-    x_train, y_train = torch.randn(1, 2, 6, 6, dtype=torch.float64), torch.tensor([2])
-    x_test, y_test = torch.randn(1, 2, 6, 6, dtype=torch.float64), torch.tensor([1])
-    g_test = F.normalize(FuncGradients(model, names).flat(x_test, y_test), dim=1)
-    maps = tfa(model, names, x_train, y_train, g_test)
-    cos = grad_cos_to(model, names)
-    eps = 1e-6
-    fd = torch.zeros_like(x_train[0])
-    for index in range(fd.numel()):
-        step = torch.zeros(fd.numel(), dtype=torch.float64)
+def reference_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One example's loss gradient over every parameter, by plain autograd (no torch.func)."""
+    loss = F.cross_entropy(model(x.unsqueeze(0)), y.view(1))
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+def reference_grad_cos(model: nn.Module, x: torch.Tensor, y: torch.Tensor, test: torch.Tensor) -> float:
+    """Grad-Cos written out: dot product over the product of norms, each by hand."""
+    g = reference_gradient(model, x, y)
+    return float(sum(g * test) / (sum(g * g) ** 0.5 * sum(test * test) ** 0.5))
+
+
+def central_difference(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """∂f/∂x by central differences, one coordinate at a time (float64)."""
+    out = torch.zeros_like(x)
+    for index in range(x.numel()):
+        step = torch.zeros(x.numel(), dtype=x.dtype)
         step[index] = eps
-        step = step.view_as(fd)
-        up = cos(x_train[0] + step, y_train[0], g_test[0])
-        down = cos(x_train[0] - step, y_train[0], g_test[0])
-        fd.view(-1)[index] = (up - down) / (2 * eps)
-    assert torch.allclose(maps.signed[0], fd, atol=1e-7)
+        out.view(-1)[index] = (f(x + step.view_as(x)) - f(x - step.view_as(x))) / (2 * eps)
+    return out
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(3 * 3 * 3, 4)).double().eval()
+
+
+def test_tfa_equals_finite_differences_of_an_independent_grad_cos():
+    """Independent of the code under test: gradients by an explicit autograd call per example,
+    the cosine by hand, differenced in float64. A Grad-Cos without its normalisation, or with
+    its sign flipped, fails here."""
+    model = tiny_cnn()
+    names = select_parameters(model)
+    x_train, y_train = torch.randn(2, 2, 6, 6, dtype=torch.float64), torch.tensor([2, 0])
+    x_test, y_test = torch.randn(2, 2, 6, 6, dtype=torch.float64), torch.tensor([1, 0])
+    tests = torch.stack([reference_gradient(model, x_test[i], y_test[i]) for i in range(2)])
+    maps = tfa(model, names, x_train, y_train, tests / tests.norm(dim=1, keepdim=True))
+    for n in range(2):
+        want = central_difference(lambda x: reference_grad_cos(model, x, y_train[n], tests[n]), x_train[n])
+        assert torch.allclose(maps.signed[n], want, atol=1e-7), n
+        assert want.abs().max() > 1e-3                            # not trivially zero
+
+
+def test_smoothgrad_noise_is_sigma_times_each_images_value_range():
+    """The SmoothGrad map is the mean of plain maps at x + σ·(max − min)·ε_k, ε_k the pair's own noise."""
+    model = linear_model()
+    names = select_parameters(model)
+    x = torch.randn(2, 1, 2, 3, dtype=torch.float64) * torch.tensor([1.0, 3.0]).view(2, 1, 1, 1) + 5.0
+    y = torch.tensor([0, 1])
+    g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
+    samples, sigma, seeds = 6, 0.2, [11, 12]
+    maps = tfa(model, names, x, y, g, samples=samples, sigma=sigma, pair_seeds=seeds)
+    for n in range(2):
+        spread = sigma * float(x[n].max() - x[n].min())
+        noise = pair_noise(seeds[n], samples, x.shape[1:]).double()
+        want = torch.stack([closed_form_tfa(model, x[n] + spread * noise[k], y[n], g[n]) for k in range(samples)])
+        assert torch.allclose(maps.signed[n], want.mean(0).view(1, 2, 3), atol=1e-10), n
+
+
+def test_each_pair_has_its_own_noise_seed_stable_across_processes():
+    seeds = {pair_seed(0, t, j) for t in range(5) for j in range(5)} | {pair_seed(1, t, j) for t in range(5) for j in range(5)}
+    assert len(seeds) == 50, "two pairs (or two seeds) share their SmoothGrad noise"
+    assert pair_seed(0, 3, 1) != pair_seed(0, 1, 3)
+    # a fixed function of (seed, test, train): this value is what every run and process draws
+    assert pair_seed(0, 3, 7) == 58521712548451351
 
 
 def test_smoothgrad_averages_noisy_maps_and_is_seeded():

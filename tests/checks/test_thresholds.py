@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_contract import N_TEST, FakeEngine, make  # noqa: E402  (same folder)
+from test_contract import N_TEST, FakeEngine  # the fake engine of the check contract (same folder)
 
 from auditor.checks import CHECKS
 from auditor.session import judge
