@@ -17,8 +17,10 @@ demo-clean: install data
 	$(BIN)/python -m sample_audits.train sample_audits/fashion_clean
 	$(BIN)/auditor run sample_audits/fashion_clean/audit.yaml --report reports/fashion_clean
 
+# Without the data package the tests on real data skip; CI (.ci/run) sets AUDITOR_REQUIRE_DATA=1
+# so that a failed data install fails the run instead of leaving it green.
 test: install
-	-@$(MAKE) --no-print-directory data
+	@$(MAKE) --no-print-directory data || [ "$$AUDITOR_REQUIRE_DATA" != 1 ]
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 install: $(VENV)/.installed

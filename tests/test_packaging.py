@@ -25,3 +25,4 @@ def test_wheel_carries_the_rule_packs_and_every_package(tmp_path):
     packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "auditor").rglob("__init__.py")}
     assert all(f"{package}/__init__.py" in names for package in packages), "a package is missing from the wheel"
     assert "auditor/report/results.schema.json" in names
+
