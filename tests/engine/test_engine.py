@@ -112,14 +112,34 @@ def test_projected_scores_keep_rank_order_at_default_dimension(fashion_audit):
     assert rho >= 0.95, rho
 
 
-def test_tfa_of_top_proponents_has_image_shape(fashion_audit):
+def test_tfa_of_top_proponents_is_tfa_of_each_pair_with_its_own_seed(fashion_audit):
+    """The engine's maps are `tfa` of (proponent j, test t): t's exact unit gradient for its
+    predicted label, written here by plain autograd, and the pair's own SmoothGrad seed."""
+    from auditor.attribution.tfa import pair_seed, tfa
+
     engine = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 2, top_k: 3}", train_limit=300)
     results = engine.tfa(torch.tensor([3, 9]), k=2)
     assert [r.test_index for r in results] == [3, 9]
-    assert results[0].maps.signed.shape == (2, 3, 28, 28) and results[0].maps.magnitude.shape == (2, 28, 28)
-    assert torch.isfinite(results[0].maps.signed).all() and results[0].maps.magnitude.sum() > 0
-    again = engine.tfa(torch.tensor([9]), k=2)
-    assert torch.equal(again[0].maps.signed, results[1].maps.signed)
+    proponents = engine.influence(torch.tensor([3, 9])).proponents
+    model, names = engine.target.model, engine.index.parameter_names
+    a = engine.attribution
+    for row, result in enumerate(results):
+        assert torch.equal(result.train_indices, proponents.indices[row, :2])
+        assert result.maps.signed.shape == (2, 3, 28, 28)
+        t = result.test_index
+        image = engine.test_images(torch.tensor([t]))
+        loss = F.cross_entropy(model(image), engine.predictions.predicted[t].view(1))
+        params = dict(model.named_parameters())
+        g = torch.cat([p.flatten() for p in torch.autograd.grad(loss, [params[n] for n in names])])
+        g = (g / g.norm()).detach()
+        for n, j in enumerate(result.train_indices.tolist()):
+            x, y = engine.train_batch(torch.tensor([j]))
+            want = tfa(model, names, x, y, g[None], a.smoothgrad_samples, a.smoothgrad_sigma,
+                       pair_seeds=[pair_seed(engine.settings.seed, t, j)]).signed[0]
+            assert want.abs().max() > 0
+            diff = float((result.maps.signed[n] - want).abs().max() / want.abs().max())
+            assert diff < 1e-4, (t, j, diff)
+        assert torch.allclose(result.maps.magnitude, result.maps.signed.abs().sum(1))
 
 
 def test_tfa_maps_are_reused_by_a_rerun_and_do_not_depend_on_what_else_was_asked(fashion_audit):
@@ -154,8 +174,22 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
     assert calls == [] and torch.equal(again.signed[0], first.signed[1])
     plain = engine.saliency(torch.tensor([0]), "input_x_gradient")
     assert calls == ["input_x_gradient"]
-    # VAR keeps a subset of the plain map's support, scaled by shares ≤ 1
-    assert (first.signed[0].abs() <= plain.signed[0].abs() + 1e-7).all()
+    # VAR written out for example 0 from the plain maps of its class set (predicted first, then
+    # the most probable others): the target's map times its softmax share over classes, where
+    # that share beats 1/K by more than tau
+    a = engine.attribution
+    logits = engine.predictions.logits[0]
+    predicted = int(logits.argmax())
+    others = [c for c in logits.argsort(descending=True).tolist() if c != predicted][:a.var_top_k]
+    image = engine.test_images(torch.tensor([0]))
+    maps = torch.stack([engine.attribute(image, torch.tensor([c]), "input_x_gradient")[0]
+                        for c in [predicted, *others]]).double()
+    shares = torch.exp(a.var_temperature * maps.abs()) / torch.exp(a.var_temperature * maps.abs()).sum(0)
+    keep = shares[0] - 1.0 / len(maps) > a.var_tau
+    expected = maps[0] * shares[0] * keep
+    assert torch.allclose(maps[0].float(), plain.signed[0], atol=1e-6)
+    assert torch.allclose(first.signed[0].double(), expected, atol=1e-6)
+    assert 0 < keep.float().mean() < 1, "the check needs both kept and removed pixels"
 
 
 def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_path):
