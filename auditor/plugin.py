@@ -6,6 +6,8 @@ torch is imported only when an audit file is collected.
 
 from __future__ import annotations
 
+import re
+
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,19 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     name = file_path.name
     if file_path.suffix in (".yaml", ".yml") and (name.startswith("audit_") or name.endswith(".audit.yaml")):
-        return AuditFile.from_parent(parent, path=file_path)
+        if declares_audit(file_path):
+            return AuditFile.from_parent(parent, path=file_path)
     return None
+
+
+def declares_audit(path: Path) -> bool:
+    """True when the file has a top-level `audit:` key: an unrelated `audit_*.yaml` in a
+    repository is not collected (and cannot abort the session); an audit file with mistakes is."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True          # unreadable: collect it, so that the error is reported
+    return re.search(r"^audit\s*:", text, flags=re.MULTILINE) is not None
 
 
 class AuditFile(pytest.File):
