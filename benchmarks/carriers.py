@@ -1,14 +1,15 @@
 """Shortcut carriers on real data: does `shortcut_carriers` name the planted training images?
 
-For each seed and shortcut variant of `benchmarks/efficacy.py` it trains the sample CNN with
-the planted square (defective) and without it (clean), runs the `shortcut_carriers` rule on
-the errors with the shortcuts pack's hotspot settings, and measures, against the planted list:
+For each training-set size, seed and shortcut variant of `benchmarks/efficacy.py` it trains
+the sample CNN with the planted square (defective) and without it (clean), runs the shipped
+shortcuts pack (`no-patch-shortcut`, `no-shortcut-carriers`: one set of thresholds for every
+size) and measures whether the test-side rule catches the shortcut and, against the planted list:
 - recall and precision of the carriers the rule names (occlusion, robust z-score);
 - the same for the obvious baseline in the same run: a training image of the hotspot's class
   is a carrier when the densest window of its own-label gradient map lies at the hotspot;
 - the clean model's verdict (a false alarm if it fails) and the rule's wall time.
 
-    python -m benchmarks.carriers [--seeds 0 1 2] [--n-train 20000] [--n-test 5000] [--out carriers.json]
+    python -m benchmarks.carriers [--seeds 0 1 2] [--n-train 5000 20000] [--n-test 5000] [--out carriers.json]
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import torch
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import VARIANTS, audit_session, recipe, train_model
 
-RULE = {"name": "shortcut-carriers", "check": "shortcut_carriers", "on": "misclassified", "source": "var",
-        "window": 0.15, "max_recurrence": 0.35, "min_group": 30, "min_z": 5.0}
+RULES = ("no-patch-shortcut", "no-shortcut-carriers")   # the shortcuts pack, as shipped
 
 
 def saliency_baseline(engine, spot: dict) -> set[int]:
@@ -53,14 +53,18 @@ def scores(found: set[int], planted: set[int]) -> tuple[float, float | None]:
 def run(rec: dict, work: Path, defective: bool) -> dict:
     from sample_audits.fashion import defects
 
-    session = audit_session(rec, train_model(rec, work), work, rules=[RULE])
+    session = audit_session(rec, train_model(rec, work), work, include=[{"pack": "shortcuts"}])
     start = time.perf_counter()
-    outcome = session.run_all()[0]
+    outcomes = {o.rule.name: o for o in session.run_all()}
     seconds = time.perf_counter() - start
+    outcome, test_side = outcomes["no-shortcut-carriers"], outcomes["no-patch-shortcut"]
     groups = outcome.result.extra["carriers"] if outcome.result else []
-    row = {"status": outcome.status, "value": outcome.result.value if outcome.result else None,
+    hotspots = test_side.result.extra["hotspots"] if test_side.result else []
+    row = {"status": outcome.status, "shortcut_status": test_side.status,
+           "value": outcome.result.value if outcome.result else None,
+           "shortcut_value": test_side.result.value if test_side.result else None,
            "seconds": round(seconds, 1), "groups": groups,
-           "hotspots": [g for g in (outcome.result.extra["hotspots"] if outcome.result else []) if g["flagged"]]}
+           "hotspots": [g for g in hotspots if g["flagged"] or "flip_share" in g]}
     if not defective:
         return row
     planted = set(defects(rec)["patched_train"])
@@ -75,10 +79,34 @@ def run(rec: dict, work: Path, defective: bool) -> dict:
             "baseline_found": len(baseline)}
 
 
+def rates(runs: list[dict]) -> dict:
+    """The figures of one set of runs (one training-set size, or all)."""
+    defective = [r for r in runs if r["defective"]]
+    clean = [r for r in runs if not r["defective"]]
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in defective if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "shortcut_caught_rate": float(np.mean([r["shortcut_status"] == "failed" for r in defective])),
+        "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" or r["shortcut_status"] == "failed"
+                                                 for r in clean])),
+        "shortcut_carrier_recall": mean("recall"), "shortcut_carrier_precision": mean("precision"),
+        "saliency_baseline_carrier_recall": mean("saliency_baseline_recall"),
+        "saliency_baseline_carrier_precision": mean("saliency_baseline_precision"),
+        "defective_failed_rate": float(np.mean([r["status"] == "failed" for r in defective])),
+        "shortcut_excess_defective": [r["shortcut_value"] for r in defective],
+        "shortcut_excess_clean": [r["shortcut_value"] for r in clean],
+        "rule_seconds": [r["seconds"] for r in runs],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--n-train", type=int, nargs="+", default=[5000, 20000],
+                        help="training-set sizes, each run with the same thresholds")
     parser.add_argument("--n-test", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
     parser.add_argument("--out", default="carriers.json", help="file name under benchmarks/results/")
@@ -88,30 +116,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="auditor-carriers-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            for name, square in VARIANTS.items():
-                for defective in (True, False):
-                    rec = recipe(seed, args.n_train, args.n_test, square, defective)
-                    runs.append({"seed": seed, "variant": name, "defective": defective, **run(rec, work, defective)})
-                    print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("groups", "hotspots")}), flush=True)
-    defective = [r for r in runs if r["defective"]]
-    clean = [r for r in runs if not r["defective"]]
-    mean = lambda key: float(np.mean([r[key] for r in defective if r[key] is not None]))  # noqa: E731
+        for n_train in args.n_train:
+            for seed in args.seeds:
+                for name, square in VARIANTS.items():
+                    for defective in (True, False):
+                        rec = recipe(seed, n_train, args.n_test, square, defective)
+                        runs.append({"n_train": n_train, "seed": seed, "variant": name, "defective": defective,
+                                     **run(rec, work, defective)})
+                        print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("groups", "hotspots")}),
+                              flush=True)
     document = {
-        "shortcut_carrier_recall": mean("recall") if defective else None,
-        "shortcut_carrier_precision": mean("precision") if any(r["precision"] is not None for r in defective) else None,
-        "saliency_baseline_carrier_recall": mean("saliency_baseline_recall") if defective else None,
-        "saliency_baseline_carrier_precision": mean("saliency_baseline_precision")
-        if any(r["saliency_baseline_precision"] is not None for r in defective) else None,
-        "defective_failed_rate": float(np.mean([r["status"] == "failed" for r in defective])),
-        "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" for r in clean])),
-        "rule_seconds": [r["seconds"] for r in runs],
+        **rates(runs),
+        "by_n_train": {str(n): rates([r for r in runs if r["n_train"] == n]) for n in args.n_train},
         "seeds": args.seeds, "variants": list(VARIANTS), "n_train": args.n_train, "n_test": args.n_test,
-        "rule": RULE, "seconds": round(time.perf_counter() - start, 1),
+        "rules": RULES, "seconds": round(time.perf_counter() - start, 1),
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "runs": runs,
     }
     path = write_json(args.out, document)
-    print(json.dumps({k: v for k, v in document.items() if k != "runs"}, indent=1))
+    print(json.dumps({k: v for k, v in document.items() if k not in ("runs",)}, indent=1))
     print(f"wrote {path}")
 
 

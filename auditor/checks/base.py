@@ -40,6 +40,8 @@ class AuditEngine(Protocol):
 
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> Any: ...
 
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor: ...                # (b, C, H, W) model inputs
+
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def logits(self, images: torch.Tensor) -> torch.Tensor: ...                   # (b, classes), any images

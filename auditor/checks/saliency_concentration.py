@@ -14,6 +14,7 @@ import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Finding, register
 from auditor.checks.maps import Maps, add_finding, attribution_maps, measured_maps, over_threshold, seeded_subset
+from auditor.checks.occlusion import flip_share
 from auditor.checks.windows import Windows, densest_window, hotspot, window_side
 from auditor.spec.checks import ConcentrationParams
 
@@ -61,16 +62,22 @@ class SaliencyConcentration(Check):
             spot = hotspot(sub, self._reference(engine, c, side), side)
             if spot is None:
                 continue
-            flagged = spot.excess > p.max_recurrence
-            worst = max(worst, spot.excess)
-            groups.append({"predicted": engine.classes[c], "n_maps": len(rows), "window": [spot.row, spot.col, side],
-                           "recurrence": round(spot.recurrence, 4),
-                           "reference_recurrence": round(spot.reference_recurrence, 4),
-                           "excess": round(spot.excess, 4), "flagged": flagged})
+            window = (spot.row, spot.col, side)
+            group = {"predicted": engine.classes[c], "n_maps": len(rows), "window": list(window),
+                     "recurrence": round(spot.recurrence, 4), "reference_recurrence": round(spot.reference_recurrence, 4),
+                     "excess": round(spot.excess, 4)}
+            confirmed = True
+            if p.min_flip_share is not None and spot.excess > p.max_recurrence:
+                group["flip_share"] = round(flip_share(engine, maps.test[rows[spot.members]].unique(), window, c), 4)
+                confirmed = group["flip_share"] >= p.min_flip_share
+                group["confirmed"] = confirmed
+            flagged = confirmed and spot.excess > p.max_recurrence
+            if confirmed:
+                worst = max(worst, spot.excess)
+            groups.append({**group, "flagged": flagged})
             if flagged:
                 for row in rows[spot.members].tolist():
-                    add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot",
-                                (spot.row, spot.col, side))
+                    add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot", window)
         return groups, worst
 
     def _reference(self, engine: AuditEngine, c: int, side: int) -> Windows:

@@ -20,25 +20,12 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.checks.occlusion import occlude
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import CarrierParams
 
 MAPS_KEPT = 100          # carriers whose gradient map is carried as evidence (the report draws a few)
 MAD_TO_SIGMA = 1.4826
-
-
-def frame_median(images: torch.Tensor) -> torch.Tensor:
-    """`(b, C)` median colour of each image's one-pixel frame: its own background."""
-    frame = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
-    return frame.median(dim=2).values
-
-
-def occlude(images: torch.Tensor, window: tuple[int, int, int]) -> torch.Tensor:
-    """`images (b, C, H, W)` with the `(row, col, side)` window filled by each image's frame median."""
-    row, col, side = window
-    out = images.clone()
-    out[:, :, row:row + side, col:col + side] = frame_median(images)[:, :, None, None]
-    return out
 
 
 def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float) -> torch.Tensor:

@@ -102,6 +102,10 @@ class HarmfulParams(UsesInfluence):
     max_count: int = bounded(0, None, default=0, help="flagged training images the rule tolerates")
 
 
+FLIP_HELP = ("share of a hotspot's errors whose prediction must change when the spot is occluded "
+             "for the hotspot to count (the causal confirmation)")
+
+
 @check_kind("saliency_concentration",
             description="attribution mass in the densest window, and hotspots recurring off the object")
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class ConcentrationParams(UsesMaps):
     max_recurrence: float | None = bounded(0.0, 1.0, default=None,
                                            help="largest excess share of a class's maps peaking at one spot")
     min_group: int = bounded(1, None, default=10, help="classes with fewer maps are not judged for recurrence")
+    min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
     k: int = bounded(1, 1000, default=3)
     sample: int | None = bounded(1, None, default=None, help="measure at most this many selected examples")
     reference_size: int = bounded(1, None, default=300, help="correct examples per class in the reference")
@@ -163,6 +168,7 @@ class CarrierParams(UsesMaps):
     method: str | None = choice(SALIENCY_METHODS, default=None)
     window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
     min_group: int = bounded(1, None, default=30, help="classes with fewer error maps are not judged")
+    min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
     reference_size: int = bounded(1, None, default=300, help="correct examples per class in the hotspot reference")
     carrier_reference: int = bounded(10, None, default=1000,
                                      help="training images of other classes whose occlusion drop is the reference")

@@ -1,0 +1,45 @@
+"""Occlusion of a window with the image's own background: the causal test behind the
+shortcut checks (DESIGN.md §7). A spot the model relies on changes its output when it is
+filled with the colour around the object; a spot attribution merely happens to peak at does not."""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.checks.base import AuditEngine
+
+
+def frame_median(images: torch.Tensor) -> torch.Tensor:
+    """`(b, C)` median colour of each image's one-pixel frame: its own background."""
+    frame = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
+    return frame.median(dim=2).values
+
+
+def occlude(images: torch.Tensor, window: tuple[int, int, int]) -> torch.Tensor:
+    """`images (b, C, H, W)` with the `(row, col, side)` window filled by each image's frame median."""
+    row, col, side = window
+    out = images.clone()
+    out[:, :, row:row + side, col:col + side] = frame_median(images)[:, :, None, None]
+    return out
+
+
+def grown(window: tuple[int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+    """`(top, left, bottom, right)` of the window grown by half its side on every side (clipped):
+    the area where a hotspot's member maps peak (members lie within half a window of it)."""
+    row, col, side = window
+    pad = side // 2
+    return max(0, row - pad), max(0, col - pad), min(height, row + side + pad), min(width, col + side + pad)
+
+
+def flip_share(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int], predicted: int,
+               batch: int = 1024) -> float:
+    """Share of test examples predicted as `predicted` whose prediction changes when the hotspot's
+    area (the window grown by half a side) is filled with each image's frame median."""
+    flipped = 0
+    for start in range(0, len(tests), batch):
+        images = engine.test_images(tests[start:start + batch])
+        top, left, bottom, right = grown(window, *images.shape[2:])
+        out = images.clone()
+        out[:, :, top:bottom, left:right] = frame_median(images)[:, :, None, None]
+        flipped += int((engine.logits(out).argmax(1) != predicted).sum())
+    return flipped / max(1, len(tests))

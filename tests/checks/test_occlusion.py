@@ -1,0 +1,76 @@
+"""The causal confirmation of a shortcut hotspot, on constructed cases with a known answer: a
+spot whose occlusion changes the errors' predictions is flagged; a spot attribution merely
+peaks at, with the prediction decided elsewhere, is not (the clean-model false alarm at 10k)."""
+
+from __future__ import annotations
+
+import torch
+from test_contract import FakeEngine
+
+from auditor.checks.occlusion import flip_share, grown
+from auditor.checks.saliency_concentration import SaliencyConcentration
+from auditor.spec.checks import ConcentrationParams
+
+SPOT = (2, 2, 3)          # where the fake errors' maps peak (FakeEngine), as (row, col, side)
+
+
+class DecidingEngine(FakeEngine):
+    """Test image t encodes its predicted class as a brightness 10·(c+1): at the spot
+    (`causal=True`: the spot decides the prediction) or at the centre (the spot is incidental).
+    The model reads the spot when it is lit, else the centre; occlusion fills with the frame (0)."""
+
+    def __init__(self, causal: bool) -> None:
+        super().__init__()
+        self.causal = causal
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        images = torch.zeros(len(indices), 1, 16, 16)
+        code = 10.0 * (self.predictions.predicted[indices] + 1).float()
+        images[:, 0, 8, 8] = 10.0 * (self.predictions.labels[indices] + 1).float()
+        if self.causal:
+            images[:, 0, 2:5, 2:5] = code[:, None, None]
+        else:
+            images[:, 0, 8, 8] = code
+        return images
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        spot, centre = images[:, 0, 2:5, 2:5].mean(dim=(1, 2)), images[:, 0, 8, 8]
+        value = torch.where(spot > 0, spot, centre)
+        return torch.nn.functional.one_hot((value / 10 - 1).round().long().clamp(0, 2), 3).float()
+
+
+def test_flip_share_counts_predictions_that_change_when_the_area_is_occluded():
+    errors = (~FakeEngine().predictions.correct).nonzero().flatten()
+    predicted = int(FakeEngine().predictions.predicted[errors[0]])
+    one = errors[:1]
+    assert flip_share(DecidingEngine(causal=True), one, SPOT, predicted) == 1.0
+    assert flip_share(DecidingEngine(causal=False), one, SPOT, predicted) == 0.0
+
+
+def test_grown_area_is_half_a_side_larger_and_clipped():
+    assert grown((2, 2, 4), 28, 28) == (0, 0, 8, 8)
+    assert grown((10, 12, 4), 28, 28) == (8, 10, 16, 18)
+    assert grown((24, 24, 4), 28, 28) == (22, 22, 28, 28)
+
+
+def hotspots(causal: bool | None, min_flip_share: float | None):
+    engine = FakeEngine() if causal is None else DecidingEngine(causal)
+    params = ConcentrationParams(source="var", max_recurrence=0.1, min_group=1, min_flip_share=min_flip_share)
+    errors = (~engine.predictions.correct).nonzero().flatten()      # `on: misclassified`, as the pack
+    return SaliencyConcentration(params).evaluate(engine, errors)
+
+
+def test_a_hotspot_that_decides_the_errors_is_confirmed_and_flagged():
+    result = hotspots(causal=True, min_flip_share=0.5)
+    judged = [g for g in result.extra["hotspots"] if "flip_share" in g]
+    assert judged and all(g["flip_share"] == 1.0 and g["confirmed"] and g["flagged"] for g in judged)
+    assert result.passed is False and result.failures
+
+
+def test_a_hotspot_the_prediction_does_not_depend_on_is_not_flagged():
+    unconfirmed = hotspots(causal=False, min_flip_share=0.5)
+    judged = [g for g in unconfirmed.extra["hotspots"] if "flip_share" in g]
+    assert judged and all(g["flip_share"] == 0.0 and not g["confirmed"] and not g["flagged"] for g in judged)
+    assert unconfirmed.passed is True and unconfirmed.failures == [] and unconfirmed.value == 0.0
+    # without the confirmation the same maps flag the spot
+    assert hotspots(causal=None, min_flip_share=None).passed is False
