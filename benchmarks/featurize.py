@@ -1,6 +1,7 @@
 """Featurization cost vs one plain batched forward+backward epoch over the same images.
 
     python -m benchmarks.featurize [--n-train 10000] [--threads 2] [--device auto]
+    python -m benchmarks.featurize --profile      # where one batch's time goes (torch.profiler)
 
 The bound: per-example gradients need one forward and one backward pass, like a training
 epoch, so the ratio cannot go much below 1.0. Writes benchmarks/results/featurize.json.
@@ -21,7 +22,7 @@ from auditor.attribution.projection import make_projector
 from auditor.attribution.feature_store import FeatureStore
 from auditor.data import batches
 from auditor.target import resolve_device
-from benchmarks.common import environment, peak_memory_mb, timer, trained_small_cnn, write_json
+from benchmarks.common import RESULTS, environment, peak_memory_mb, timer, trained_small_cnn, write_json
 
 
 def plain_epoch(model, dataset, device, batch_size: int) -> None:
@@ -40,6 +41,29 @@ def run_featurize(model, dataset, device, computer, projection_dim, batch_size, 
         featurize(store, dataset, featurizer, device, batch_size, progress=False)
 
 
+def profile_one_batch(model, dataset, device, batch_size: int, projection_dim: int) -> str:
+    """torch.profiler tables (self CPU time by operator) of one plain fwd+bwd batch and of one
+    batch through the hooks featurizer: written to benchmarks/results/featurize_profile.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    names = select_parameters(model)
+    featurizer = Featurizer(HookGradients(model, names), make_projector(sum(
+        p.numel() for n, p in model.named_parameters() if n in names), projection_dim), batch_size)
+    images, labels, _ = next(iter(batches(dataset, batch_size=batch_size)))
+    images, labels = images.to(device), labels.to(device)
+    sections = []
+    for name, step in (("plain forward+backward", lambda: F.cross_entropy(model(images), labels).backward()),
+                       ("hooks featurizer (per-example gradients + projection)",
+                        lambda: featurizer(images, labels))):
+        step()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+        sections.append(f"## {name}: one batch of {batch_size}, 5 repeats\n{table}")
+    return "\n\n".join(sections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-train", type=int, default=10000)
@@ -48,11 +72,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--projection-dim", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile one batch instead of timing epochs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, dataset = trained_small_cnn(args.n_train)
     model = model.to(device).eval()
+    if args.profile:
+        text = profile_one_batch(model, dataset, device, args.batch_size, args.projection_dim)
+        path = RESULTS / "featurize_profile.txt"
+        path.write_text(text + "\n")
+        print(text)
+        print(f"written {path}")
+        return
     times: dict[str, float] = {}
     plain_epoch(model, dataset, device, args.batch_size)  # warm-up
     for repeat in range(args.repeats):  # interleaved, min of each: robust to a busy machine
