@@ -1,0 +1,96 @@
+"""The CUDA paths equal the CPU path (run wherever CUDA is present; skipped otherwise, see
+conftest): per-example gradients by both computers, TFA with SmoothGrad, VAR with both ways of
+taking the K classes' gradients, and a full audit's verdicts and values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from auditor.attribution.gradients import FuncGradients, HookGradients, select_parameters
+from auditor.attribution.saliency import make_method
+from auditor.attribution.tfa import tfa
+from auditor.attribution.var import class_set, var
+from sample_audits.models import small_cnn
+
+pytestmark = pytest.mark.gpu
+
+
+def model_and_batch(n: int = 16):
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    images, labels = torch.rand(n, 3, 28, 28), torch.randint(0, 10, (n,))
+    return model, images, labels
+
+
+def on_cuda(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cuda()
+
+
+def close(cuda: torch.Tensor, cpu: torch.Tensor, rtol: float = 1e-3) -> bool:
+    """Equal up to float32 reduction order: differences within `rtol` of the largest value."""
+    return float((cuda.cpu() - cpu).abs().max()) <= rtol * float(cpu.abs().max()) + 1e-7
+
+
+@pytest.mark.parametrize("computer", [FuncGradients, HookGradients])
+def test_per_example_gradients_on_cuda_equal_cpu(computer):
+    model, images, labels = model_and_batch()
+    names = select_parameters(model)
+    cpu = computer(model, names).flat(images, labels)
+    cuda = computer(on_cuda(model), names).flat(images.cuda(), labels.cuda())
+    assert cuda.is_cuda and close(cuda, cpu)
+
+
+def test_tfa_with_smoothgrad_on_cuda_equals_cpu():
+    model, images, labels = model_and_batch(4)
+    names = select_parameters(model)
+    tests = F.normalize(FuncGradients(model, names).flat(images.flip(0), labels.flip(0)), dim=1)
+    seeds = [11, 12, 13, 14]
+    cpu = tfa(model, names, images, labels, tests, samples=4, sigma=0.1, pair_seeds=seeds)
+    cuda = tfa(on_cuda(model), names, images.cuda(), labels.cuda(), tests.cuda(), samples=4, sigma=0.1,
+               pair_seeds=seeds)
+    assert close(cuda.signed, cpu.signed, rtol=1e-2)     # second order, float32: looser
+
+
+@pytest.mark.parametrize("method", ["gradient", "input_x_gradient", "grad_cam"])
+def test_var_on_cuda_equals_cpu_with_either_backward(method):
+    model, images, _ = model_and_batch()
+    with torch.no_grad():
+        logits = model(images)
+    classes = class_set(logits, logits.argmax(1), 3)
+    cpu = var(make_method(method, model).attribute(images, classes), 0)
+    gpu_model = on_cuda(model)
+    for batched in (True, False):
+        maps = make_method(method, gpu_model, batched_backward=batched).attribute(images.cuda(), classes.cuda())
+        assert close(var(maps, 0), cpu), batched
+
+
+def test_full_audit_on_cuda_gives_the_cpu_verdicts_and_values(tmp_path):
+    from auditor.session import AuditSession
+    from auditor.spec import load_spec
+
+    rules = [{"name": "acc", "check": "accuracy", "min_accuracy": 0.5},
+             {"name": "dominance", "check": "influence_dominance", "max_top1_share": 0.6, "k": 3},
+             {"name": "spot", "check": "saliency_concentration", "source": "var", "max_mass": 0.5},
+             {"name": "tfa-border", "check": "region_mass", "source": "tfa", "region": "border", "max_mass": 0.5,
+              "k": 2, "on": {"indices": [0, 1]}}]
+    outcomes = {}
+    for device in ("cpu", "cuda"):
+        doc = {"audit": f"gpu-{device}", "model": {"factory": "fakes:linear"},
+               "data": {"train": {"factory": "fakes:images", "kwargs": {"n": 40}},
+                        "test": {"factory": "fakes:images", "kwargs": {"n": 12}}},
+               "settings": {"device": device, "cache_dir": str(tmp_path / device),
+                            "attribution": {"smoothgrad_samples": 2, "top_k": 3}},
+               "rules": rules}
+        path = tmp_path / f"audit_{device}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        outcomes[device] = {o.rule.name: o for o in AuditSession(load_spec(path)).run_all()}
+    for name, cpu in outcomes["cpu"].items():
+        cuda = outcomes["cuda"][name]
+        assert cuda.status == cpu.status, name
+        assert cuda.result.value == pytest.approx(cpu.result.value, rel=1e-3, abs=1e-5), name
+        assert [f.index for f in cuda.result.failures] == [f.index for f in cpu.result.failures], name
