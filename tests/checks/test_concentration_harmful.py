@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from auditor.attribution.influence import Influence, TopK
-from auditor.checks.harmful_training_images import HarmfulTrainingImages
+from auditor.checks.harmful_training_images import HarmfulTrainingImages, harm_counts
 from auditor.checks.region_mass import RegionMass
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import ConcentrationParams, HarmfulParams, RegionParams
@@ -140,13 +140,21 @@ rules:
     session = AuditSession(load_spec(path))
     outcomes = {o.rule.name: o for o in session.run_all()}
     shortcut = outcomes["no-patch-shortcut"].result
-    assert shortcut.extra["window_px"] == 4 and all(g["n_maps"] >= 30 for g in shortcut.extra["hotspots"])
-    assert shortcut.metric == "excess hotspot recurrence" and -1 <= shortcut.value <= 1
+    groups = shortcut.extra["hotspots"]
+    predicted = session.engine.predictions.predicted[~session.engine.predictions.correct]
+    judged = {session.engine.classes[c] for c in predicted.unique().tolist() if int((predicted == c).sum()) >= 30}
+    assert shortcut.extra["window_px"] == 4 and {g["predicted"] for g in groups} <= judged
+    assert all(g["n_maps"] >= 30 for g in groups)
+    counted = [g["excess"] for g in groups if g.get("confirmed", True)]     # unconfirmed spots do not count
+    assert shortcut.metric == "excess hotspot recurrence"
+    assert shortcut.value == pytest.approx(max(counted, default=0.0), abs=1e-4)
     border = outcomes["attribution-off-border"].result
     assert 0 < border.extra["median_share"] < 0.5 and border.n_selected == 300
     suspects = outcomes["suspects"].result
     assert suspects.n_selected == int(session.engine.predictions.correct.sum()) and suspects.passed
-    assert all(f.kind == "train" and f.value >= 20 for f in suspects.failures)
+    counts, _ = harm_counts(session.engine, session.engine.predictions.correct.nonzero().flatten(), "opponents", 5)
+    assert {f.index for f in suspects.failures} == set((counts >= 20).nonzero().flatten().tolist())
+    assert all(f.kind == "train" and f.value == counts[f.index] for f in suspects.failures)
     tfa = outcomes["tfa-concentration"].result
     assert tfa.extra["n_maps"] == 4 and tfa.extra["floor"] < tfa.extra["median_share"] < 1
     json.dumps(shortcut.extra)
