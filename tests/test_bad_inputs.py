@@ -211,7 +211,8 @@ rules:
 REQUIRED = {"accuracy": "min_accuracy: 0.5", "influence_dominance": "max_top1_share: 0.5",
             "proponent_label_agreement": "min_agreement: 0.5", "region_mass": "max_mass: 0.5",
             "saliency_concentration": "max_mass: 0.5", "harmful_training_images": "max_count: 0",
-            "shortcut_carriers": "min_z: 5"}
+            "shortcut_carriers": "min_z: 5", "single_image_errors": "min_z: 10",
+            "mislabel_suspects": "max_share: 0.01"}
 
 
 def test_every_check_is_listed():

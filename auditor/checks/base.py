@@ -38,6 +38,13 @@ class AuditEngine(Protocol):
 
     def tfa(self, indices: torch.Tensor, k: int | None = None) -> list[Any]: ...
 
+    def tfa_pairs(self, pairs: list[tuple[int, int]]) -> torch.Tensor: ...       # (p, C, H, W) signed
+
+    @property
+    def train_losses(self) -> torch.Tensor: ...                                  # (n_train,) own-label loss
+
+    def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor: ...   # (n, m) projected
+
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> Any: ...
 
     def test_images(self, indices: torch.Tensor) -> torch.Tensor: ...                # (b, C, H, W) model inputs

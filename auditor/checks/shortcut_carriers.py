@@ -21,18 +21,11 @@ import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
 from auditor.checks.occlusion import occlude
+from auditor.checks.robust import robust_z
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import CarrierParams
 
 MAPS_KEPT = 100          # carriers whose gradient map is carried as evidence (the report draws a few)
-MAD_TO_SIGMA = 1.4826
-
-
-def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float) -> torch.Tensor:
-    """`(values − median(reference)) / (1.4826 · MAD(reference))`, the scale at least `floor`."""
-    centre = reference.median()
-    scale = max(MAD_TO_SIGMA * float((reference - centre).abs().median()), floor)
-    return (values - centre) / scale
 
 
 def occlusion_drops(engine: AuditEngine, indices: torch.Tensor, window: tuple[int, int, int],

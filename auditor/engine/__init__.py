@@ -65,6 +65,24 @@ class Engine:
         """Top-k proponents and opponents of each selected test example."""
         return self.index.influence(indices)
 
+    def tfa_pairs(self, pairs: list[tuple[int, int]]) -> torch.Tensor:
+        """Signed TFA maps `(p, C, H, W)` of any (test, train) pairs (cached like the top-k pairs)."""
+        return self.tfa.pairs(pairs)
+
+    def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        """`(len(train), len(test))` projected Grad-Cos of chosen training and test examples."""
+        return (self.index.train_features(train) @ self.index.test_features(test).T).cpu()
+
+    @cached_property
+    def train_losses(self) -> torch.Tensor:
+        """Cross-entropy of every training image under its own label: the free mislabel signal."""
+        n, size = len(self.target.train), max(self.settings.batch_size, 1024)
+        parts = []
+        for start in range(0, n, size):
+            images, labels = self.train_batch(torch.arange(start, min(n, start + size)))
+            parts.append(torch.nn.functional.cross_entropy(self.logits(images), labels, reduction="none"))
+        return torch.cat(parts) if parts else torch.zeros(0)
+
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
         """Maps of the predicted class for each selected test image, VAR-refined if `use_var`."""
         return self._saliency(self.predictions, indices, method, use_var)

@@ -67,6 +67,13 @@ class TfaCache:
                                      TfaMaps(signed, signed.abs().sum(1))))
         return results
 
+    def pairs(self, pairs: list[tuple[int, int]]) -> torch.Tensor:
+        """Signed maps `(p, C, H, W)` of any (test, train) pairs, e.g. a suspect and an error it drives."""
+        todo = [pair for pair in dict.fromkeys(pairs) if pair not in self._maps]
+        if todo:
+            self._compute(todo)
+        return torch.stack([self._maps[pair][0] for pair in pairs]) if pairs else torch.zeros(0)
+
     def _compute(self, todo: list[tuple[int, int]]) -> None:
         a, device = self.settings.attribution, self.target.device
         tests = torch.tensor(sorted({t for t, _ in todo}))

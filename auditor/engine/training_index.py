@@ -108,10 +108,22 @@ class TrainingIndex:
 
     def test_features(self, indices: torch.Tensor) -> torch.Tensor:
         """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
-        device = self.target.device
-        features = self.featurizer(self.target.test_images(indices).to(device), self.test_labels(indices).to(device))
+        return self._features(indices, lambda chunk: (self.target.test_images(chunk), self.test_labels(chunk)), "test")
+
+    def train_features(self, indices: torch.Tensor) -> torch.Tensor:
+        """Projected unit-norm gradients `(m, d)` of chosen training examples (their own labels),
+        computed directly: the same rows the feature store holds, without reading it."""
+        return self._features(indices, self.target.train_batch, "train")
+
+    def _features(self, indices: torch.Tensor, batch, side: str) -> torch.Tensor:
+        device, size = self.target.device, max(self.settings.batch_size, 1)
+        parts = []
+        for start in range(0, len(indices), size):
+            images, labels = batch(indices[start:start + size])
+            parts.append(self.featurizer(images.to(device), labels.to(device)))
+        features = torch.cat(parts) if parts else torch.zeros(0, self.featurizer.dim, device=device)
         with located(self.spec, "layers"):
-            return require_finite(features, indices, "test")
+            return require_finite(features, indices, side)
 
     def exact_test_gradients(self, indices: torch.Tensor) -> torch.Tensor:
         """Unprojected unit-norm test gradients `(m, P)` (for TFA)."""

@@ -178,3 +178,29 @@ class CarrierParams(UsesMaps):
     @property
     def max_mass(self) -> float:
         return 1.0  # the hotspot search judges recurrence only
+
+
+@check_kind("single_image_errors",
+            description="errors driven by one training image: its Grad-Cos far above the next proponent's")
+@dataclass(frozen=True)
+class SingleImageParams(UsesInfluence):
+    """An error is single-image driven when its top-1 proponent stands apart (the gap to the
+    top-2 score is a robust z-score above `min_z` against the gaps of the selected examples)
+    and explains it alone (its Grad-Cos is at least `min_score`)."""
+
+    min_z: float = bounded(0.0, None, default=10.0, help="robust z-score of the top-1 minus top-2 Grad-Cos gap")
+    min_score: float = bounded(-1.0, 1.0, default=0.9, help="Grad-Cos the driver must reach with the error")
+    k: int = bounded(2, 1000, default=5)
+
+
+@check_kind("mislabel_suspects", per_example=False,
+            description="training images the model confidently disagrees with, and the test predictions they move")
+@dataclass(frozen=True)
+class MislabelParams(Params):
+    """Suspects: training images whose own label gets at most `max_own_prob` from the model,
+    ranked by their loss; the rule fails when they are more than `max_share` of the training set."""
+
+    max_own_prob: float = bounded(0.0, 1.0, default=0.05, help="own-label probability at or below which an image is a suspect")
+    max_share: float = bounded(0.0, 1.0, default=0.0, help="largest share of the training set that may be suspects")
+    explain: int = bounded(0, 1000, default=20, help="suspects (highest loss first) explained by the test predictions they move")
+

@@ -22,7 +22,8 @@ from auditor.spec.checks import CHECK_KINDS
 PARAMS = {"accuracy": {"min_accuracy": 0.99}, "influence_dominance": {"max_top1_share": 0.3},
           "proponent_label_agreement": {"min_agreement": 0.9}, "region_mass": {"max_mass": 0.05},
           "saliency_concentration": {"max_mass": 0.1}, "harmful_training_images": {"min_count": 1, "k": 2},
-          "shortcut_carriers": {"min_group": 1, "max_recurrence": 0.1, "carrier_reference": 10, "min_z": 3.0}}
+          "shortcut_carriers": {"min_group": 1, "max_recurrence": 0.1, "carrier_reference": 10, "min_z": 3.0},
+          "single_image_errors": {"min_z": 3.0}, "mislabel_suspects": {"max_own_prob": 0.05}}
 MAP_CHECKS = ("region_mass", "saliency_concentration")
 SPOT = (slice(None), slice(None), slice(2, 5), slice(2, 5))
 N_TEST, N_TRAIN, K = 12, 8, 3
@@ -47,6 +48,10 @@ class FakeEngine:
         self.maps[predicted != labels, :, 2:5, 2:5] += 5.0    # the errors' maps peak at one corner spot
         self.images = torch.rand(N_TRAIN, 1, 16, 16, generator=g)
         self.images[(self.train_labels == 1).nonzero().flatten()[:2], :, 2:5, 2:5] = 9.0  # two carriers of the spot
+        self.scores[5] = torch.tensor([0.99, 0.2, 0.19])       # test 5 has one driver far above the rest
+        self.train_losses = torch.rand(N_TRAIN, generator=g) * 0.1
+        self.train_losses[[2, 6]] = torch.tensor([4.0, 6.0])    # two training images the model disagrees with
+        self.cos = torch.rand(N_TRAIN, N_TEST, generator=g) * 2 - 1
         if nan:
             self.scores[:] = float("nan")
             self.maps[:] = float("nan")
@@ -60,6 +65,12 @@ class FakeEngine:
         return [TfaResult(int(t), self.train[t, :k], self.scores[t, :k],
                           TfaMaps(self.maps[t].expand(k, -1, -1, -1), self.maps[t, 0].abs().expand(k, -1, -1)))
                 for t in indices.tolist()]
+
+    def tfa_pairs(self, pairs: list[tuple[int, int]]) -> torch.Tensor:
+        return self.maps[[t for t, _ in pairs]] * (1 + torch.tensor([j for _, j in pairs]).view(-1, 1, 1, 1))
+
+    def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+        return self.cos[train][:, test]
 
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
         return SaliencyMaps(indices, self.maps[indices], self.maps[indices].abs().sum(1))
@@ -101,6 +112,9 @@ def test_nan_maps_and_scores_never_pass_silently(name):
         assert {f.details["reason"] for f in result.failures} == {"attribution is NaN or Inf"}
     elif name == "influence_dominance":
         assert {f.details["reason"] for f in result.failures} == {"no positive proponent"}
+    elif name == "single_image_errors":
+        assert len(result.failures) == N_TEST
+        assert {f.details["reason"] for f in result.failures} == {"proponent scores are NaN"}
     elif name == "shortcut_carriers":                # NaN maps flag no hotspot: nothing is followed
         assert result.failures == [] and result.extra["note"] == "no shortcut hotspot flagged on the test side"
     else:                                   # label- and count-based checks do not read scores or maps

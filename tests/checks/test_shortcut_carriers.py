@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.occlusion import frame_median, occlude
-from auditor.checks.shortcut_carriers import ShortcutCarriers, robust_z
+from auditor.checks.robust import robust_z
+from auditor.checks.shortcut_carriers import ShortcutCarriers
 from auditor.spec.checks import CarrierParams
 from test_contract import N_TRAIN, FakeEngine
 

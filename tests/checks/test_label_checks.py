@@ -1,0 +1,98 @@
+"""single_image_errors and mislabel_suspects on constructed cases with known answers, and
+their scale-free verdicts: the same rule on a small and a large selection (or training set)
+gives the same verdict and the same measured value."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from test_contract import N_TEST, N_TRAIN, FakeEngine
+
+from auditor.checks.mislabel_suspects import MislabelSuspects
+from auditor.checks.robust import MAD_TO_SIGMA
+from auditor.checks.single_image_errors import SingleImageErrors
+from auditor.spec.checks import MislabelParams, SingleImageParams
+
+ALL = torch.arange(N_TEST)
+
+
+def peaked_engine() -> FakeEngine:
+    """Proponent scores close together (gaps 0.01-0.03), except test 5's driver (gap 0.79)."""
+    engine = FakeEngine()
+    gaps = 0.01 + 0.02 * torch.rand(N_TEST, generator=torch.Generator().manual_seed(1))
+    engine.scores = torch.stack([0.6 + gaps, torch.full((N_TEST,), 0.6), torch.full((N_TEST,), 0.59)], dim=1)
+    engine.scores[5] = torch.tensor([0.99, 0.2, 0.19])
+    return engine
+
+
+def test_the_error_with_one_dominant_proponent_is_flagged_with_its_driver_and_tfa_map():
+    engine = peaked_engine()
+    result = SingleImageErrors(SingleImageParams(min_z=5.0)).evaluate(engine, ALL)
+    gaps = engine.scores[:, 0] - engine.scores[:, 1]
+    centre = gaps.median()
+    z5 = float((gaps[5] - centre) / (MAD_TO_SIGMA * (gaps - centre).abs().median()))
+    assert [f.index for f in result.failures] == [5]
+    finding = result.failures[0]
+    assert finding.value == z5 and finding.details["driver"] == int(engine.train[5, 0])
+    assert finding.evidence.image == ("train", int(engine.train[5, 0])) and finding.evidence.source == "tfa"
+    assert torch.equal(finding.evidence.signed, engine.maps[5])           # TFA of the driver for this error
+    assert finding.evidence.related[0] == ("test", 5, 1.0)
+    assert result.value == z5 and result.comparison == "<="
+
+
+def test_single_image_verdicts_do_not_depend_on_the_selection_size():
+    small, large = peaked_engine(), peaked_engine()
+    repeat = 4
+    large.train, large.scores = small.train.repeat(repeat, 1), small.scores.repeat(repeat, 1)
+    large.maps = small.maps.repeat(repeat, 1, 1, 1)
+    large.predictions = type(small.predictions)(small.predictions.logits.repeat(repeat, 1),
+                                                small.predictions.labels.repeat(repeat))
+    params = SingleImageParams(min_z=5.0)
+    a = SingleImageErrors(params).evaluate(small, ALL)
+    b = SingleImageErrors(params).evaluate(large, torch.arange(N_TEST * repeat))
+    assert a.value == b.value
+    assert sorted({f.index % N_TEST for f in b.failures}) == [f.index for f in a.failures]
+    assert len(b.failures) == repeat * len(a.failures)
+
+
+def test_suspects_are_the_images_the_model_disagrees_with_ranked_by_loss_and_explained():
+    engine = FakeEngine()
+    result = MislabelSuspects(MislabelParams(max_own_prob=0.05)).evaluate(engine, ALL)
+    assert [f.index for f in result.failures] == [6, 2]                   # loss 6 before loss 4
+    assert result.value == 2 / N_TRAIN and result.passed is False
+    six = result.failures[0]
+    assert six.kind == "train" and six.details["own_prob"] == round(math.exp(-6.0), 6)
+    p = engine.predictions
+    label = int(engine.train_labels[6])
+    errors = [t for t in range(N_TEST) if not p.correct[t] and int(p.predicted[t]) == label and engine.cos[6, t] > 0]
+    opposed = sorted((t for t in range(N_TEST) if p.correct[t] and engine.cos[6, t] < 0), key=lambda t: engine.cos[6, t])
+    assert set(six.details["drives"]) == set(errors) and six.details["opposes"] == opposed[:3]
+    strongest = max(errors + opposed[:3], key=lambda t: abs(float(engine.cos[6, t])))
+    assert six.evidence.related[0][0:2] == ("test", strongest)
+    assert torch.equal(six.evidence.signed, engine.tfa_pairs([(strongest, 6)])[0])
+
+
+def test_suspect_share_at_its_threshold_passes_and_does_not_depend_on_the_training_set_size():
+    small, large = FakeEngine(), FakeEngine()
+    large.train_losses, large.train_labels = small.train_losses.repeat(3), small.train_labels.repeat(3)
+    large.cos = small.cos.repeat(3, 1)
+    share = 2 / N_TRAIN
+    for engine in (small, large):
+        at = MislabelSuspects(MislabelParams(max_own_prob=0.05, max_share=share)).evaluate(engine, ALL)
+        assert at.value == share and at.passed is True
+        below = MislabelSuspects(MislabelParams(max_own_prob=0.05, max_share=share * 0.99)).evaluate(engine, ALL)
+        assert below.passed is False
+    assert math.exp(-4.0) <= 0.05 < math.exp(-0.1)      # the constructed losses sit on either side
+
+
+def test_a_proponent_that_stands_apart_but_does_not_explain_the_error_is_no_driver():
+    """Natural errors reach high gap z-scores with Grad-Cos 0.65-0.76: not a single-image error."""
+    engine = peaked_engine()
+    engine.scores[7] = torch.tensor([0.75, 0.3, 0.29])
+    flagged = SingleImageErrors(SingleImageParams(min_z=5.0, min_score=0.9)).evaluate(engine, ALL)
+    assert [f.index for f in flagged.failures] == [5]
+    both = SingleImageErrors(SingleImageParams(min_z=5.0, min_score=0.7)).evaluate(engine, ALL)
+    assert sorted(f.index for f in both.failures) == [5, 7]
+    at = SingleImageErrors(SingleImageParams(min_z=5.0, min_score=0.75)).evaluate(engine, ALL)
+    assert sorted(f.index for f in at.failures) == [5, 7]           # a score equal to min_score counts
