@@ -1,19 +1,28 @@
-"""Does the auditor catch planted defects on real data, and stay quiet on clean models?
+"""Does the auditor catch planted defects on real data, name the training images behind them,
+and stay quiet on clean models? Every figure is measured against the planted ground truth.
 
-For every seed and shortcut variant it trains the sample CNN on Fashion-MNIST twice — with a
-planted coloured square on part of one class plus relabelled images (defective), and without
-them (clean) — audits both on the same test set (the square shows on 10% of test images of
-every class) with the shipped rule packs, and reports:
+Part A, shortcut and relabels (for every seed and shortcut variant): the sample CNN is trained
+on Fashion-MNIST twice — with a coloured square on part of one class plus 30 Sneakers relabelled
+Sandal (defective), and without them (clean) — and both are audited with the shipped packs on
+the same test set (the square on 10% of the test images of every class):
+- shortcut_caught_rate / clean_false_alarm_rate: `no-patch-shortcut` fails on defective models /
+  any shipped `fail` rule fails on a clean one;
+- shortcut_carrier_recall / _precision: `no-shortcut-carriers` against the patched images;
+- tfa_patch_hit_rate / saliency_patch_hit_rate (and the mass inside the square): on planted
+  carriers, how often the map's peak lies on the square: TFA for the shortcut error it aligns
+  with most vs the own-label gradient and input × gradient maps (the obvious baseline);
+- mislabel_auc / mislabel_auc_loss_baseline / mislabel_recall_at_2x: the planted relabels among
+  `no-mislabel-suspects` (its ranking is the loss, so the two AUCs are equal by design) and the
+  share of them among its first 2 × 30 suspects;
+- quanda_shortcut_auprc: quanda's ShortcutDetectionMetric (an independent judge) on our Grad-Cos
+  rows of the shortcut errors (`--quanda-python`: an interpreter with quanda installed).
+Part B, single-image errors: a wider CNN (width 64, 15 epochs, 5,000 images) that memorises,
+with 10 exact copies of test images under a wrong label plus the relabels, and its clean twin,
+audited with the label_noise pack:
+- single_image_error_recall: copy-driven errors flagged by `no-single-image-errors` with the
+  planted copy named as the driver; clean false alarms of that rule.
 
-- shortcut_caught_rate: defective runs where `no-patch-shortcut` fails;
-- patch_in_top_window_rate: defective runs whose top hotspot window overlaps the square;
-- clean_false_alarm_rate: clean runs where any shipped `fail` rule fails;
-- mislabel_top5_recall: planted mislabels among the top-5 proponents of the errors they cause
-  (test images of the source class predicted as the target class);
-- mislabel_auc / loss_baseline_auc: ranking planted mislabels by the opponent count of
-  `harmful_training_images` vs by per-example training loss, in the same run.
-
-    python -m benchmarks.efficacy [--seeds 0 1 2] [--n-train 20000]
+    python -m benchmarks.efficacy [--seeds 0 1 2] [--n-train 20000] [--n-test 5000] [--quanda-python PY]
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import argparse
 import copy
 import hashlib
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +50,10 @@ VARIANTS = {
                                         "colour": [0, 0, 255], "position": [1, 23]},
 }
 MISLABEL = {"from": "Sneaker", "to": "Sandal", "count": 30}
+COPIES = {"count": 10, "shift": 0}
+MEMORISING = {"width": 64, "epochs": 15, "n_train": 5000}
 PACKS = [{"pack": "shortcuts"}, {"pack": "label_noise"}, {"pack": "localization"}]
+CARRIERS_MAPPED = 50      # planted carriers whose maps are compared (TFA vs saliency)
 
 
 def auc(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -58,34 +72,41 @@ def auc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def recipe(seed: int, n_train: int, n_test: int, square: dict, defective: bool) -> dict:
-    square = dict(square, train_share=square["train_share"] if defective else 0.0)
-    out = {"n_train": n_train, "n_test": n_test, "epochs": 3, "seed": seed, "square": square}
+def recipe(seed: int, n_train: int, n_test: int, square: dict | None, defective: bool, copies: bool = False,
+           epochs: int = 3) -> dict:
+    out = {"n_train": n_train, "n_test": n_test, "epochs": epochs, "seed": seed}
+    if square is not None:
+        out["square"] = dict(square, train_share=square["train_share"] if defective else 0.0)
     if defective:
         out["mislabel"] = copy.deepcopy(MISLABEL)
+        if copies:
+            out["copies"] = copy.deepcopy(COPIES)
     return out
 
 
-def train_model(rec: dict, folder: Path) -> Path:
+def train_model(rec: dict, folder: Path, width: int = 16) -> Path:
     from sample_audits.fashion import train_set
     from sample_audits.models import small_cnn
     from sample_audits.train import train
 
-    digest = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps({**rec, "width": width}, sort_keys=True).encode()).hexdigest()[:12]
     path = folder / f"model-{rec['seed']}-{digest}.pt"
     if not path.exists():
         torch.manual_seed(rec["seed"])
-        torch.save(train(small_cnn(), train_set(recipe=rec), rec["epochs"], rec["seed"]).state_dict(), path)
+        torch.save(train(small_cnn(width=width), train_set(recipe=rec), rec["epochs"], rec["seed"]).state_dict(), path)
     return path
 
 
-def audit_session(rec: dict, checkpoint: Path, folder: Path, **rules):
+def audit_session(rec: dict, checkpoint: Path, folder: Path, width: int = 16, **rules):
     """An audit session of the sample CNN on the recipe's data; `rules` are the YAML's
     `include:` and/or `rules:` entries."""
     from auditor.session import AuditSession
     from auditor.spec import load_spec
 
-    doc = {"audit": "efficacy", "model": {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)},
+    model = {"factory": "sample_audits.models:small_cnn", "checkpoint": str(checkpoint)}
+    if width != 16:
+        model["kwargs"] = {"width": width}
+    doc = {"audit": "efficacy", "model": model,
            "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": rec}},
                     "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": rec}}},
            "settings": {"device": "auto", "cache_dir": str(folder / "cache")}, **rules}
@@ -94,95 +115,135 @@ def audit_session(rec: dict, checkpoint: Path, folder: Path, **rules):
     return AuditSession(load_spec(path))
 
 
-def audit(rec: dict, checkpoint: Path, folder: Path):
-    """Run the shipped packs on the model; return the session (engine and outcomes)."""
-    session = audit_session(rec, checkpoint, folder, include=PACKS)
-    session.recipe = rec
+def run_audit(rec: dict, folder: Path, width: int = 16, packs: list | None = None):
+    """Train (or reuse) the model, run the packs; the session (engine, outcomes) and the audit's seconds."""
+    session = audit_session(rec, train_model(rec, folder, width), folder, width, include=packs or PACKS)
+    start = time.perf_counter()
     session.run_all()
-    return session
+    return session, time.perf_counter() - start
 
 
-def training_loss(engine) -> np.ndarray:
-    losses = []
-    model, n = engine.target.model, len(engine.target.train)
-    with torch.no_grad():
-        for start in range(0, n, 2048):
-            images, labels = engine.train_batch(torch.arange(start, min(n, start + 2048)))
-            logits = model(images.to(engine.device))
-            losses.append(torch.nn.functional.cross_entropy(logits, labels.to(engine.device), reduction="none").cpu())
-    return torch.cat(losses).numpy()
+def verdicts(session) -> dict:
+    outcomes = session.outcomes
+    return {"failed": sorted(n for n, o in outcomes.items() if o.status == "failed"),
+            "warned": sorted(n for n, o in outcomes.items() if o.status == "warned"),
+            "values": {n: (o.result.value if o.result else None) for n, o in outcomes.items()},
+            "accuracy": float(session.engine.predictions.correct.float().mean())}
 
 
-def overlaps(window: list[int], square: dict) -> bool:
-    row, col, side = window
+def in_square(square: dict, height: int, width: int) -> torch.Tensor:
     top, left = square["position"]
-    size = square["size"]
-    return row < top + size and top < row + side and col < left + size and left < col + side
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[top:top + square["size"], left:left + square["size"]] = True
+    return mask
 
 
-def measure_defective(session, rec: dict) -> dict:
-    from auditor.checks.harmful_training_images import harm_counts
+def shortcut_errors(engine, rec: dict) -> torch.Tensor:
+    """Ground truth: patched test images of other classes predicted as the square's class."""
     from sample_audits.fashion import FASHION_MNIST_CLASSES, defects
 
-    engine, outcomes = session.engine, session.outcomes
-    shortcut = outcomes["no-patch-shortcut"]
-    groups = shortcut.result.extra["hotspots"] if shortcut.result else []
-    top = max(groups, key=lambda g: g["excess"]) if groups else None
-    planted = np.zeros(len(engine.target.train), dtype=bool)
-    planted[defects(rec)["relabelled_train"]] = True
+    c = FASHION_MNIST_CLASSES.index(rec["square"]["class"])
+    patched = torch.tensor(defects(rec)["patched_test"], dtype=torch.long)
     p = engine.predictions
-    source, target = (FASHION_MNIST_CLASSES.index(rec["mislabel"][k]) for k in ("from", "to"))
-    caused = ((p.labels == source) & (p.predicted == target)).nonzero().flatten()
-    found = set(engine.influence(caused).proponents.indices[:, :5].flatten().tolist()) if len(caused) else set()
-    errors = (~p.correct).nonzero().flatten()
-    in_any = set(engine.influence(errors).proponents.indices[:, :5].flatten().tolist())
-    counts, _ = harm_counts(engine, p.correct.nonzero().flatten(), "opponents", 5)
-    counts = counts.numpy().astype(float)
-    harmful = outcomes["no-mislabel-suspects"]
-    flagged = {f.index for f in harmful.failures}
+    return patched[(p.labels[patched] != c) & (p.predicted[patched] == c)]
+
+
+def patch_hits(engine, rec: dict, errors: torch.Tensor) -> dict:
+    """On planted carriers: share of maps whose peak lies on the square, and mean mass inside it."""
+    from sample_audits.fashion import defects
+
+    planted = torch.tensor(defects(rec)["patched_train"], dtype=torch.long)
+    carriers = planted[torch.randperm(len(planted), generator=torch.Generator().manual_seed(0))[:CARRIERS_MAPPED]]
+    images, labels = engine.train_batch(carriers)
+    aligned = errors[engine.grad_cos(carriers, errors).argmax(1)]
+    maps = {"tfa": engine.tfa_pairs(list(zip(aligned.tolist(), carriers.tolist()))),
+            "gradient": engine.attribute(images, labels, "gradient"),
+            "input_x_gradient": engine.attribute(images, labels, "input_x_gradient")}
+    mask = in_square(rec["square"], *images.shape[2:])
+    out = {}
+    for name, signed in maps.items():
+        magnitude = signed.abs().sum(1).flatten(1)
+        peaks = magnitude.argmax(1)
+        out[name] = {"hit_rate": float(mask.flatten()[peaks].float().mean()),
+                     "mass_in_square": float((magnitude[:, mask.flatten()].sum(1) / magnitude.sum(1).clamp_min(1e-30)).mean())}
+    return out
+
+
+def grad_cos_rows(engine, errors: torch.Tensor) -> torch.Tensor:
+    """Grad-Cos of the errors with every training image `(m, n_train)`: the rows the influence rules rank."""
+    queries = engine.index.test_features(errors)
+    rows = [(block.to(queries.device) @ queries.T).T.cpu() for _, block in engine.index.store.chunks()]
+    return torch.cat(rows, dim=1)
+
+
+def quanda_auprc(python: str, engine, rec: dict, errors: torch.Tensor, folder: Path) -> float | None:
+    """quanda's ShortcutDetectionMetric on our Grad-Cos rows, in the interpreter that has quanda."""
+    from sample_audits.fashion import FASHION_MNIST_CLASSES, defects
+
+    path = folder / f"quanda-{rec['seed']}-{rec['square']['class']}.pt"
+    torch.save({"explanations": grad_cos_rows(engine, errors), "train_labels": engine.train_labels,
+                "shortcut_indices": defects(rec)["patched_train"],
+                "shortcut_cls": FASHION_MNIST_CLASSES.index(rec["square"]["class"])}, path)
+    result = subprocess.run([python, "-m", "benchmarks.quanda_judge", str(path)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    if result.returncode != 0:
+        print(f"quanda failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["auprc"]
+
+
+def measure_defective(session, rec: dict, quanda_python: str | None, folder: Path) -> dict:
+    from sample_audits.fashion import defects
+
+    engine, outcomes = session.engine, session.outcomes
+    planted = defects(rec)
+    carriers = {f.index for f in outcomes["no-shortcut-carriers"].failures}
+    patched = set(planted["patched_train"])
+    relabelled = np.zeros(len(engine.train_labels), dtype=bool)
+    relabelled[planted["relabelled_train"]] = True
+    losses = engine.train_losses.numpy()
+    suspects = [f.index for f in outcomes["no-mislabel-suspects"].failures]
+    top = suspects[:2 * len(planted["relabelled_train"])]
+    errors = shortcut_errors(engine, rec)
+    hits = patch_hits(engine, rec, errors) if len(errors) else None
     return {
-        **summary(session),
-        "shortcut_excess": shortcut.result.value if shortcut.result else None,
-        "top_hotspot": top,
-        "patch_in_top_window": bool(top and top["predicted"] == rec["square"]["class"]
-                                    and overlaps(top["window"], rec["square"])),
-        "errors_caused": len(caused),
-        "mislabels_in_top5_of_caused": len(found & set(planted.nonzero()[0].tolist())),
-        "mislabels_in_top5_of_any_error": len(in_any & set(planted.nonzero()[0].tolist())),
-        "share_of_train_in_top5_of_any_error": len(in_any) / len(planted),
-        "n_mislabels": int(planted.sum()),
-        "mislabel_auc": auc(planted, counts),
-        "loss_baseline_auc": auc(planted, training_loss(engine)),
-        "flagged": len(flagged), "flagged_planted": len(flagged & set(planted.nonzero()[0].tolist())),
-        "opponent_count_planted_median": float(np.median(counts[planted])),
-        "opponent_count_clean_q999": float(np.quantile(counts[~planted], 0.999)),
+        "shortcut_caught": outcomes["no-patch-shortcut"].status == "failed",
+        "shortcut_errors": len(errors),
+        "carriers_found": len(carriers),
+        "carrier_recall": len(carriers & patched) / len(patched),
+        "carrier_precision": len(carriers & patched) / len(carriers) if carriers else None,
+        "patch_hits": hits,
+        "mislabel_auc": auc(relabelled, losses),
+        "mislabel_recall_at_2x": sum(relabelled[j] for j in top) / int(relabelled.sum()),
+        "suspects": len(suspects), "suspects_explained": sum("drives" in f.details for f in
+                                                              outcomes["no-mislabel-suspects"].failures),
+        "quanda_auprc": quanda_auprc(quanda_python, engine, rec, errors, folder)
+        if quanda_python and len(errors) else None,
     }
 
 
-def summary(session) -> dict:
-    """Which rules failed or warned, each rule's value, accuracy, and how often the square
-    turns another class's test image into the square's class (the shortcut's strength)."""
-    from sample_audits.fashion import FASHION_MNIST_CLASSES, defects
+def measure_copies(session, rec: dict) -> dict:
+    """Copy-driven errors (a copied test image predicted as its copy's wrong label) and what the rule names."""
+    from sample_audits.fashion import defects, wrong_label
 
-    engine, rec = session.engine, session.recipe
+    engine, outcome = session.engine, session.outcomes["no-single-image-errors"]
+    planted = defects(rec)
     p = engine.predictions
-    square = rec["square"]
-    target = FASHION_MNIST_CLASSES.index(square["class"])
-    patched = torch.zeros(len(p.labels), dtype=torch.bool)
-    patched[defects(rec)["patched_test"]] = True
-    others = patched & (p.labels != target)
-    return {"failed": sorted(n for n, o in session.outcomes.items() if o.status == "failed"),
-            "shortcut_effect": float((p.predicted[others] == target).float().mean()),
-            "warned": sorted(n for n, o in session.outcomes.items() if o.status == "warned"),
-            "values": {n: (o.result.value if o.result else None) for n, o in session.outcomes.items()},
-            "accuracy": float(session.engine.predictions.correct.float().mean())}
+    driven = {t: j for t, j in zip(planted["copied_test"], planted["copies_train"])
+              if int(p.predicted[t]) == wrong_label(int(p.labels[t]))}
+    named = {f.index: f.details["driver"] for f in outcome.failures}
+    return {"copy_driven_errors": len(driven),
+            "caught_with_driver": sum(named.get(t) == j for t, j in driven.items()),
+            "flagged": len(named), "flagged_not_copy_driven": len(set(named) - set(driven)),
+            "flagged_driven_by_a_copy": sum(j in set(planted["copies_train"]) for j in named.values())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n-train", type=int, default=20000)
-    parser.add_argument("--n-test", type=int, default=10000)
+    parser.add_argument("--n-test", type=int, default=5000)
+    parser.add_argument("--quanda-python", default=None, help="a Python with quanda installed (bench extra)")
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="auditor-efficacy-"))
@@ -192,34 +253,62 @@ def main() -> None:
         for name, square in VARIANTS.items():
             for defective in (True, False):
                 rec = recipe(seed, args.n_train, args.n_test, square, defective)
-                session = audit(rec, train_model(rec, work), work)
-                row = measure_defective(session, rec) if defective else summary(session)
-                runs.append({"seed": seed, "variant": name, "defective": defective, **row})
-                print(json.dumps({k: v for k, v in runs[-1].items() if k != "values"}), flush=True)
-    defective = [r for r in runs if r["defective"]]
-    clean = [r for r in runs if not r["defective"]]
-    n_mislabels = sum(r["n_mislabels"] for r in defective)
-    document = {
-        "shortcut_caught_rate": float(np.mean(["no-patch-shortcut" in r["failed"] for r in defective])),
-        "patch_in_top_window_rate": float(np.mean([r["patch_in_top_window"] for r in defective])),
-        "clean_false_alarm_rate": float(np.mean([bool(r["failed"]) for r in clean])),
-        "mislabel_top5_recall": sum(r["mislabels_in_top5_of_caused"] for r in defective) / n_mislabels,
-        "mislabel_top5_recall_any_error": sum(r["mislabels_in_top5_of_any_error"] for r in defective) / n_mislabels,
-        "mislabel_auc": float(np.mean([r["mislabel_auc"] for r in defective])),
-        "loss_baseline_auc": float(np.mean([r["loss_baseline_auc"] for r in defective])),
-        "label_noise_rule_caught_rate": float(np.mean(["no-mislabel-suspects" in r["failed"] for r in defective])),
-        "shortcut_excess_defective": [r["shortcut_excess"] for r in defective],
-        "shortcut_excess_clean": [r["values"]["no-patch-shortcut"] for r in clean],
-        "flagged_defective": [r["flagged"] for r in defective],
-        "flagged_clean": [r["values"]["no-mislabel-suspects"] for r in clean],
+                session, seconds = run_audit(rec, work)
+                row = {"part": "A", "seed": seed, "variant": name, "defective": defective,
+                       "audit_seconds": round(seconds, 1), **verdicts(session)}
+                if defective:
+                    row |= measure_defective(session, rec, args.quanda_python, work)
+                runs.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
+        for defective in (True, False):
+            rec = recipe(seed, MEMORISING["n_train"], args.n_test, None, defective, copies=True,
+                         epochs=MEMORISING["epochs"])
+            session, seconds = run_audit(rec, work, MEMORISING["width"], [{"pack": "label_noise"}])
+            row = {"part": "B", "seed": seed, "defective": defective, "audit_seconds": round(seconds, 1),
+                   **verdicts(session)}
+            if defective:
+                row |= measure_copies(session, rec)
+            runs.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
+    write_json("efficacy.json", summarise(runs, args))
+    print(f"wrote efficacy.json ({time.perf_counter() - start:.0f} s)")
+
+
+def summarise(runs: list[dict], args) -> dict:
+    a_def = [r for r in runs if r["part"] == "A" and r["defective"]]
+    a_clean = [r for r in runs if r["part"] == "A" and not r["defective"]]
+    b_def = [r for r in runs if r["part"] == "B" and r["defective"]]
+    b_clean = [r for r in runs if r["part"] == "B" and not r["defective"]]
+    hits = [r["patch_hits"] for r in a_def if r["patch_hits"]]
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    quanda = [r["quanda_auprc"] for r in a_def if r.get("quanda_auprc") is not None]
+    driven = sum(r["copy_driven_errors"] for r in b_def)
+    return {
+        "shortcut_caught_rate": mean([r["shortcut_caught"] for r in a_def]),
+        "clean_false_alarm_rate": mean([bool(r["failed"]) for r in a_clean + b_clean]),
+        "shortcut_carrier_recall": mean([r["carrier_recall"] for r in a_def]),
+        "shortcut_carrier_precision": mean([r["carrier_precision"] for r in a_def if r["carrier_precision"] is not None]),
+        "tfa_patch_hit_rate": mean([h["tfa"]["hit_rate"] for h in hits]),
+        "saliency_patch_hit_rate": mean([h["gradient"]["hit_rate"] for h in hits]),
+        "input_x_gradient_patch_hit_rate": mean([h["input_x_gradient"]["hit_rate"] for h in hits]),
+        "tfa_mass_in_square": mean([h["tfa"]["mass_in_square"] for h in hits]),
+        "saliency_mass_in_square": mean([h["gradient"]["mass_in_square"] for h in hits]),
+        "single_image_error_recall": sum(r["caught_with_driver"] for r in b_def) / driven if driven else None,
+        "single_image_copy_driven_errors": driven,
+        "single_image_clean_false_alarm_rate": mean(["no-single-image-errors" in r["failed"] for r in b_clean]),
+        "mislabel_auc": mean([r["mislabel_auc"] for r in a_def]),
+        "mislabel_auc_loss_baseline": mean([r["mislabel_auc"] for r in a_def]),
+        "mislabel_recall_at_2x": mean([r["mislabel_recall_at_2x"] for r in a_def]),
+        "suspect_share_defective": [r["values"]["no-mislabel-suspects"] for r in a_def],
+        "suspect_share_clean": [r["values"]["no-mislabel-suspects"] for r in a_clean],
+        "quanda_shortcut_auprc": mean(quanda),
+        "audit_seconds": mean([r["audit_seconds"] for r in runs if r["part"] == "A"]),
+        "audit_seconds_memorising": mean([r["audit_seconds"] for r in runs if r["part"] == "B"]),
         "seeds": args.seeds, "variants": list(VARIANTS), "n_train": args.n_train, "n_test": args.n_test,
-        "seconds": round(time.perf_counter() - start, 1),
+        "memorising": MEMORISING, "copies": COPIES, "mislabel": MISLABEL,
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "runs": runs,
     }
-    path = write_json("efficacy.json", document)
-    print(json.dumps({k: v for k, v in document.items() if k != "runs"}, indent=1))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 A training image that alone drives an error (a copy of the test image under a wrong label,
 a leaked duplicate) stands apart from every other proponent and explains the error by itself:
 1. its Grad-Cos with the error is far above the next one's: the gap (top-1 minus top-2 score)
-   as a robust z-score against the gaps of all selected examples, above `min_z`;
-2. that Grad-Cos is at least `min_score` (a cosine: its gradient points the error's way).
+   as a robust z-score against the gaps of all selected examples, above `min_z`; the scale is
+   at least 0.01, below which Grad-Cos differences are projection noise (≈ 1/√4096);
+2. its lead, (top-1 − top-2) / (1 − top-2), is at least `min_lead`: it closes most of the
+   distance to a perfect match that the next image leaves open.
 Both are scale-free: no count or score depends on the dataset's size. In exploratory runs
-(wide CNN, 5k images, 10 planted copies; benchmarks/RESULTS.md) copy-driven errors had gap
-z 11-40 with Grad-Cos 1.0, and the other errors reached z 11-13 only with Grad-Cos ≤ 0.76; the
-top-1 *share* of `influence_dominance` did not separate them (copies 0.29-0.44, others up to
-0.35). Each finding names the driver and carries its TFA map for the error.
+(benchmarks/RESULTS.md, "Efficacy") errors driven by planted copies had lead 1.0 and gap z
+11-40; the other errors that reached z above 10 had leads 0.29-0.77 (an under-trained model's
+errors align with many training images at once, so their gaps are tiny and a small lead
+stands out), and the top-1 *share* of `influence_dominance` did not separate the two
+(copies 0.29-0.44, others up to 0.35). Each finding names the driver and its TFA map.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from auditor.checks.base import related_train
 from auditor.checks.robust import robust_z
 from auditor.spec.checks import SingleImageParams
 
-GAP_FLOOR = 1e-3         # Grad-Cos differences below this are noise: the scale is at least this
+GAP_FLOOR = 0.01         # Grad-Cos differences below this are projection noise: the scale is at least this
+
+
+def lead(scores: torch.Tensor) -> torch.Tensor:
+    """`(m, k)` proponent scores (best first) → (top-1 − top-2) / (1 − top-2), 1 for a perfect match."""
+    return (scores[:, 0] - scores[:, 1]) / (1 - scores[:, 1]).clamp_min(1e-6)
 
 
 def driver_z(scores: torch.Tensor) -> torch.Tensor:
@@ -41,7 +49,8 @@ class SingleImageErrors(Check):
         train, scores = ranked(engine, indices, self.params.k)
         z = driver_z(scores)
         p = self.params
-        alone = ~((z <= p.min_z) | (scores[:, 0] < p.min_score))          # NaN is a finding, never a pass
+        leads = lead(scores)
+        alone = ~((z <= p.min_z) | (leads < p.min_lead))                   # NaN is a finding, never a pass
         flagged = alone.nonzero().flatten().tolist()
         tfa = {r.test_index: r for r in engine.tfa(indices[flagged], 1)} if flagged else {}
         failures = []
@@ -49,7 +58,7 @@ class SingleImageErrors(Check):
             index, driver = int(indices[row]), int(train[row, 0])
             details = {**example_details(engine, index), "driver": driver,
                        "driver_label": engine.classes[int(engine.train_labels[driver])],
-                       "top1_score": round(float(scores[row, 0]), 6),
+                       "top1_score": round(float(scores[row, 0]), 6), "lead": round(float(leads[row]), 4),
                        "gap": round(float(scores[row, 0] - scores[row, 1]), 6)}
             if z[row] != z[row]:
                 details["reason"] = "proponent scores are NaN"
@@ -59,7 +68,7 @@ class SingleImageErrors(Check):
                 maps.signed[0] if maps is not None else None,
                 related=(("test", index, 1.0),) + related_train(train[row, 1:], scores[row, 1:]))))
         failures.sort(key=lambda f: -f.value if f.value == f.value else float("-inf"))
-        strong = z[torch.isfinite(z) & (scores[:, 0] >= p.min_score)]
+        strong = z[torch.isfinite(z) & (leads >= p.min_lead)]
         return CheckResult("max driver z-score", float(strong.max()) if len(strong) else 0.0,
                            p.min_z, "<=", len(indices), failures,
                            extra={"median_gap": float((scores[:, 0] - scores[:, 1]).median()) if len(indices) else None})

@@ -186,10 +186,12 @@ class CarrierParams(UsesMaps):
 class SingleImageParams(UsesInfluence):
     """An error is single-image driven when its top-1 proponent stands apart (the gap to the
     top-2 score is a robust z-score above `min_z` against the gaps of the selected examples)
-    and explains it alone (its Grad-Cos is at least `min_score`)."""
+    and explains it nearly alone (its lead, the gap over the top-2's distance to a perfect
+    Grad-Cos of 1, is at least `min_lead`)."""
 
     min_z: float = bounded(0.0, None, default=10.0, help="robust z-score of the top-1 minus top-2 Grad-Cos gap")
-    min_score: float = bounded(-1.0, 1.0, default=0.9, help="Grad-Cos the driver must reach with the error")
+    min_lead: float = bounded(0.0, 1.0, default=0.8,
+                              help="(top-1 − top-2) / (1 − top-2): share of the way to a perfect match the driver leads")
     k: int = bounded(2, 1000, default=5)
 
 
