@@ -17,6 +17,7 @@ import pytest
 SESSIONS = pytest.StashKey[dict]()
 REPORTS = pytest.StashKey[list]()
 BASELINES = pytest.StashKey[list]()
+LOAD_ERRORS = pytest.StashKey[dict]()      # audit file → the rule whose setup reported its load error
 
 
 class AuditWarning(UserWarning):
@@ -49,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSIONS] = {}
     config.stash[REPORTS] = []
     config.stash[BASELINES] = []
+    config.stash[LOAD_ERRORS] = {}
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -102,6 +104,22 @@ class RuleItem(pytest.Item):
         super().__init__(**kwargs)
         self.rule = rule
         self.audit = audit
+
+    def setup(self) -> None:
+        """Load the audit's model and data once per file: a failure there is ONE error for the
+        audit (its first item), the other rules are skipped with a pointer to it."""
+        from auditor.errors import AuditError
+
+        failed = self.config.stash[LOAD_ERRORS].get(str(self.path))
+        if failed is not None:
+            pytest.skip(f"not run: the audit's model or data failed to load (error at rule '{failed}')")
+        try:
+            self.audit.prepare()
+            return
+        except AuditError as error:
+            message = f"audit error: {error}"
+        self.config.stash[LOAD_ERRORS][str(self.path)] = self.rule.name
+        pytest.fail(message, pytrace=False)
 
     def runtest(self) -> None:
         outcome = self.audit.run_rule(self.rule)

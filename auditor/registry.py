@@ -38,7 +38,7 @@ class Registry(Generic[T]):
         def add(item: T) -> T:
             if name not in self.names and self._declared is not None:
                 raise ValueError(f"{self.kind} '{name}' is not declared in auditor.registry")
-            if name in self._items and self._items[name] is not item:
+            if name in self._items and _origin(self._items[name]) != _origin(item):
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self._items[name] = item
             return item
@@ -63,3 +63,9 @@ SALIENCY_METHODS: Registry[Any] = Registry(
     "saliency method", ("gradient", "input_x_gradient", "integrated_gradients", "guided_backprop", "grad_cam"))
 PROJECTIONS: Registry[Any] = Registry("projection", ("sparse", "rademacher"))
 GRADIENT_COMPUTERS: Registry[Any] = Registry("gradient computer", ("func", "hooks"))
+
+
+def _origin(item: Any) -> str:
+    """Where an implementation is defined: a module imported again (pytester, importlib.reload)
+    re-registers the same definition, which is not a second implementation."""
+    return f"{getattr(item, '__module__', '')}.{getattr(item, '__qualname__', repr(item))}"

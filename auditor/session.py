@@ -71,6 +71,11 @@ class AuditSession:
             self._engine = Engine(load_target(self.spec))
         return self._engine
 
+    def prepare(self) -> None:
+        """Load the model and data and predict the test set: where model and data errors surface
+        (raised as `AuditError`), before any rule runs."""
+        _ = self.engine.predictions
+
     def run_rule(self, rule: RuleSpec) -> RuleOutcome:
         """Evaluate one rule (errors in the user's input propagate as `AuditError`)."""
         start = time.perf_counter()
