@@ -23,6 +23,7 @@ audited with the label_noise pack:
   planted copy named as the driver; clean false alarms of that rule.
 
     python -m benchmarks.efficacy [--seeds 0 1 2] [--n-train 20000] [--n-test 5000] [--quanda-python PY]
+                                  [--part A|B|both] [--out efficacy.json]
 """
 
 from __future__ import annotations
@@ -245,12 +246,14 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=5000)
     parser.add_argument("--quanda-python", default=None, help="a Python with quanda installed (bench extra)")
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
+    parser.add_argument("--part", choices=["A", "B", "both"], default="both", help="run part A, B or both")
+    parser.add_argument("--out", default="efficacy.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="auditor-efficacy-"))
     work.mkdir(parents=True, exist_ok=True)
     runs, start = [], time.perf_counter()
     for seed in args.seeds:
-        for name, square in VARIANTS.items():
+        for name, square in VARIANTS.items() if args.part != "B" else ():
             for defective in (True, False):
                 rec = recipe(seed, args.n_train, args.n_test, square, defective)
                 session, seconds = run_audit(rec, work)
@@ -260,7 +263,7 @@ def main() -> None:
                     row |= measure_defective(session, rec, args.quanda_python, work)
                 runs.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
-        for defective in (True, False):
+        for defective in (True, False) if args.part != "A" else ():
             rec = recipe(seed, MEMORISING["n_train"], args.n_test, None, defective, copies=True,
                          epochs=MEMORISING["epochs"])
             session, seconds = run_audit(rec, work, MEMORISING["width"], [{"pack": "label_noise"}])
@@ -270,8 +273,8 @@ def main() -> None:
                 row |= measure_copies(session, rec)
             runs.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "values"}), flush=True)
-    write_json("efficacy.json", summarise(runs, args))
-    print(f"wrote efficacy.json ({time.perf_counter() - start:.0f} s)")
+    write_json(args.out, summarise(runs, args))
+    print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
 
 
 def summarise(runs: list[dict], args) -> dict:
