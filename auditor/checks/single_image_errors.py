@@ -46,29 +46,30 @@ class SingleImageErrors(Check):
     Params = SingleImageParams
 
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
-        train, scores = ranked(engine, indices, self.params.k)
-        z = driver_z(scores)
         p = self.params
-        leads = lead(scores)
-        alone = ~((z <= p.min_z) | (leads < p.min_lead))                   # NaN is a finding, never a pass
-        flagged = alone.nonzero().flatten().tolist()
-        tfa = {r.test_index: r for r in engine.tfa(indices[flagged], 1)} if flagged else {}
-        failures = []
-        for row in flagged:
-            index, driver = int(indices[row]), int(train[row, 0])
-            details = {**example_details(engine, index), "driver": driver,
-                       "driver_label": engine.classes[int(engine.train_labels[driver])],
-                       "top1_score": round(float(scores[row, 0]), 6), "lead": round(float(leads[row]), 4),
-                       "gap": round(float(scores[row, 0] - scores[row, 1]), 6)}
-            if z[row] != z[row]:
-                details["reason"] = "proponent scores are NaN"
-            maps = tfa[index].maps if index in tfa else None
-            failures.append(Finding(index, float(z[row]), details=details, evidence=Evidence(
-                "tfa", ("train", driver), None, maps.magnitude[0] if maps is not None else None,
-                maps.signed[0] if maps is not None else None,
-                related=(("test", index, 1.0),) + related_train(train[row, 1:], scores[row, 1:]))))
+        train, scores = ranked(engine, indices, p.k)
+        z, leads = driver_z(scores), lead(scores)
+        flagged = (~((z <= p.min_z) | (leads < p.min_lead))).nonzero().flatten()   # NaN is a finding, never a pass
+        maps = {r.test_index: r.maps for r in engine.tfa(indices[flagged], 1)} if len(flagged) else {}
+        failures = [self._finding(engine, int(indices[row]), train[row], scores[row], float(z[row]),
+                                  float(leads[row]), maps[int(indices[row])]) for row in flagged.tolist()]
         failures.sort(key=lambda f: -f.value if f.value == f.value else float("-inf"))
         strong = z[torch.isfinite(z) & (leads >= p.min_lead)]
         return CheckResult("max driver z-score", float(strong.max()) if len(strong) else 0.0,
                            p.min_z, "<=", len(indices), failures,
                            extra={"median_gap": float((scores[:, 0] - scores[:, 1]).median()) if len(indices) else None})
+
+    @staticmethod
+    def _finding(engine: AuditEngine, index: int, train: torch.Tensor, scores: torch.Tensor, z: float,
+                 lead_: float, maps) -> Finding:
+        """The error, its driver (top-1 proponent) and the driver's TFA map for it."""
+        driver = int(train[0])
+        details = {**example_details(engine, index), "driver": driver,
+                   "driver_label": engine.classes[int(engine.train_labels[driver])],
+                   "top1_score": round(float(scores[0]), 6), "lead": round(lead_, 4),
+                   "gap": round(float(scores[0] - scores[1]), 6)}
+        if z != z:
+            details["reason"] = "proponent scores are NaN"
+        related = (("test", index, 1.0),) + related_train(train[1:], scores[1:])
+        return Finding(index, z, details=details, evidence=Evidence(
+            "tfa", ("train", driver), None, maps.magnitude[0], maps.signed[0], related=related))
