@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
         raise _error(where, f"the factory returned {type(model).__name__}, not a torch.nn.Module",
                      "return the model instance from the factory")
     if spec.checkpoint is not None:
-        load_checkpoint(model, base_dir / spec.checkpoint, spec.where.child("checkpoint"))
+        load_checkpoint(model, base_dir / spec.checkpoint, spec.where.child("checkpoint"), spec.checkpoint_key)
     return model
 
 
@@ -141,24 +142,27 @@ def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
     return _call(builder, {"weights": None, "num_classes": spec.num_classes, **spec.kwargs}, where, "torchvision builder")
 
 
-def load_checkpoint(model: nn.Module, path: Path, where: Where) -> None:
-    """Load a state dict saved with `torch.save(model.state_dict(), path)`; never unpickles code."""
+WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")   # where trainers keep the weights
+PREFIXES = ("module.", "model.", "_orig_mod.")   # DataParallel/DDP, Lightning, torch.compile
+
+
+def load_checkpoint(model: nn.Module, path: Path, where: Where, key: str | None = None) -> None:
+    """Load the weights of a checkpoint as users have them: a state dict saved with
+    `torch.save(model.state_dict(), path)`, or one inside a trainer's dict (`state_dict`,
+    `model_state_dict`, ... or `checkpoint_key:`), keys prefixed by a wrapper (`module.`,
+    Lightning's `model.`) or not. Never unpickles code."""
     if not path.is_file():
         raise _error(where, f"checkpoint '{path}' not found",
                      "train the model first or fix the path (relative to the audit file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise _error(where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
                      "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
     except Exception as exc:
         raise _error(where, f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}",
                      "the file is damaged or not a torch checkpoint; re-save it") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise _error(where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
-                     "save it with torch.save(model.state_dict(), PATH)")
+    state = strip_prefix(weights_of(loaded, path, where, key), set(model.state_dict()), path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -173,6 +177,46 @@ def load_checkpoint(model: nn.Module, path: Path, where: Where) -> None:
             parts.append(f"unexpected {_few(result.unexpected_keys)}")
         raise _error(where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
                      "use the checkpoint that was saved from this architecture")
+
+
+def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded checkpoint: itself, `loaded[key]`, or the first known wrapper entry."""
+    def is_state(value: object) -> bool:
+        return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+    if key is not None:
+        if not isinstance(loaded, dict) or key not in loaded:
+            keys = sorted(map(str, loaded)) if isinstance(loaded, dict) else []
+            raise _error(where, f"checkpoint '{path}' has no entry '{key}' (top-level keys: {_few(keys)})",
+                         "set `checkpoint_key:` to the entry that holds the weights")
+        loaded = loaded[key]
+    if is_state(loaded):
+        return loaded
+    if isinstance(loaded, dict):
+        for name in WRAPPERS:
+            if is_state(loaded.get(name)):
+                return loaded[name]
+        keys = sorted(map(str, loaded))
+        raise _error(where, f"checkpoint '{path}' holds no state dict the auditor knows where to find "
+                            f"(top-level keys: {_few(keys)})",
+                     "set `checkpoint_key:` to the entry that holds the weights, or save "
+                     "torch.save(model.state_dict(), PATH)")
+    raise _error(where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
+                 "save it with torch.save(model.state_dict(), PATH)")
+
+
+def strip_prefix(state: dict[str, torch.Tensor], expected: set[str], path: Path) -> dict[str, torch.Tensor]:
+    """Keys without a wrapper's prefix when that makes them the model's (and say so)."""
+    if set(state) & expected:
+        return state
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) & expected:
+                warnings.warn(f"checkpoint '{path}': keys start with '{prefix}' (a wrapper such as "
+                              f"DataParallel or Lightning); loaded without it", stacklevel=2)
+                return stripped
+    return state
 
 
 def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:

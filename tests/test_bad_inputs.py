@@ -131,6 +131,42 @@ def test_checkpoint_keys_mismatch(tmp_path):
     assert "does not match the model" in message and "missing 1.weight" in message
 
 
+def saved_linear(tmp_path, wrap) -> tuple[str, dict]:
+    """The fakes' linear model's weights, saved as `wrap(state)`; the file name and the state."""
+    from fakes import linear
+
+    state = linear().state_dict()
+    torch.save(wrap(state), tmp_path / "wrapped.pt")
+    return "wrapped.pt", state
+
+
+@pytest.mark.parametrize(("wrap", "prefix"), [
+    (lambda s: {f"module.{k}": v for k, v in s.items()}, "module."),                     # DataParallel
+    (lambda s: {"model_state_dict": s, "epoch": 3}, None),                              # a training loop
+    (lambda s: {"state_dict": {f"model.{k}": v for k, v in s.items()}, "epoch": 3}, "model."),  # Lightning
+    (lambda s: {"ema": s, "optimizer": {"lr": 0.1}}, None),                              # checkpoint_key: ema
+])
+def test_checkpoints_as_users_have_them_load(tmp_path, wrap, prefix):
+    name, state = saved_linear(tmp_path, wrap)
+    key = ", checkpoint_key: ema" if "ema" in torch.load(tmp_path / name, weights_only=True) else ""
+    path = spec_file(tmp_path, model=f"{{factory: fakes:linear, checkpoint: {name}{key}}}")
+    if prefix:
+        with pytest.warns(UserWarning, match=f"keys start with '{prefix}'"):
+            target = load_target(load_spec(path))
+    else:
+        target = load_target(load_spec(path))
+    for k, v in state.items():
+        assert torch.equal(target.model.state_dict()[k], v)
+
+
+def test_unknown_checkpoint_wrapper_lists_its_keys(tmp_path):
+    name, _ = saved_linear(tmp_path, lambda s: {"ema": s, "optimizer": {"lr": 0.1}})
+    message = target_error(tmp_path, model=f"{{factory: fakes:linear, checkpoint: {name}}}")
+    assert "top-level keys: ema, optimizer" in message and "checkpoint_key:" in message
+    missing = target_error(tmp_path, model=f"{{factory: fakes:linear, checkpoint: {name}, checkpoint_key: best}}")
+    assert "has no entry 'best' (top-level keys: ema, optimizer)" in missing
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda(tmp_path):
     message = target_error(tmp_path, settings="{device: cuda}")

@@ -40,6 +40,7 @@ class ModelSpec:
     num_classes: int | None = bounded(1, default=None)
     kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
+    checkpoint_key: str | None = None       # the entry of a checkpoint dict that holds the weights
     where: Where | None = located()
 
 
