@@ -31,11 +31,17 @@ def render_index(document: dict[str, Any], panels: dict[str, list[Path]], folder
              f"<h1>audit <code>{escape(document['audit'])}</code>: <span class='{status}'>{status.upper()}</span></h1>",
              f"<p>{escape(document['file'])} · {escape(document['created'])} · "
              f"<a href='results.json'>results.json</a> (full failing lists)</p>",
-             _summary(document["rules"])]
-    for rule in document["rules"]:
+             _summary(by_urgency(document["rules"]))]
+    for rule in by_urgency(document["rules"]):
         parts.append(_section(rule, panels.get(rule["name"], []), folder, budget))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def by_urgency(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Failed rules first, then warned, then passed; the audit file's order within each."""
+    order = {"failed": 0, "warned": 1}
+    return sorted(rules, key=lambda rule: order.get(rule["status"], 2))
 
 
 def _summary(rules: list[dict[str, Any]]) -> str:

@@ -65,3 +65,20 @@ def test_html_escapes_every_user_string(tmp_path):
         "failures": [{"kind": "class", "index": 0, "value": 0.1, "name": evil}]}]}
     html = render_index(document, {}, tmp_path)
     assert "<img src=x" not in html and len(re.findall("&lt;img src=x onerror=alert\\(1\\)&gt;", html)) >= 6
+
+
+def test_failing_rules_come_first_then_warned_then_passed(tmp_path):
+    from auditor.report.html import render_index
+
+    def rule(name: str, status: str) -> dict:
+        return {"name": name, "check": "accuracy", "status": status, "selection": "all", "file": "/a/x.yaml",
+                "line": 3, "message": "m", "value": 0.5, "threshold": 0.9, "comparison": ">=", "n_failures": 0,
+                "failures": []}
+
+    statuses = [("p1", "passed"), ("w1", "warned"), ("f1", "failed"), ("p2", "passed"), ("f2", "failed")]
+    html = render_index({"audit": "a", "file": "f", "created": "now", "passed": False,
+                         "rules": [rule(n, s) for n, s in statuses]}, {}, tmp_path)
+    sections = re.findall(r"<section id='([^']+)'", html)
+    assert [s.split("-")[-1] if "-" in s else s for s in sections] == ["f1", "f2", "w1", "p1", "p2"], sections
+    summary = re.findall(r"<tr><td><a href='#[^']+'>([^<]+)</a>", html)
+    assert summary == ["f1", "f2", "w1", "p1", "p2"]
