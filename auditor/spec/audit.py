@@ -257,8 +257,9 @@ def _check_dataset(dataset: DatasetSpec) -> None:
 
 
 def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tuple[Path, ...],
-                   seen: set[Path]) -> list[RuleSpec]:
-    """Rules of `doc`'s includes (depth first, each file once), then its own rules."""
+                   seen: set[Path], override: Override | None = None) -> list[RuleSpec]:
+    """Rules of `doc`'s includes (depth first, each file once), then its own rules, with the
+    including file's `override:` (if any) applied to them."""
     top = Where(path, doc.line, "")
     rules: list[RuleSpec] = []
     includes = doc.get("include") or []
@@ -267,7 +268,7 @@ def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tupl
         raise inc_where.error("expected a list of rule packs", fix="write `include: [{pack: shortcuts}, my_rules.yaml]`")
     for i, entry in enumerate(includes):
         here = inc_where.child(i, includes.line_of(i) if isinstance(includes, LocatedList) else None)
-        target = _resolve_include(entry, path.parent, here)
+        target, pack_override = _resolve_include(entry, path.parent, here)
         if target in stack:
             chain = " -> ".join(p.name for p in (*stack, target))
             raise here.error(f"include cycle: {chain}", fix="remove one of the includes")
@@ -279,15 +280,57 @@ def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tupl
         for key in pack:
             if key not in PACK_KEYS:
                 raise unknown_key_error(key, PACK_KEYS, pack_where.child(key, pack.line_of(key)))
-        rules += _collect_rules(pack, target, settings, (*stack, target), seen)
+        rules += _collect_rules(pack, target, settings, (*stack, target), seen, pack_override)
     raw_rules = doc.get("rules") or []
     rules_where = top.child("rules", doc.line_of("rules"))
     if not isinstance(raw_rules, list):
         raise rules_where.error("expected a list of rules", fix="start each rule with `- name: ...`")
     for i, raw in enumerate(raw_rules):
         line = raw_rules.line_of(i) if isinstance(raw_rules, LocatedList) else rules_where.line
-        rules.append(parse_rule(raw, rules_where.child(i, line), settings))
+        where = rules_where.child(i, line)
+        if override is not None:
+            raw, where = override.apply(raw, where)
+        rules.append(parse_rule(raw, where, settings))
+    if override is not None:
+        override.check_used([rule.name for rule in rules])
     return rules
+
+
+@dataclass(frozen=True)
+class Override:
+    """`{pack: NAME, override: {RULE: {key: value}}}`: a pack's rules tuned without copying the
+    pack. An overridden rule is validated whole and located at the override (the audit file)."""
+
+    rules: LocatedDict
+    where: Where
+
+    @classmethod
+    def parse(cls, raw: Any, where: Where) -> Override:
+        rules = expect_mapping(raw, where)
+        for name, change in rules.items():
+            expect_mapping(change, where.child(str(name), rules.line_of(name)))
+            if "name" in change or "check" in change:
+                key = "name" if "name" in change else "check"
+                raise where.child(str(name), change.line_of(key)).error(
+                    f"an override cannot change a rule's `{key}`", fix="add a rule of your own instead")
+        return cls(rules, where)
+
+    def apply(self, raw: Any, where: Where) -> tuple[Any, Where]:
+        """The pack rule `raw` with this override's keys for it (and their lines), or unchanged."""
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if name not in self.rules:
+            return raw, where
+        change = self.rules[name]
+        merged = LocatedDict({**raw, **change})
+        merged.line = change.line
+        merged.key_lines = {**{k: change.line for k in raw}, **change.key_lines}
+        return merged, Where(self.where.path, change.line, f"{self.where.field}.{name}")
+
+    def check_used(self, names: list[str]) -> None:
+        for name in self.rules:
+            if name not in names:
+                raise self.where.child(str(name), self.rules.line_of(name)).error(
+                    f"the pack has no rule '{name}'", fix=did_you_mean(str(name), names, "its rules"))
 
 
 def builtin_packs() -> dict[str, Path]:
@@ -297,24 +340,29 @@ def builtin_packs() -> dict[str, Path]:
             if entry.name.endswith(".yaml")}
 
 
-def _resolve_include(entry: Any, base: Path, where: Where) -> Path:
-    """`{pack: NAME}` names a built-in pack; a string is a path relative to the including file."""
+def _resolve_include(entry: Any, base: Path, where: Where) -> tuple[Path, Override | None]:
+    """`{pack: NAME}` (optionally with `override:`) names a built-in pack; a string is a path
+    relative to the including file."""
     if isinstance(entry, dict):
         mapping = expect_mapping(entry, where)
-        if set(mapping) != {"pack"} or not isinstance(mapping["pack"], str):
-            raise where.error(f"an include mapping is `{{pack: NAME}}`, got {dict(mapping)}",
+        if not set(mapping) <= {"pack", "override"} or not isinstance(mapping.get("pack"), str):
+            raise where.error(f"an include mapping is `{{pack: NAME}}` or `{{pack: NAME, override: ...}}`, "
+                              f"got {dict(mapping)}",
                               fix="write e.g. `- {pack: shortcuts}`, or a path to your own rules file")
         packs = builtin_packs()
         name = mapping["pack"]
         if name not in packs:
             raise where.child("pack", mapping.line_of("pack")).error(
                 f"unknown rule pack '{name}'", fix=did_you_mean(name, sorted(packs), "built-in packs"))
-        return packs[name].resolve()
+        override = None
+        if "override" in mapping:
+            override = Override.parse(mapping["override"], where.child("override", mapping.line_of("override")))
+        return packs[name].resolve(), override
     if not isinstance(entry, str):
         raise where.error(f"expected a path or `{{pack: NAME}}`, got {entry!r}")
     candidate = base / entry
     if candidate.is_file():
-        return candidate.resolve()
+        return candidate.resolve(), None
     packs = builtin_packs()
     stem = Path(entry).stem
     fix = (f"the built-in pack is included as `{{pack: {stem}}}`" if stem in packs

@@ -52,3 +52,30 @@ def test_on_key_is_not_read_as_yaml_boolean(tmp_path):
 def test_bare_true_is_the_word_where_a_choice_is_expected(tmp_path):
     path = audit(tmp_path, "settings: {attribution: {test_label: true}}\n")
     assert load_spec(path).settings.attribution.test_label == "true"
+
+
+def test_a_pack_rule_is_tuned_by_override_without_copying_the_pack(tmp_path):
+    path = audit(tmp_path, """
+include:
+  - pack: shortcuts
+    override:
+      no-patch-shortcut: {max_recurrence: 0.25, severity: warn}
+""")
+    rules = {rule.name: rule for rule in load_spec(path).rules}
+    tuned, carriers = rules["no-patch-shortcut"], rules["no-shortcut-carriers"]
+    assert tuned.params.max_recurrence == 0.25 and tuned.severity == "warn"
+    assert tuned.params.min_flip_share == 0.5 and tuned.params.window == 0.15        # the rest as shipped
+    assert tuned.where.path == path and tuned.where.line == 10                       # located at the override
+    assert carriers.params.max_recurrence == 0.3 and carriers.severity == "fail"
+
+
+def test_override_mistakes_point_at_the_override(tmp_path):
+    from conftest import assert_spec_error
+
+    head = "include:\n  - pack: shortcuts\n    override:\n"
+    assert_spec_error(audit(tmp_path, head + "      no-patch-shortcuts: {max_recurrence: 0.25}\n"), 9,
+                      ["the pack has no rule 'no-patch-shortcuts'", "did you mean 'no-patch-shortcut'"])
+    assert_spec_error(audit(tmp_path, head + "      no-patch-shortcut:\n        max_recurrence: 2\n"), 10,
+                      ["max_recurrence", "2"])
+    assert_spec_error(audit(tmp_path, head + "      no-patch-shortcut: {check: accuracy}\n"), 9,
+                      ["an override cannot change a rule's `check`"])
