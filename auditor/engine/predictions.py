@@ -74,6 +74,9 @@ def class_index(name: str | int, classes: tuple[str, ...], where: Where) -> int:
         raise where.error(f"class index {name} is out of range", fix=f"use 0..{len(classes) - 1}")
     if name in classes:
         return classes.index(name)
+    folded = [c.casefold() for c in classes]
+    if folded.count(name.casefold()) == 1:        # `shirt` is Shirt (unless it is ambiguous)
+        return folded.index(name.casefold())
     raise where.error(f"unknown class '{name}'", fix=did_you_mean(name, classes, "classes"))
 
 

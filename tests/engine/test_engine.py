@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -204,3 +206,19 @@ def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_
     assert parts.missing_shards() == [0, 2]           # "rank 1" wrote only its shard
     featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[0, 2], progress=False)
     assert parts.complete() and torch.allclose(parts.matrix(), whole, atol=1e-6)
+
+
+def test_class_names_match_case_insensitively_unless_ambiguous():
+    from auditor.engine.predictions import class_index
+    from auditor.errors import SpecError
+    from auditor.spec.binding import Where
+
+    where = Where(Path("audit_x.yaml"), 7, "rules[0].on.class")
+    classes = ("T-shirt/top", "Shirt", "Coat")
+    assert class_index("shirt", classes, where) == 1 and class_index("SHIRT", classes, where) == 1
+    assert class_index("Shirt", classes, where) == 1 and class_index(2, classes, where) == 2
+    with pytest.raises(SpecError) as info:
+        class_index("shrt", classes, where)
+    assert str(info.value).startswith("audit_x.yaml:7") and "did you mean 'Shirt'" in str(info.value)
+    with pytest.raises(SpecError):
+        class_index("cat", ("Cat", "CAT"), where)                          # two classes fold to 'cat'
