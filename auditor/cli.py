@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from auditor.report import baseline_lines, failure_table, summary_table, write_report
+    from auditor.report import baseline_lines, failure_table, summary_table, write_report, write_step_summary
     from auditor.session import FAILED, AuditSession
     from auditor.spec import load_spec
 
@@ -75,9 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     baseline = session.finish()
     if baseline is not None:
         print(f"\nbaseline written: {baseline}")
+    index = None
     if args.report is not None:
         index = write_report(args.report, session, outcomes, args.max_panels)
         print(f"\nreport: {index} (results: {index.with_name('results.json')})")
+    write_step_summary(session, outcomes, index)
     return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
 
 

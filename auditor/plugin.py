@@ -194,20 +194,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         written = audit.finish()
         if written is not None:
             session.config.stash[BASELINES].append(written)
-    if not report_dir or not sessions:
+    if not sessions:
         return
-    from auditor.report import write_report
+    from auditor.report import write_report, write_step_summary
 
     for audit in sessions:
-        index = write_report(report_folder(session.config, audit), audit, audit.outcomes.values(),
-                             session.config.option.audit_max_panels, panels=audit.panels)
-        session.config.stash[REPORTS].append(index)
+        index = None
+        if report_dir:
+            index = write_report(report_folder(session.config, audit), audit, audit.outcomes.values(),
+                                 session.config.option.audit_max_panels, panels=audit.panels)
+            session.config.stash[REPORTS].append(index)
+        write_step_summary(audit, audit.outcomes.values(), index)
 
 
 def report_folder(config: pytest.Config, audit: Any) -> Path:
-    """`--audit-report DIR` itself for one audit file; `DIR/<audit name>` for several."""
+    """`--audit-report DIR` itself for one audit file; `DIR/<file stem>` for several: one
+    folder per audit file, so two audits with the same `audit:` name never share one."""
     root = Path(config.option.audit_report)
-    return root if len(config.stash[SESSIONS]) == 1 else root / audit.spec.name
+    return root if len(config.stash[SESSIONS]) == 1 else root / audit.spec.path.stem
 
 
 @pytest.hookimpl(hookwrapper=True)

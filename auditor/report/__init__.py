@@ -1,7 +1,8 @@
 """Reports of audit outcomes: terminal tables, `results.json`, PNG panels and `index.html`."""
 
-from auditor.report.directory import write_report
+from auditor.report.directory import write_report, write_step_summary
 from auditor.report.results import SCHEMA, results_document, write_results
 from auditor.report.terminal import baseline_lines, failure_table, summary_table
 
-__all__ = ["SCHEMA", "baseline_lines", "failure_table", "results_document", "summary_table", "write_report", "write_results"]
+__all__ = ["SCHEMA", "baseline_lines", "failure_table", "results_document", "summary_table", "write_report", "write_results",
+           "write_step_summary"]

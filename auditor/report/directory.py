@@ -1,6 +1,7 @@
-"""Write a report directory: evidence PNGs, `results.json` and `index.html` (and the GitHub
-step summary when `$GITHUB_STEP_SUMMARY` is set). Each file is written atomically, the index
-last, so a crashed run never leaves a half-written report behind."""
+"""Write a report directory: evidence PNGs, `results.json` and `index.html`. Each file is
+written atomically, the index last, so a crashed run never leaves a half-written report
+behind. The GitHub step summary is written whenever `$GITHUB_STEP_SUMMARY` is set, with or
+without a report directory."""
 
 from __future__ import annotations
 
@@ -36,8 +37,14 @@ def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_pan
     write_results(folder, document)
     index = folder / "index.html"
     write_report_file(index, render_index(document, panels, folder))
-    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary_file:
-        with open(summary_file, "a", encoding="utf-8") as handle:
-            handle.write(markdown_summary(document, index))
     return index
+
+
+def write_step_summary(session, outcomes: Iterable[RuleOutcome], index: Path | None = None) -> Path | None:
+    """Append the audit's table to `$GITHUB_STEP_SUMMARY` when it is set (CI); the file, or None."""
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not summary_file:
+        return None
+    with open(summary_file, "a", encoding="utf-8") as handle:
+        handle.write(markdown_summary(results_document(session.spec, list(outcomes)), index))
+    return Path(summary_file)
