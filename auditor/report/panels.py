@@ -10,6 +10,8 @@ Images are upscaled with scikit-image (nearest neighbour) and captioned with Pil
 
 from __future__ import annotations
 
+import textwrap
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +25,16 @@ from auditor.checks.base import Evidence, Finding
 from auditor.checks.windows import region_mask
 from auditor.report.results import write_report_file
 
-TILE = 112
-CAPTION = 28
+TILE = 144
+LINE = 12                # caption line height (Pillow's default bitmap font)
+CAPTION_LINES = 4        # every caption is wrapped to the tile's width, never cut
+CHARS = TILE // 6        # characters of the default font that fit one tile
 BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One captioned picture in a panel: RGB uint8 `(H, W, 3)` and up to two caption lines."""
+    """One captioned picture in a panel: RGB uint8 `(H, W, 3)` and its caption lines (wrapped)."""
 
     rgb: np.ndarray
     caption: tuple[str, ...]
@@ -80,20 +84,30 @@ def upscale(rgb: np.ndarray, size: int = TILE) -> np.ndarray:
 def compose(tiles: list[Tile], title: str) -> Image.Image:
     """Tiles side by side, each captioned, under a title line; windows drawn as rectangles."""
     width = max(1, len(tiles)) * (TILE + 8) + 8
-    canvas = Image.new("RGB", (width, TILE + 2 * CAPTION + 16), BACKGROUND)
+    captions = [wrap_caption(tile.caption) for tile in tiles]
+    height = LINE * max((len(c) for c in captions), default=1)
+    canvas = Image.new("RGB", (width, TILE + height + 28), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 4), title, fill=(0, 0, 0))
-    for n, tile in enumerate(tiles):
-        x, y = 8 + n * (TILE + 8), 18 + CAPTION
+    for n, (tile, lines) in enumerate(zip(tiles, captions)):
+        x, y = 8 + n * (TILE + 8), 22 + height
         canvas.paste(Image.fromarray(upscale(tile.rgb)), (x, y))
-        for line, text in enumerate(tile.caption[:2]):
-            draw.text((x, 18 + line * 12), text[:22], fill=(0, 0, 0))
+        for line, text in enumerate(lines):
+            draw.text((x, 18 + line * LINE), text, fill=(0, 0, 0))
         if tile.window is not None:
             row, col, side = tile.window
             scale = TILE / tile.rgb.shape[0]
             box = (x + col * scale, y + row * scale, x + (col + side) * scale - 1, y + (row + side) * scale - 1)
             draw.rectangle(box, outline=(0, 220, 255), width=2)
     return canvas
+
+
+def wrap_caption(caption: tuple[str, ...]) -> list[str]:
+    """The caption's lines wrapped to the tile width (at most `CAPTION_LINES`; a longer one ends in ...)."""
+    lines = [part for text in caption for part in (textwrap.wrap(text, CHARS, break_on_hyphens=False) or [""])]
+    if len(lines) > CAPTION_LINES:
+        lines = lines[:CAPTION_LINES - 1] + [lines[CAPTION_LINES - 1][:CHARS - 3] + "..."]
+    return lines
 
 
 def evidence_panel(engine: Any, finding: Finding, n_related: int = 4) -> Image.Image:

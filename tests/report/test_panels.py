@@ -90,3 +90,14 @@ def test_a_carriers_own_map_is_not_captioned_as_measured_for_a_test_example():
     tiles = evidence_tiles(engine, Finding(5, 7.5, kind="train", evidence=evidence))
     assert [t.caption[0] for t in tiles] == ["train #5 value 7.5", "occlusion (gradient) map", "test #1", "test #3"]
     assert tiles[1].window == (0, 0, 2)
+
+
+def test_captions_are_wrapped_to_the_tile_never_cut():
+    from auditor.report.panels import CAPTION_LINES, CHARS, wrap_caption
+
+    caption = ("occlusion (input_x_gradient)", "Ankle_boot -> Ankle_boot", "Grad-Cos 0.825")
+    lines = wrap_caption(caption)
+    assert all(len(line) <= CHARS for line in lines)
+    assert "".join(lines).replace(" ", "") == "".join(caption).replace(" ", "")      # nothing lost
+    long = wrap_caption(("x" * (CHARS * (CAPTION_LINES + 2)),))
+    assert len(long) == CAPTION_LINES and long[-1].endswith("...")
