@@ -61,6 +61,7 @@ def load_target(spec: AuditSpec) -> Target:
     where = {"train": spec.data.train.where, "test": spec.data.test.where}
     _check_example(train, where["train"])
     _check_example(test, where["test"])
+    _check_same_classes(train, test, where["test"])
     classes = _class_names(spec, train, test, model)
     model = model.to(device).eval()
     _check_output_width(model, test, classes, spec, device)
@@ -288,6 +289,21 @@ def _check_example(dataset: Dataset, where: Where) -> None:
     elif isinstance(label, bool) or not isinstance(label, int):
         raise _error(where, f"labels must be integer class indices, got {type(label).__name__}",
                      "return an int label")
+
+
+def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
+    """Labels are indices into each dataset's class list: lists that differ (a renamed or
+    missing class folder) would shift the test labels silently."""
+    names = [getattr(d, "classes", None) for d in (train, test)]
+    if not all(names) or list(map(str, names[0])) == list(map(str, names[1])):
+        return
+    train_names, test_names = (list(map(str, n)) for n in names)
+    only_train = [n for n in train_names if n not in test_names]
+    only_test = [n for n in test_names if n not in train_names]
+    difference = (f"only in train: {_few(only_train)}; only in test: {_few(only_test)}"
+                  if only_train or only_test else f"same names in another order: train {_few(train_names, 10)}")
+    raise _error(where, f"train and test have different class lists ({difference})",
+                 "give both the same classes (e.g. the same class folder names): labels are indices into them")
 
 
 def _class_names(spec: AuditSpec, train: Dataset, test: Dataset, model: nn.Module) -> tuple[str, ...]:

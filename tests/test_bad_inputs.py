@@ -167,6 +167,23 @@ def test_unknown_checkpoint_wrapper_lists_its_keys(tmp_path):
     assert "has no entry 'best' (top-level keys: ema, optimizer)" in missing
 
 
+@pytest.mark.parametrize(("module", "test_classes", "fragment"), [
+    ("renamed", "['Tshirt', 'c1', 'c2']", "only in train: c0; only in test: Tshirt"),
+    ("reordered", "['c1', 'c0', 'c2']", "same names in another order"),
+])
+def test_train_and_test_class_lists_must_agree(tmp_path, module, test_classes, fragment):
+    write(tmp_path / f"{module}.py", f"""
+        from fakes import images
+
+        def test_set():
+            data = images()
+            data.classes = tuple({test_classes})
+            return data
+        """)
+    message = target_error(tmp_path, test=f"{{factory: {module}:test_set}}")
+    assert "data.test" in message and "different class lists" in message and fragment in message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda(tmp_path):
     message = target_error(tmp_path, settings="{device: cuda}")

@@ -27,7 +27,8 @@ def test_image_folder_dataset_with_transform(tmp_path):
         folder.mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (10, 12), (40 * c, 10 * i, 200)).save(folder / f"{i}.png")
-    path = spec_file(tmp_path, test="{image_folder: imgs, transform: {resize: 8, grayscale: true}}")
+    folder = "{image_folder: imgs, transform: {resize: 8, grayscale: true}}"
+    path = spec_file(tmp_path, train=folder, test=folder)       # one class list on both sides
     target = load_target(load_spec(path))
     assert target.classes == ("cat", "dog", "fox") and target.test[0][0].shape == (1, 8, 8)
     assert Engine(target).predictions.labels.tolist() == [0, 0, 1, 1, 2, 2]
