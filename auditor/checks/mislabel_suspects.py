@@ -30,7 +30,8 @@ class MislabelSuspects(Check):
         p = self.params
         losses = engine.train_losses
         n = len(losses)
-        suspects = (losses >= -math.log(max(p.max_own_prob, 1e-30))).nonzero().flatten()
+        threshold = -math.log(max(p.max_own_prob, 1e-30))      # own-label probability <= max_own_prob
+        suspects = (losses >= threshold).nonzero().flatten()
         suspects = suspects[losses[suspects].argsort(descending=True, stable=True)]
         links = self._links(engine, suspects[:p.explain], indices)
         failures = [self._finding(engine, int(j), float(losses[j]), links.get(int(j))) for j in suspects.tolist()]
@@ -38,7 +39,7 @@ class MislabelSuspects(Check):
         return CheckResult("suspect share of the training set", share, p.max_share, "<=", len(indices), failures,
                            passed=share <= p.max_share,
                            extra={"suspects": len(suspects), "n_train": n, "explained": min(p.explain, len(suspects)),
-                                  "loss_threshold": -math.log(max(p.max_own_prob, 1e-30))})
+                                  "loss_threshold": threshold})
 
     def _finding(self, engine: AuditEngine, j: int, loss: float, link: dict | None) -> Finding:
         label = engine.classes[int(engine.train_labels[j])]

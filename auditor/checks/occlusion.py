@@ -15,12 +15,18 @@ def frame_median(images: torch.Tensor) -> torch.Tensor:
     return frame.median(dim=2).values
 
 
+def fill(images: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """`images (b, C, H, W)` with the `(top, left, bottom, right)` box filled by each image's frame median."""
+    top, left, bottom, right = box
+    out = images.clone()
+    out[:, :, top:bottom, left:right] = frame_median(images)[:, :, None, None]
+    return out
+
+
 def occlude(images: torch.Tensor, window: tuple[int, int, int]) -> torch.Tensor:
     """`images (b, C, H, W)` with the `(row, col, side)` window filled by each image's frame median."""
     row, col, side = window
-    out = images.clone()
-    out[:, :, row:row + side, col:col + side] = frame_median(images)[:, :, None, None]
-    return out
+    return fill(images, (row, col, row + side, col + side))
 
 
 def grown(window: tuple[int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
@@ -38,8 +44,6 @@ def flip_share(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int,
     flipped = 0
     for start in range(0, len(tests), batch):
         images = engine.test_images(tests[start:start + batch])
-        top, left, bottom, right = grown(window, *images.shape[2:])
-        out = images.clone()
-        out[:, :, top:bottom, left:right] = frame_median(images)[:, :, None, None]
-        flipped += int((engine.logits(out).argmax(1) != predicted).sum())
+        occluded = fill(images, grown(window, *images.shape[2:]))
+        flipped += int((engine.logits(occluded).argmax(1) != predicted).sum())
     return flipped / max(1, len(tests))
