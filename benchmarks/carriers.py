@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import environment, write_json
-from benchmarks.efficacy import VARIANTS, audit_session, recipe, train_model
+from benchmarks.efficacy import VARIANTS, audit_session, recall_precision, recipe, train_model
 
 RULES = ("no-patch-shortcut", "no-shortcut-carriers")   # the shortcuts pack, as shipped
 
@@ -43,11 +43,6 @@ def saliency_baseline(engine, spot: dict) -> set[int]:
         maps = engine.attribute(images, labels, "gradient").abs().sum(1)
         found.append(chunk[near(densest_window(maps, side), row, col, side)])
     return set(torch.cat(found).tolist()) if found else set()
-
-
-def scores(found: set[int], planted: set[int]) -> tuple[float, float | None]:
-    hits = len(found & planted)
-    return hits / max(1, len(planted)), (hits / len(found) if found else None)
 
 
 def run(rec: dict, work: Path, defective: bool) -> dict:
@@ -72,8 +67,8 @@ def run(rec: dict, work: Path, defective: bool) -> dict:
     square_class = rec["square"]["class"]
     spot = next((g for g in groups if g["class"] == square_class), None)
     baseline = saliency_baseline(session.engine, spot) if spot else set()
-    recall, precision = scores(found, planted)
-    base_recall, base_precision = scores(baseline, planted)
+    recall, precision = recall_precision(found, planted)
+    base_recall, base_precision = recall_precision(baseline, planted)
     return {**row, "planted": len(planted), "found": len(found), "recall": recall, "precision": precision,
             "saliency_baseline_recall": base_recall, "saliency_baseline_precision": base_precision,
             "baseline_found": len(baseline)}

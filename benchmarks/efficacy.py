@@ -73,6 +73,12 @@ def auc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def recall_precision(found: set[int], planted: set[int]) -> tuple[float, float | None]:
+    """Share of the planted set found, and share of the found set planted (None when nothing was found)."""
+    hits = len(found & planted)
+    return hits / max(1, len(planted)), (hits / len(found) if found else None)
+
+
 def recipe(seed: int, n_train: int, n_test: int, square: dict | None, defective: bool, copies: bool = False,
            epochs: int = 3) -> dict:
     out = {"n_train": n_train, "n_test": n_test, "epochs": epochs, "seed": seed}
@@ -211,8 +217,7 @@ def measure_defective(session, rec: dict, quanda_python: str | None, folder: Pat
         "shortcut_caught": outcomes["no-patch-shortcut"].status == "failed",
         "shortcut_errors": len(errors),
         "carriers_found": len(carriers),
-        "carrier_recall": len(carriers & patched) / len(patched),
-        "carrier_precision": len(carriers & patched) / len(carriers) if carriers else None,
+        **dict(zip(("carrier_recall", "carrier_precision"), recall_precision(carriers, patched))),
         "patch_hits": hits,
         "mislabel_auc": auc(relabelled, losses),
         "mislabel_recall_at_2x": sum(relabelled[j] for j in top) / int(relabelled.sum()),
