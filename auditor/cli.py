@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         if outcome.status != "passed" and outcome.failures:
             print(f"\n{outcome.status.upper()} {outcome.rule.name} "
-                  f"({outcome.rule.where.path.name}:{outcome.rule.where.line}) — {outcome.message}")
+                  f"({outcome.rule.where.label()}) — {outcome.message}")
             print(failure_table(outcome, args.max_examples))
             for line in baseline_lines(outcome, args.max_examples):
                 print(line)

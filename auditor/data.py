@@ -100,6 +100,21 @@ def limited(dataset: Dataset, limit: int | None) -> Dataset:
     return subset
 
 
+def image_path(dataset: Dataset, index: int) -> str | None:
+    """The file behind example `index`, when the dataset knows it: `paths[index]` (the way a
+    factory dataset gives its files), torchvision's `samples[index][0]` (ImageFolder), through
+    `Subset`s; None for in-memory data."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return str(paths[index])
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, (list, tuple)) and samples and isinstance(samples[0], (list, tuple)):
+        return str(samples[index][0])
+    return None
+
+
 def batches(dataset: Dataset, indices: torch.Tensor | None = None, batch_size: int = 256,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield `(images, labels, indices)` in order over `indices` (default: all)."""

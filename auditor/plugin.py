@@ -149,21 +149,10 @@ class RuleItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         from auditor.errors import AuditError
-        from auditor.report import baseline_lines, failure_table
+        from auditor.report import failure_text
 
         if isinstance(excinfo.value, RuleFailed):
-            outcome = excinfo.value.outcome
-            rule = outcome.rule
-            lines = [f"rule '{rule.name}' failed ({rule.where.path.name}:{rule.where.line})",
-                     f"  check: {rule.check}, on: {rule.selection.describe()}",
-                     f"  {outcome.message}"]
-            table = failure_table(outcome, self.config.option.audit_max_examples)
-            if table:
-                lines += ["", "failing examples:", table]
-            diff = baseline_lines(outcome, self.config.option.audit_max_examples)
-            if diff:
-                lines += ["", *diff]
-            return "\n".join(lines)
+            return failure_text(excinfo.value.outcome, self.config.option.audit_max_examples)
         if isinstance(excinfo.value, AuditError):
             return f"audit error: {excinfo.value}"
         return super().repr_failure(excinfo)

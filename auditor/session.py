@@ -5,7 +5,8 @@ first rule runs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from auditor.spec import AuditSpec, RuleSpec
 if TYPE_CHECKING:
     from auditor.checks import CheckResult
     from auditor.engine import Engine
+    from auditor.target import Target
 
 PASSED, FAILED, WARNED = "passed", "failed", "warned"
 
@@ -52,13 +54,17 @@ class AuditSession:
     """One audit: its spec, a lazily built engine, and the outcome of every rule run so far.
 
     `update_baseline` records every rule that runs into the audit's baseline file (`finish`).
+    `load` builds the target from the spec: `load_target` (the YAML's model and data) by
+    default; the Python API passes the user's own objects this way.
     """
 
-    def __init__(self, spec: AuditSpec, device: str | None = None, update_baseline: bool = False) -> None:
+    def __init__(self, spec: AuditSpec, device: str | None = None, update_baseline: bool = False,
+                 load: Callable[[AuditSpec], Target] | None = None) -> None:
         self.spec = spec.with_device(device)
         self.outcomes: dict[str, RuleOutcome] = {}
         self.panels: dict[str, list] = {}
         self.baseline = BaselineBook(spec.path, spec.name, update=update_baseline)
+        self._load = load
         self._engine = None
 
     @property
@@ -68,7 +74,7 @@ class AuditSession:
             from auditor.engine import Engine
             from auditor.target import load_target
 
-            self._engine = Engine(load_target(self.spec))
+            self._engine = Engine((self._load or load_target)(self.spec))
         return self._engine
 
     def prepare(self) -> None:
@@ -101,6 +107,7 @@ class AuditSession:
                           "an empty selection cannot pass")
         check = CHECKS.get(rule.check)(rule.params)
         result = check.evaluate(engine, indices)
+        result.failures = [with_path(f, engine) for f in result.failures]
         if result.n_selected == 0:
             return _empty(rule, result, result.extra.get("note", "the check had nothing to measure"),
                           "an empty measurement cannot pass")
@@ -113,6 +120,12 @@ class AuditSession:
         outcome = RuleOutcome(rule, PASSED if passed else _not_held(rule), result, "", baseline=diff)
         outcome.message = outcome.summary()
         return outcome
+
+
+def with_path(finding: Any, engine: Engine) -> Any:
+    """`finding` with its image's file, when the dataset knows it (ImageFolder, `paths`)."""
+    path = engine.image_path(finding.kind, finding.index)
+    return replace(finding, path=path) if path else finding
 
 
 def _not_held(rule: RuleSpec) -> str:

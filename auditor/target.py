@@ -58,13 +58,23 @@ def load_target(spec: AuditSpec) -> Target:
         model = load_model(spec.model, spec.base_dir)
         train = load_dataset(spec.data.train, spec.base_dir)
         test = load_dataset(spec.data.test, spec.base_dir)
-    where = {"train": spec.data.train.where, "test": spec.data.test.where}
+    where = {"train": spec.data.train.where, "test": spec.data.test.where, "model": spec.model.where,
+             "classes": spec.data.where}
+    return bind_target(spec, model, train, test, where, spec.data.classes, device, spec.model.num_classes)
+
+
+def bind_target(spec: AuditSpec, model: nn.Module, train: Dataset, test: Dataset, where: dict[str, Where],
+                classes: tuple[str, ...] | None = None, device: torch.device | None = None,
+                num_classes: int | None = None) -> Target:
+    """Check that a model and two datasets fit together (items, class lists, output width) and
+    hold them on the audit's device; `where` locates each part (YAML fields, or API arguments)."""
+    device = device or resolve_device(spec.settings.device, spec.settings.where)
     _check_example(train, where["train"])
     _check_example(test, where["test"])
     _check_same_classes(train, test, where["test"])
-    classes = _class_names(spec, train, test, model)
+    classes = _class_names(classes, train, test, where["classes"], num_classes)
     model = model.to(device).eval()
-    _check_output_width(model, test, classes, spec, device)
+    _check_output_width(model, test, classes, where["model"], device)
     return Target(model=model, train=train, test=test, classes=classes, device=device, spec=spec, where=where)
 
 
@@ -306,23 +316,24 @@ def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
                  "give both the same classes (e.g. the same class folder names): labels are indices into them")
 
 
-def _class_names(spec: AuditSpec, train: Dataset, test: Dataset, model: nn.Module) -> tuple[str, ...]:
-    if spec.data.classes:
-        return tuple(spec.data.classes)
+def _class_names(given: tuple[str, ...] | None, train: Dataset, test: Dataset, where: Where,
+                 count: int | None = None) -> tuple[str, ...]:
+    """`given` names, else the datasets' `classes`, else `0..count-1`."""
+    if given:
+        return tuple(given)
     for dataset in (test, train):
         names = getattr(dataset, "classes", None)
         if names:
             return tuple(str(n) for n in names)
-    if spec.model.num_classes:
-        return tuple(str(i) for i in range(spec.model.num_classes))
-    raise _error(spec.data.where, "cannot tell the class names",
-                 "add `classes: [...]` under `data:` or give the dataset a `classes` attribute")
+    if count:
+        return tuple(str(i) for i in range(count))
+    raise _error(where, "cannot tell the class names",
+                 "add `classes: [...]` under `data:` (classes= in Python) or give the dataset a `classes` attribute")
 
 
-def _check_output_width(model: nn.Module, test: Dataset, classes: tuple[str, ...], spec: AuditSpec,
+def _check_output_width(model: nn.Module, test: Dataset, classes: tuple[str, ...], where: Where,
                         device: torch.device) -> None:
     image = test[0][0].unsqueeze(0).to(device)
-    where = spec.model.where
     try:
         with torch.no_grad():
             output = model(image)

@@ -87,16 +87,21 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Finding:
-    """One failing item: a test example, a training image or a class, with its numbers and evidence."""
+    """One failing item: a test example, a training image or a class, with its numbers and evidence.
+
+    `path` is the image's file when the dataset knows it (the session fills it in).
+    """
 
     index: int
     value: float
     kind: str = "test"
     details: dict[str, Any] = field(default_factory=dict)
     evidence: Evidence | None = field(default=None, compare=False)
+    path: str | None = None
 
     def row(self) -> dict[str, Any]:
-        return {self.kind: self.index, "value": round(self.value, 6), **self.details}
+        return {self.kind: self.index, "value": round(self.value, 6), **self.details,
+                **({"file": self.path} if self.path else {})}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from functools import cached_property
 import torch
 
 from auditor.attribution.influence import Influence
+from auditor.data import image_path
 from auditor.engine.predictions import Predictions, predict, resolve
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
 from auditor.engine.tfa_cache import TfaCache, TfaResult
@@ -44,9 +45,9 @@ class Engine:
     @cached_property
     def predictions(self) -> Predictions:
         """Model outputs on the whole test set (checked for NaN/Inf and label range)."""
-        spec = self.target.spec
+        where = self.target.where
         return predict(self.target.model, self.target.test, self.device, self.settings.batch_size,
-                       len(self.classes), self.target.where.get("test"), spec.model.where)
+                       len(self.classes), where.get("test"), where.get("model"))
 
     def select(self, selection: Selection) -> torch.Tensor:
         """Sorted test indices picked by a rule's `on:`."""
@@ -104,6 +105,12 @@ class Engine:
 
     def test_images(self, indices: torch.Tensor) -> torch.Tensor:
         return self.target.test_images(indices)
+
+    def image_path(self, kind: str, index: int) -> str | None:
+        """The file of test or training image `index`, when its dataset knows it."""
+        if kind not in ("test", "train"):
+            return None
+        return image_path(self.target.test if kind == "test" else self.target.train, index)
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.target.train_batch(indices)

@@ -19,6 +19,6 @@ def located(spec: AuditSpec, field: str, section: str = "settings.attribution") 
         if exc.path is not None:
             raise
         field = exc.field or f"{section}.{field}"
-        where = spec.model.where if field.startswith("model") else spec.settings.where
+        where = spec.model.where if field.startswith("model") and spec.model else spec.settings.where
         raise type(exc)(exc.message, path=spec.path, line=where.line if where else None,
                         field=field, fix=exc.fix) from None

@@ -2,7 +2,7 @@
 
 from auditor.report.directory import write_report, write_step_summary
 from auditor.report.results import SCHEMA, results_document, write_results
-from auditor.report.terminal import baseline_lines, failure_table, summary_table
+from auditor.report.terminal import baseline_lines, failure_table, failure_text, summary_table
 
-__all__ = ["SCHEMA", "baseline_lines", "failure_table", "results_document", "summary_table", "write_report", "write_results",
+__all__ = ["SCHEMA", "baseline_lines", "failure_table", "failure_text", "results_document", "summary_table", "write_report", "write_results",
            "write_step_summary"]

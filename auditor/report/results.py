@@ -40,6 +40,7 @@ def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[s
             "n_selected": r.n_selected if r else 0,
             "n_failures": len(r.failures) if r else 0,
             "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details,
+                          **({"path": f.path} if f.path else {}),
                           **({"evidence": f.evidence.to_json()} if f.evidence is not None else {})}
                          for f in (r.failures if r else [])],
             "extra": r.extra if r else {},

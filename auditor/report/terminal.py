@@ -21,6 +21,21 @@ def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:
     return text
 
 
+def failure_text(outcome: RuleOutcome, max_examples: int = 10) -> str:
+    """A failed rule as pytest shows it: where, what, the failing examples, the baseline diff."""
+    rule = outcome.rule
+    lines = [f"rule '{rule.name}' {outcome.status} ({rule.where.label()})",
+             f"  check: {rule.check}, on: {rule.selection.describe()}",
+             f"  {outcome.message}"]
+    table = failure_table(outcome, max_examples)
+    if table:
+        lines += ["", "failing examples:", table]
+    diff = baseline_lines(outcome, max_examples)
+    if diff:
+        lines += ["", *diff]
+    return "\n".join(lines)
+
+
 def baseline_lines(outcome: RuleOutcome, max_items: int = 10) -> list[str]:
     """The rule's diff against its baseline: new and fixed failures (first `max_items` of each)."""
     diff = outcome.baseline

@@ -6,9 +6,9 @@
 """
 
 from auditor.spec.audit import (AttributionSettings, AuditSpec, BaselinePolicy, DatasetSpec, ModelSpec, RuleSpec,
-                                 Settings, builtin_packs, load_spec, parse_rule)
+                                 Settings, builtin_packs, load_spec, parse_rule, python_spec)
 from auditor.spec.binding import Where
 from auditor.spec.selection import Selection
 
 __all__ = ["AttributionSettings", "AuditSpec", "BaselinePolicy", "DatasetSpec", "ModelSpec", "RuleSpec", "Selection",
-           "Settings", "Where", "builtin_packs", "load_spec", "parse_rule"]
+           "Settings", "Where", "builtin_packs", "load_spec", "parse_rule", "python_spec"]

@@ -178,10 +178,13 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class AuditSpec:
+    """A validated audit. `model` and `data` are None when they are Python objects given to
+    `auditor.audit`; `path` is then a label (`NAME.audit` in the working directory)."""
+
     name: str
     path: Path
-    model: ModelSpec
-    data: DataSpec
+    model: ModelSpec | None
+    data: DataSpec | None
     settings: Settings
     rules: tuple[RuleSpec, ...]
 
@@ -222,6 +225,35 @@ def load_spec(path: str | Path) -> AuditSpec:
     rules = _collect_rules(doc, path, settings, stack=(path,), seen=set())
     _check_unique_names(rules)
     return AuditSpec(name=name, path=path, model=model, data=data, settings=settings, rules=tuple(rules))
+
+
+def python_spec(name: str, rules: Any, settings: Any = None) -> AuditSpec:
+    """The audit of `auditor.audit(...)`: its rules and settings validated exactly as a YAML
+    file's, located by their place in the arguments (`NAME.audit: rules[0].min_acuracy`).
+
+    `rules` is a built-in pack's name, a rules file's path, one rule mapping, or a list of these.
+    """
+    path = Path(f"{name}.audit")
+    top = Where(path, None, "")
+    settings = build(Settings, settings, top.child("settings"))
+    entries = list(rules) if isinstance(rules, (list, tuple)) else [rules]
+    collected: list[RuleSpec] = []
+    seen: set[Path] = set()
+    for i, entry in enumerate(entries):
+        here = top.child("rules").child(i) if isinstance(rules, (list, tuple)) else top.child("rules")
+        if isinstance(entry, (str, Path)):
+            entry = {"pack": str(entry)} if str(entry) in builtin_packs() else str(entry)
+        if isinstance(entry, str) or (isinstance(entry, dict) and "pack" in entry):
+            collected += _included_rules(entry, here, Path("."), settings, (path,), seen)
+        elif isinstance(entry, dict):
+            collected.append(parse_rule(entry, here, settings))
+        else:
+            raise here.error(f"expected a pack name, a rules file or a rule mapping, got {entry!r}",
+                             fix="e.g. rules='shortcuts' or rules=[{'name': ..., 'check': ...}]")
+    if not collected:
+        raise top.child("rules").error("no rules given", fix="name a pack (rules='shortcuts') or give rule mappings")
+    _check_unique_names(collected)
+    return AuditSpec(name=name, path=path, model=None, data=None, settings=settings, rules=tuple(collected))
 
 
 def _document(path: Path) -> LocatedDict:
@@ -268,19 +300,7 @@ def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tupl
         raise inc_where.error("expected a list of rule packs", fix="write `include: [{pack: shortcuts}, my_rules.yaml]`")
     for i, entry in enumerate(includes):
         here = inc_where.child(i, includes.line_of(i) if isinstance(includes, LocatedList) else None)
-        target, pack_override = _resolve_include(entry, path.parent, here)
-        if target in stack:
-            chain = " -> ".join(p.name for p in (*stack, target))
-            raise here.error(f"include cycle: {chain}", fix="remove one of the includes")
-        if target in seen:
-            continue
-        seen.add(target)
-        pack = _document(target)
-        pack_where = Where(target, pack.line, "")
-        for key in pack:
-            if key not in PACK_KEYS:
-                raise unknown_key_error(key, PACK_KEYS, pack_where.child(key, pack.line_of(key)))
-        rules += _collect_rules(pack, target, settings, (*stack, target), seen, pack_override)
+        rules += _included_rules(entry, here, path.parent, settings, stack, seen)
     raw_rules = doc.get("rules") or []
     rules_where = top.child("rules", doc.line_of("rules"))
     if not isinstance(raw_rules, list):
@@ -294,6 +314,24 @@ def _collect_rules(doc: LocatedDict, path: Path, settings: Settings, stack: tupl
     if override is not None:
         override.check_used([rule.name for rule in rules])
     return rules
+
+
+def _included_rules(entry: Any, here: Where, base: Path, settings: Settings, stack: tuple[Path, ...],
+                    seen: set[Path]) -> list[RuleSpec]:
+    """The rules of one include entry (a pack or a rules file), none if it was included before."""
+    target, pack_override = _resolve_include(entry, base, here)
+    if target in stack:
+        chain = " -> ".join(p.name for p in (*stack, target))
+        raise here.error(f"include cycle: {chain}", fix="remove one of the includes")
+    if target in seen:
+        return []
+    seen.add(target)
+    pack = _document(target)
+    pack_where = Where(target, pack.line, "")
+    for key in pack:
+        if key not in PACK_KEYS:
+            raise unknown_key_error(key, PACK_KEYS, pack_where.child(key, pack.line_of(key)))
+    return _collect_rules(pack, target, settings, (*stack, target), seen, pack_override)
 
 
 @dataclass(frozen=True)
@@ -417,6 +455,6 @@ def _check_unique_names(rules: list[RuleSpec]) -> None:
     for rule in rules:
         if rule.name in first:
             other = first[rule.name].where
-            raise rule.where.error(f"duplicate rule name '{rule.name}' (also at {other.path.name}:{other.line})",
+            raise rule.where.error(f"duplicate rule name '{rule.name}' (also at {other.label()})",
                                    fix="give each rule a unique name")
         first[rule.name] = rule

@@ -28,9 +28,13 @@ class Where:
     """
 
     path: Path
-    line: int
+    line: int | None          # None for values given in Python (`auditor.audit`)
     field: str
     lines: typing.Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def label(self) -> str:
+        """`file:line`, or the file alone when there is no line."""
+        return self.path.name if self.line is None else f"{self.path.name}:{self.line}"
 
     def child(self, name: str | int, line: int | None = None) -> Where:
         joined = f"{self.field}[{name}]" if isinstance(name, int) else (
