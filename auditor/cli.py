@@ -52,12 +52,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from auditor.files import check_writable
     from auditor.report import baseline_lines, failure_table, summary_table, write_report, write_step_summary
     from auditor.session import FAILED, AuditSession
     from auditor.spec import load_spec
 
     session = AuditSession(load_spec(args.audit), device=args.device, update_baseline=args.update_baseline)
+    if args.report is not None:
+        check_writable(args.report, "--report")
     print(f"audit '{session.spec.name}': {len(session.spec.rules)} rules ({session.spec.path})")
+    session.prepare()
     outcomes = []
     for rule in session.spec.rules:
         outcome = session.run_rule(rule)

@@ -27,3 +27,20 @@ def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(folder: Path | str, option: str) -> Path:
+    """Create `folder` and write a probe file in it now, so that an unwritable report folder is
+    an error before any computation, not after all of it; `option` names the setting to change."""
+    from auditor.errors import AuditError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AuditError(f"cannot write the report directory '{folder}': {exc.strerror or exc}",
+                         field="report", fix=f"choose a writable directory with {option}") from None
+    return folder

@@ -47,6 +47,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.audit_report:
+        from auditor.errors import AuditError
+        from auditor.files import check_writable
+
+        try:
+            check_writable(config.option.audit_report, "--audit-report")
+        except AuditError as error:
+            raise pytest.UsageError(str(error)) from None
     config.stash[SESSIONS] = {}
     config.stash[REPORTS] = []
     config.stash[BASELINES] = []

@@ -79,7 +79,15 @@ class AuditSession:
 
     def prepare(self) -> None:
         """Load the model and data and predict the test set: where model and data errors surface
-        (raised as `AuditError`), before any rule runs."""
+        (raised as `AuditError`), before any rule runs; and what the data's size decides about
+        the rules (a `k` above the training-set size), before anything expensive."""
+        n_train = len(self.engine.target.train)
+        for rule in self.spec.rules:
+            k = rule.params.proponents_needed()
+            if k > n_train:
+                raise rule.where.child("k").error(
+                    f"k={k} proponents per example, but the training set has {n_train} images",
+                    fix=f"use k of at most {n_train} (or audit the full training set)")
         _ = self.engine.predictions
 
     def run_rule(self, rule: RuleSpec) -> RuleOutcome:

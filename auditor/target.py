@@ -71,6 +71,7 @@ def bind_target(spec: AuditSpec, model: nn.Module, train: Dataset, test: Dataset
     device = device or resolve_device(spec.settings.device, spec.settings.where)
     _check_example(train, where["train"])
     _check_example(test, where["test"])
+    _check_same_shape(train, test, where["test"])
     _check_same_classes(train, test, where["test"])
     classes = _class_names(classes, train, test, where["classes"], num_classes)
     model = model.to(device).eval()
@@ -301,6 +302,20 @@ def _check_example(dataset: Dataset, where: Where) -> None:
                      "return an int label")
 
 
+def _check_same_shape(train: Dataset, test: Dataset, where: Where) -> None:
+    """Training and test images must have one shape: a model with adaptive pooling accepts
+    both, but attributions (and the shortcut a model learned) would not be comparable."""
+    shapes = [tuple(d[0][0].shape) for d in (train, test)]
+    if shapes[0] == shapes[1]:
+        return
+    (c1, h1, w1), (c2, h2, w2) = shapes
+    what = (f"{c2} channels but the training images {c1}" if c1 != c2
+            else f"size {h2}×{w2} but the training images {h1}×{w1}")
+    fix = ("convert both alike (e.g. `transform: {grayscale: true}`, or `channels:` of fashion_mnist)" if c1 != c2
+           else "resize both alike (e.g. `transform: {resize: N}`)")
+    raise _error(where, f"the test images have {what}", fix)
+
+
 def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
     """Labels are indices into each dataset's class list: lists that differ (a renamed or
     missing class folder) would shift the test labels silently."""
@@ -333,6 +348,7 @@ def _class_names(given: tuple[str, ...] | None, train: Dataset, test: Dataset, w
 
 def _check_output_width(model: nn.Module, test: Dataset, classes: tuple[str, ...], where: Where,
                         device: torch.device) -> None:
+    """Probe the model with one test image: it must run and return (1, classes) logits."""
     image = test[0][0].unsqueeze(0).to(device)
     try:
         with torch.no_grad():

@@ -106,6 +106,10 @@ CASES = {
                                     ["model.checkpoint", "is not a state dict"]),
     "unknown-arch": ({"model": "{arch: torchvision.models.resnet19, num_classes: 3}"}, 2,
                      ["torchvision has no model 'resnet19'", "resnet18"]),
+    "channels-differ": ({"test": "{factory: fakes:images, kwargs: {channels: 3}}"}, 5,
+                        ["data.test", "the test images have 3 channels but the training images 1", "grayscale"]),
+    "sizes-differ": ({"test": "{factory: fakes:images, kwargs: {size: 16}}", "model": "{factory: fakes:pooled}"}, 5,
+                     ["data.test", "the test images have size 16×16 but the training images 8×8", "resize"]),
 }
 
 
@@ -297,9 +301,28 @@ def test_unwritable_report_directory(tmp_path, capsys):
                            "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.0}\n")
     (tmp_path / "taken").write_text("a file where the report folder should go")
     assert main(["run", str(path), "--report", str(tmp_path / "taken" / "report")]) == 2
-    error = capsys.readouterr().err
+    out, error = capsys.readouterr()
     assert "report: cannot write the report directory" in error and "Not a directory" in error
-    assert "fix: choose a writable directory with --report / --audit-report" in error
+    assert "fix: choose a writable directory with --report" in error
+    assert out == "" and not (tmp_path / "cache").exists()          # before loading or computing anything
+
+
+def test_unwritable_report_directory_stops_pytest_before_collection(pytester, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    result = pytester.runpytest("--audit-report", str(tmp_path / "taken" / "r"), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "cannot write the report directory" in result.stderr.str() and "--audit-report" in result.stderr.str()
+
+
+def test_k_above_the_training_set_size_stops_before_featurizing(tmp_path, capsys):
+    path = audit(tmp_path, "settings: {device: cpu, cache_dir: cache}\nrules:\n"
+                           "  - {name: x, check: accuracy, min_accuracy: 0.0}\n"
+                           "  - {name: dom, check: influence_dominance, max_top1_share: 0.9, k: 5}\n",
+                 head=HEAD.replace("train: {factory: fakes:images}", "train: {factory: fakes:images, limit: 3}"))
+    assert main(["run", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}:9: rules[dom].k: k=5 proponents per example, but the training set has 3 images" in error
+    assert "fix: use k of at most 3" in error and not (tmp_path / "cache").exists()
 
 
 def test_corrupt_baseline_file_stops_the_run(tmp_path, capsys):

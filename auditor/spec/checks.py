@@ -39,6 +39,10 @@ class Params:
     def against(self, settings: Any, where: Where) -> None:
         """Check parameters against the audit's settings (default: nothing to check)."""
 
+    def proponents_needed(self) -> int:
+        """Training images ranked per test example (`k`); checked against the training set's size."""
+        return 0
+
 
 def require_top_k(k: int, settings: Any, where: Where) -> None:
     """`k` proponents per example cannot exceed the `top_k` the engine keeps."""
@@ -54,6 +58,9 @@ class UsesInfluence(Params):
     def against(self, settings: Any, where: Where) -> None:
         require_top_k(self.k, settings, where.child("k"))
 
+    def proponents_needed(self) -> int:
+        return self.k
+
 
 class UsesMaps(Params):
     """Parameters of checks that measure attribution maps from a `source` (and `method`)."""
@@ -67,6 +74,9 @@ class UsesMaps(Params):
     def against(self, settings: Any, where: Where) -> None:
         if self.source == "tfa":
             require_top_k(self.k, settings, where.child("k"))
+
+    def proponents_needed(self) -> int:
+        return self.k if self.source == "tfa" else 0
 
 
 @check_kind("accuracy", per_example=False, description="share of correct predictions")
