@@ -97,12 +97,12 @@ class AuditResult:
 
     def write_report(self, folder: str | Path, max_panels: int = 8) -> Path:
         """Write `index.html`, `results.json` and the panels under `folder`; return `index.html`."""
-        from auditor.report import write_report, write_step_summary
+        from auditor.report import results_document, write_report, write_step_summary
 
         with held(self.model):
             self.model.eval().to(self.session.engine.device)
             index = write_report(Path(folder), self.session, self.session.outcomes.values(), max_panels)
-        write_step_summary(self.session, self.session.outcomes.values(), index)
+        write_step_summary(results_document(self.session.spec, self.session.outcomes.values()), index)
         return index
 
     def __repr__(self) -> str:

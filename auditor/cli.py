@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from auditor.files import check_writable
-    from auditor.report import baseline_lines, failure_table, summary_table, write_report, write_step_summary
+    from auditor.report import (baseline_lines, failure_table, results_document, summary_table, write_report,
+                                write_step_summary)
     from auditor.session import FAILED, AuditSession
     from auditor.spec import load_spec
 
@@ -63,16 +64,25 @@ def _run(args: argparse.Namespace) -> int:
     print(f"audit '{session.spec.name}': {len(session.spec.rules)} rules ({session.spec.path})")
     session.prepare()
     outcomes = []
-    for rule in session.spec.rules:
-        outcome = session.run_rule(rule)
-        outcomes.append(outcome)
-        print(f"  {outcome.status.upper():7s} {rule.name}: {outcome.message}")
+    try:
+        for rule in session.spec.rules:
+            outcome = session.run_rule(rule)
+            outcomes.append(outcome)
+            print(f"  {outcome.status.upper():7s} {rule.name}: {outcome.message}")
+    except BaseException:
+        if args.report is not None and outcomes:      # the rules that finished are not lost
+            index = write_report(args.report, session, outcomes, args.max_panels)
+            print(f"\nstopped at rule '{rule.name}'; the {len(outcomes)} rules before it: {index}", file=sys.stderr)
+        raise
     print()
-    print(summary_table(outcomes))
-    for outcome in outcomes:
+    document = results_document(session.spec, outcomes)
+    print(summary_table(document["rules"]))
+    for outcome, entry in zip(outcomes, document["rules"]):
         if outcome.status != "passed" and outcome.failures:
             print(f"\n{outcome.status.upper()} {outcome.rule.name} "
                   f"({outcome.rule.where.label()}) — {outcome.message}")
+            if entry["advice"]:
+                print(f"  {entry['advice']}")
             print(failure_table(outcome, args.max_examples))
             for line in baseline_lines(outcome, args.max_examples):
                 print(line)
@@ -83,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.report is not None:
         index = write_report(args.report, session, outcomes, args.max_panels)
         print(f"\nreport: {index} (results: {index.with_name('results.json')})")
-    write_step_summary(session, outcomes, index)
+    write_step_summary(document, index)
     return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
 
 

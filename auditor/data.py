@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from auditor.files import atomic_write
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -71,11 +73,9 @@ def fashion_mnist_root(root: str | Path | None = None) -> Path:
         out = target / name
         if out.is_file():
             continue
-        tmp = out.with_suffix(".part")
         packed = source / f"{name}.gz"
-        with (gzip.open(packed) if packed.is_file() else open(source / name, "rb")) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(out)
+        with gzip.open(packed) if packed.is_file() else open(source / name, "rb") as src:
+            atomic_write(out, lambda dst: shutil.copyfileobj(src, dst))    # processes may unpack at once (xdist)
     return target.parent.parent
 
 

@@ -7,6 +7,7 @@ torch is imported only when an audit file is collected.
 from __future__ import annotations
 
 import re
+import tempfile
 
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ SESSIONS = pytest.StashKey[dict]()
 REPORTS = pytest.StashKey[list]()
 BASELINES = pytest.StashKey[list]()
 LOAD_ERRORS = pytest.StashKey[dict]()      # audit file → the rule whose setup reported its load error
+RESULTS = pytest.StashKey[dict]()          # audit file → {"audit", "folder", "rules": [entry...]}, from reports
 
 
 class AuditWarning(UserWarning):
@@ -55,7 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
             check_writable(config.option.audit_report, "--audit-report")
         except AuditError as error:
             raise pytest.UsageError(str(error)) from None
+    if config.option.audit_update_baseline and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--audit-update-baseline writes one file per audit: run it without -n")
     config.stash[SESSIONS] = {}
+    config.stash[RESULTS] = {}
+    config.pluginmanager.register(ResultGatherer(config), "auditor-results")
     config.stash[REPORTS] = []
     config.stash[BASELINES] = []
     config.stash[LOAD_ERRORS] = {}
@@ -130,6 +136,8 @@ class RuleItem(pytest.Item):
         pytest.fail(message, pytrace=False)
 
     def runtest(self) -> None:
+        from auditor.report import rule_entry
+
         outcome = self.audit.run_rule(self.rule)
         self.user_properties.append(("audit_status", outcome.status))
         if outcome.result is not None:
@@ -137,8 +145,14 @@ class RuleItem(pytest.Item):
             self.user_properties += [("audit_metric", r.metric), ("audit_value", r.value),
                                      ("audit_threshold", r.threshold), ("audit_n_selected", r.n_selected),
                                      ("audit_n_failures", len(r.failures))]
-        if outcome.status != "passed" and outcome.failures and self.config.option.audit_report:
-            self._attach_panels(outcome)
+        panels = []
+        if outcome.status != "passed" and outcome.failures and (self.config.option.audit_report or _html(self.config)):
+            panels = self._write_panels(outcome)
+        # What the report needs from this item, as plain values: it travels on the test report
+        # (to the pytest-xdist controller too), which writes index.html from all items.
+        self.audit_result = {"audit": self.audit.spec.name, "file": str(self.path), "order": self.audit_order,
+                             "folder": str(report_folder(self.config, self.audit)) if self.config.option.audit_report
+                             else None, "entry": rule_entry(outcome), "panels": [str(p) for p in panels]}
         if outcome.status == "failed":
             raise RuleFailed(outcome)
         if outcome.status == "warned":
@@ -146,14 +160,22 @@ class RuleItem(pytest.Item):
                 AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),
                 AuditWarning, filename=str(self.rule.where.path), lineno=self.rule.where.line)
 
-    def _attach_panels(self, outcome: Any) -> None:
-        """Write the rule's evidence PNGs now, so the item (and pytest-html) can show them."""
+    @property
+    def audit_order(self) -> int:
+        return self.audit.spec.rules.index(self.rule)
+
+    def _write_panels(self, outcome: Any) -> list[Path]:
+        """Write the rule's evidence PNGs now, so the item (and pytest-html) can show them: in the
+        report folder, or a temporary one when only pytest-html asked for them."""
         from auditor.report.panels import write_panels
 
-        folder = report_folder(self.config, self.audit) / "panels"
+        if self.config.option.audit_report:
+            folder = report_folder(self.config, self.audit) / "panels"
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="audit-panels-"))
         paths = write_panels(self.audit.engine, outcome, folder, self.config.option.audit_max_panels)
-        self.audit.panels[self.rule.name] = paths
         self.user_properties.append(("audit_panels", [str(p) for p in paths]))
+        return paths
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         from auditor.errors import AuditError
@@ -169,15 +191,30 @@ class RuleItem(pytest.Item):
         return self.path, self.rule.where.line - 1, f"audit rule: {self.rule.name}"
 
 
+class ResultGatherer:
+    """Gathers each rule's result from its test report: in this process, or from xdist workers."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = getattr(report, "audit_result", None)
+        if report.when != "call" or not result:
+            return
+        audits = self.config.stash[RESULTS]
+        audit = audits.setdefault(result["file"], {"audit": result["audit"], "folder": result["folder"], "rules": []})
+        audit["rules"].append(result)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    sessions = [s for s in config.stash.get(SESSIONS, {}).values() if s.outcomes]
-    if not sessions:
+    audits = config.stash.get(RESULTS, {})
+    if not audits:
         return
     from auditor.report import summary_table
 
-    for session in sessions:
-        terminalreporter.section(f"audit {session.spec.name}")
-        terminalreporter.write_line(summary_table(session.outcomes.values()))
+    for audit in audits.values():
+        terminalreporter.section(f"audit {audit['audit']}")
+        terminalreporter.write_line(summary_table(r["entry"] for r in _ordered(audit)))
     for index in config.stash.get(REPORTS, []):
         terminalreporter.write_line(f"audit report: {index}")
     for baseline in config.stash.get(BASELINES, []):
@@ -185,23 +222,34 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    report_dir = session.config.option.audit_report
-    sessions = [s for s in session.config.stash.get(SESSIONS, {}).values() if s.outcomes]
-    for audit in sessions:
+    config = session.config
+    for audit in [s for s in config.stash.get(SESSIONS, {}).values() if s.outcomes]:
         written = audit.finish()
         if written is not None:
-            session.config.stash[BASELINES].append(written)
-    if not sessions:
-        return
-    from auditor.report import write_report, write_step_summary
+            config.stash[BASELINES].append(written)
+    if hasattr(config, "workerinput") or not config.stash.get(RESULTS, {}):
+        return          # an xdist worker: its results travel to the controller, which writes the report
+    from auditor.report import audit_document, render_report, write_step_summary
 
-    for audit in sessions:
+    for file, audit in config.stash[RESULTS].items():
+        rules = _ordered(audit)
+        document = audit_document(audit["audit"], file, [r["entry"] for r in rules])
         index = None
-        if report_dir:
-            index = write_report(report_folder(session.config, audit), audit, audit.outcomes.values(),
-                                 session.config.option.audit_max_panels, panels=audit.panels)
-            session.config.stash[REPORTS].append(index)
-        write_step_summary(audit, audit.outcomes.values(), index)
+        if audit["folder"]:
+            index = render_report(Path(audit["folder"]), document,
+                                  {r["entry"]["name"]: [Path(p) for p in r["panels"]] for r in rules})
+            config.stash[REPORTS].append(index)
+        write_step_summary(document, index)
+
+
+def _ordered(audit: dict) -> list[dict]:
+    """An audit's rule results in the order of its file (xdist workers finish in any order)."""
+    return sorted(audit["rules"], key=lambda r: r["order"])
+
+
+def _html(config: pytest.Config) -> bool:
+    """True when pytest-html writes a report in this run."""
+    return bool(getattr(config.option, "htmlpath", None))
 
 
 def report_folder(config: pytest.Config, audit: Any) -> Path:
@@ -213,16 +261,17 @@ def report_folder(config: pytest.Config, audit: Any) -> Path:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Attach a failing rule's panels to its report as pytest-html extras, when that plugin is present."""
+    """Put the rule's result on its report, and its panels as pytest-html extras (inlined PNGs)."""
     outcome = yield
-    if call.when != "call" or not isinstance(item, RuleItem):
-        return
-    paths = item.audit.panels.get(item.rule.name)
-    if not paths:
-        return
-    try:
-        from pytest_html import extras
-    except ImportError:
+    if call.when != "call" or not isinstance(item, RuleItem) or not hasattr(item, "audit_result"):
         return
     report = outcome.get_result()
-    report.extras = getattr(report, "extras", []) + [extras.png(str(p)) for p in paths]
+    report.audit_result = item.audit_result
+    if item.audit_result["panels"] and _html(item.config):
+        import base64
+
+        from pytest_html import extras
+
+        report.extras = getattr(report, "extras", []) + [
+            extras.png(base64.b64encode(Path(p).read_bytes()).decode("ascii"), name=Path(p).name)
+            for p in item.audit_result["panels"]]

@@ -94,3 +94,49 @@ def test_both_file_patterns_are_collected(pytester, fashion_audit, name):
     path = fashion_audit(RULES, name=name)
     items, _ = pytester.inline_genitems(str(path))
     assert len(items) == 3
+
+
+XDIST_RULES = """
+rules:
+  - {name: accurate-enough, check: accuracy, min_accuracy: 0.3}
+  - {name: no-border, check: region_mass, region: border, max_mass: 0.05, source: saliency, mostly: 0.99}
+  - {name: agreement, check: proponent_label_agreement, min_agreement: 0.0, k: 3}
+  - {name: no-dominance, check: influence_dominance, max_top1_share: 0.2, k: 3, mostly: 0.99}
+"""
+
+
+def test_xdist_workers_share_the_cache_and_write_one_complete_report(pytester, fashion_audit, tmp_path):
+    pytest.importorskip("xdist")
+    path = fashion_audit(XDIST_RULES, test_limit=100)
+    report = tmp_path / "report"
+    result = pytester.runpytest_subprocess(str(path), "-n", "2", "-p", "no:cacheprovider", f"--audit-report={report}")
+    result.assert_outcomes(passed=2, failed=2)
+    document = json.loads((report / "results.json").read_text())
+    assert [r["name"] for r in document["rules"]] == ["accurate-enough", "no-border", "agreement", "no-dominance"]
+    assert [r["status"] for r in document["rules"]] == ["passed", "failed", "passed", "failed"]
+    html = (report / "index.html").read_text()
+    assert html.index("no-border") < html.index("accurate-enough")           # failed rules first
+    for rule in ("no-border", "no-dominance"):                                 # each worker's panels are linked
+        panels = [f["panel"] for f in document["rules"][[r["name"] for r in document["rules"]].index(rule)]["failures"]
+                  if "panel" in f]
+        assert panels and all((report / p).is_file() for p in panels)
+    features = list((tmp_path / "cache").rglob("*.pt")) + list((tmp_path / "cache").rglob("*.npy"))
+    assert features                                       # one shared cache folder, written by the workers
+    assert "audit fashion-test" in result.stdout.str() and "no-dominance" in result.stdout.str()
+
+
+def test_pytest_html_shows_the_failing_rules_panels(pytester, fashion_audit, tmp_path):
+    pytest.importorskip("pytest_html")
+    path = fashion_audit(XDIST_RULES, test_limit=100)
+    html = tmp_path / "pytest.html"
+    result = pytester.runpytest(str(path), "-p", "no:cacheprovider", f"--html={html}", "--self-contained-html",
+                                "-k", "no-border or accurate")
+    result.assert_outcomes(passed=1, failed=1)
+    text = html.read_text()
+    assert text.count("data:image/png;base64,") >= 1 and "no-border-test-" in text
+
+
+def test_update_baseline_refuses_xdist(pytester, fashion_audit):
+    pytest.importorskip("xdist")
+    result = pytester.runpytest_subprocess(str(fashion_audit(XDIST_RULES)), "-n", "2", "--audit-update-baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "without -n" in result.stderr.str()

@@ -41,7 +41,8 @@ class SaliencyConcentration(Check):
         extra = {"window_px": side, "floor": side * side / (height * width),
                  "median_share": float(finite.median()) if len(finite) else None,
                  "max_share": float(finite.max()) if len(finite) else None,
-                 "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": groups}
+                 "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": groups,
+                 "image_size": [height, width]}
         ordered = sorted(failures.values(), key=lambda f: -f.value)
         if p.max_recurrence is None:
             return CheckResult("max densest-window share", extra["max_share"] or 0.0, p.max_mass, "<=",

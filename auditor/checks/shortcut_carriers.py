@@ -62,7 +62,8 @@ class ShortcutCarriers(Check):
             groups.append(group)
         worst = max((g["carrier_share"] for g in groups), default=0.0)
         failures.sort(key=lambda f: -f.value)
-        extra = {"hotspots": test_side.extra.get("hotspots", []), "carriers": groups}
+        extra = {"hotspots": test_side.extra.get("hotspots", []), "carriers": groups,
+                 "image_size": test_side.extra.get("image_size")}
         if not hotspots:
             extra["note"] = "no shortcut hotspot flagged on the test side"
         return CheckResult("carrier share of the class", worst, p.max_carrier_share, "<=", test_side.n_selected,

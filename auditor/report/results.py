@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import AuditError
+from auditor.report.advice import advice
 from auditor.files import atomic_write
 from auditor.session import RuleOutcome
 from auditor.spec import AuditSpec
@@ -20,40 +21,50 @@ SCHEMA = Path(__file__).with_name("results.schema.json")
 
 def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[str, Any]:
     """A JSON-ready description of the audit's outcomes (no truncation)."""
-    rules = []
-    for o in outcomes:
-        r = o.result
-        rules.append({
-            "name": o.rule.name,
-            "check": o.rule.check,
-            "status": o.status,
-            "severity": o.rule.severity,
-            "selection": o.rule.selection.describe(),
-            "file": str(o.rule.where.path),
-            "line": o.rule.where.line,
-            "tags": list(o.rule.tags),
-            "message": o.message,
-            "metric": r.metric if r else None,
-            "value": r.value if r else None,
-            "threshold": r.threshold if r else None,
-            "comparison": r.comparison if r else None,
-            "n_selected": r.n_selected if r else 0,
-            "n_failures": len(r.failures) if r else 0,
-            "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details,
-                          **({"path": f.path} if f.path else {}),
-                          **({"evidence": f.evidence.to_json()} if f.evidence is not None else {})}
-                         for f in (r.failures if r else [])],
-            "extra": r.extra if r else {},
-            **({"baseline": o.baseline.to_json()} if o.baseline is not None else {}),
-        })
+    return audit_document(spec.name, spec.path, [rule_entry(o) for o in outcomes])
+
+
+def audit_document(name: str, file: str | Path, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The document of an audit from its rules' entries (a pytest run gathers them from the
+    items, also across pytest-xdist workers)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "audit": spec.name,
-        "file": str(spec.path),
+        "audit": name,
+        "file": str(file),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "passed": all(rule["status"] != "failed" for rule in rules),
         "rules": rules,
     }
+
+
+def rule_entry(o: RuleOutcome) -> dict[str, Any]:
+    """One rule's part of `results.json`: plain JSON values only (it crosses processes)."""
+    r = o.result
+    entry = {
+        "name": o.rule.name,
+        "check": o.rule.check,
+        "status": o.status,
+        "severity": o.rule.severity,
+        "selection": o.rule.selection.describe(),
+        "file": str(o.rule.where.path),
+        "line": o.rule.where.line,
+        "tags": list(o.rule.tags),
+        "message": o.message,
+        "metric": r.metric if r else None,
+        "value": r.value if r else None,
+        "threshold": r.threshold if r else None,
+        "comparison": r.comparison if r else None,
+        "n_selected": r.n_selected if r else 0,
+        "n_failures": len(r.failures) if r else 0,
+        "failures": [{"kind": f.kind, "index": f.index, "value": f.value, **f.details,
+                      **({"path": f.path} if f.path else {}),
+                      **({"evidence": f.evidence.to_json()} if f.evidence is not None else {})}
+                     for f in (r.failures if r else [])],
+        "extra": r.extra if r else {},
+        **({"baseline": o.baseline.to_json()} if o.baseline is not None else {}),
+    }
+    entry["advice"] = advice(entry)
+    return json.loads(json.dumps(_finite(entry), default=_jsonable, allow_nan=False))
 
 
 def write_results(directory: Path, document: dict[str, Any], name: str = "results.json") -> Path:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from tabulate import tabulate
 
+from auditor.report.results import rule_entry
 from auditor.session import RuleOutcome
 
 
@@ -27,6 +28,9 @@ def failure_text(outcome: RuleOutcome, max_examples: int = 10) -> str:
     lines = [f"rule '{rule.name}' {outcome.status} ({rule.where.label()})",
              f"  check: {rule.check}, on: {rule.selection.describe()}",
              f"  {outcome.message}"]
+    what_to_do = rule_entry(outcome)["advice"]
+    if what_to_do:
+        lines.append(f"  {what_to_do}")
     table = failure_table(outcome, max_examples)
     if table:
         lines += ["", "failing examples:", table]
@@ -51,19 +55,19 @@ def baseline_lines(outcome: RuleOutcome, max_items: int = 10) -> list[str]:
     return lines
 
 
-def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
-    """One row per rule: status, check, selection, observed value and threshold."""
+def summary_table(rules: Iterable[dict]) -> str:
+    """One row per rule (`results.json` entries): status, check, selection, value and threshold."""
     rows = []
-    for o in outcomes:
-        r = o.result
+    for r in rules:
+        measured = r["metric"] is not None
         rows.append({
-            "rule": o.rule.name,
-            "status": o.status.upper(),
-            "check": o.rule.check,
-            "on": o.rule.selection.describe(),
-            "value": "" if r is None else f"{r.value:.4g}",
-            "threshold": "" if r is None else f"{r.comparison} {r.threshold:g}",
-            "failing": "" if r is None else _failing(r),
+            "rule": r["name"],
+            "status": r["status"].upper(),
+            "check": r["check"],
+            "on": r["selection"],
+            "value": f"{r['value']:.4g}" if measured and r["value"] is not None else "",
+            "threshold": f"{r['comparison']} {r['threshold']:g}" if measured and r["threshold"] is not None else "",
+            "failing": _failing(r) if measured else "",
         })
     return tabulate(rows, headers="keys", tablefmt="simple")
 
@@ -71,10 +75,10 @@ def summary_table(outcomes: Iterable[RuleOutcome]) -> str:
 KIND_NAMES = {"class": "class", "train": "training image"}
 
 
-def _failing(result) -> str:
+def _failing(rule: dict) -> str:
     """`3/500` for examples; `2 classes` (or other kinds) when the failures are not examples."""
-    kinds = {f.kind for f in result.failures}
+    kinds = {f["kind"] for f in rule["failures"]}
     if kinds and kinds != {"test"}:
         kind = KIND_NAMES.get(kinds.pop(), "item") if len(kinds) == 1 else "item"
-        return f"{len(result.failures)} {kind}{'es' if kind.endswith('s') else 's'}"
-    return f"{len(result.failures)}/{result.n_selected}"
+        return f"{rule['n_failures']} {kind}{'es' if kind.endswith('s') else 's'}"
+    return f"{rule['n_failures']}/{rule['n_selected']}"
