@@ -19,7 +19,16 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 .passed{color:#1a7f37}.failed{color:#cf222e}.warned{color:#9a6700}
 section{border-top:1px solid #ddd;margin-top:1.5em}img{margin:4px;border:1px solid #eee;max-width:100%}
 code{background:#f4f4f4;padding:0 3px}
+.advice{background:#fff8c5;border-left:4px solid #9a6700;padding:4px 8px}
+.legend{font-size:13px;color:#555}.bar{display:inline-block;width:90px;height:10px;vertical-align:middle;
+border:1px solid #ccc;margin:0 4px}
+.signed{background:linear-gradient(90deg,#00f,#fff,#f00)}.heat{background:linear-gradient(90deg,#000,#f00,#ff0,#fff)}
+.box{display:inline-block;width:10px;height:10px;border:2px solid #00dcff;vertical-align:middle;margin:0 4px}
 """
+SIGNED_LEGEND = ("<span class='bar signed'></span>signed map: blue pixels speak against the prediction, "
+                 "red for it, white neither")
+HEAT_LEGEND = "<span class='bar heat'></span>attribution: black none → yellow/white most"
+BOX_LEGEND = "<span class='box'></span>the window or region the check measured"
 
 
 def render_index(document: dict[str, Any], panels: dict[str, list[Path]], folder: Path) -> str:
@@ -60,8 +69,20 @@ def _section(rule: dict[str, Any], panels: list[Path], folder: Path, budget: lis
             f"<span class='{escape(rule['status'])}'>{escape(rule['status'].upper())}</span></h2>"
             f"<p><code>{escape(rule['check'])}</code> on <code>{escape(rule['selection'])}</code> "
             f"({escape(Path(rule['file']).name)}:{rule['line']})</p><p>{escape(rule['message'])}</p>")
-    return (head + _baseline(rule.get("baseline")) + _failures(rule["failures"])
-            + "".join(_image(p, folder, budget) for p in panels) + "</section>")
+    advice = f"<p class='advice'>{escape(rule['advice'])}</p>" if rule.get("advice") else ""
+    return (head + advice + _baseline(rule.get("baseline")) + _legend(rule["failures"])
+            + "".join(_image(p, folder, budget) for p in panels) + _failures(rule["failures"]) + "</section>")
+
+
+def _legend(failures: list[dict[str, Any]]) -> str:
+    """How to read the panels' maps: the colour scales used by this rule's evidence, and the box."""
+    sources = {f["evidence"]["source"] for f in failures if f.get("evidence")}
+    if not sources:
+        return ""
+    parts = ([SIGNED_LEGEND] if "tfa" in sources else []) + ([HEAT_LEGEND] if sources - {"tfa"} else [])
+    if any(f["evidence"].get("window") or f["evidence"].get("region") for f in failures if f.get("evidence")):
+        parts.append(BOX_LEGEND)
+    return "<p class='legend'>" + " · ".join(parts) + "</p>"
 
 
 def _baseline(diff: dict[str, Any] | None) -> str:
@@ -84,7 +105,7 @@ def _failures(failures: list[dict[str, Any]]) -> str:
     if not failures:
         return ""
     keys = list(dict.fromkeys(k for f in failures[:TABLE_ROWS] for k in f))
-    rows = "".join("<tr>" + "".join(f"<td>{escape(_cell(f.get(k)))}</td>" for k in keys) + "</tr>"
+    rows = "".join("<tr>" + "".join(f"<td>{_cell_html(k, f.get(k))}</td>" for k in keys) + "</tr>"
                    for f in failures[:TABLE_ROWS])
     more = (f"<p>… and {len(failures) - TABLE_ROWS} more in results.json</p>"
             if len(failures) > TABLE_ROWS else "")
@@ -102,21 +123,48 @@ def _image(path: Path, folder: Path, budget: list[int]) -> str:
     return f"<a href='{name}'><img src='{name}' alt='{name}' loading='lazy'></a>"
 
 
-def markdown_summary(document: dict[str, Any], index: Path | None) -> str:
-    """A GitHub step summary: one table row per rule, and where the full report is."""
+def markdown_summary(document: dict[str, Any], index: Path | None, max_items: int = 5) -> str:
+    """A GitHub step summary: one table row per rule, then each rule that did not hold with
+    what to fix and its first failing items, and where the full report is."""
     status = "✅ passed" if document["passed"] else "❌ failed"
     lines = [f"### audit `{_md(document['audit'])}`: {status}", "",
              "| rule | status | check | value | threshold | failing |", "|---|---|---|---|---|---|"]
     for r in document["rules"]:
         lines.append(f"| {_md(r['name'])} | {r['status']} | {r['check']} | {_number(r['value'])} | "
                      f"{r['comparison'] or ''} {_number(r['threshold'])} | {r['n_failures']} |")
+    for r in by_urgency(document["rules"]):
+        if r["status"] == "passed":
+            continue
+        lines += ["", f"**{_md(r['name'])}** ({r['status']}): {_md(r.get('advice') or r['message'])}"]
+        lines += [f"- {_item(f)}" for f in r["failures"][:max_items]]
+        if len(r["failures"]) > max_items:
+            lines.append(f"- … and {len(r['failures']) - max_items} more")
     if index is not None:
         lines += ["", f"Report: `{_md(str(index))}`"]
     return "\n".join(lines) + "\n"
 
 
+def _item(failure: dict[str, Any]) -> str:
+    """`test #12 (Bag → Shirt) path/to/file.png`: one failing item in a line."""
+    label, predicted = failure.get("label"), failure.get("predicted")
+    labels = (f" ({label} → {predicted})" if isinstance(label, str) and isinstance(predicted, str)
+              else f" ({label})" if isinstance(label, str) else "")
+    path = f" `{_md(failure['path'])}`" if failure.get("path") else ""
+    return f"{failure['kind']} #{failure['index']}{_md(labels)}{path}"
+
+
 def _anchor(name: str) -> str:
     return "rule-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def _cell_html(key: str, value: Any) -> str:
+    """A failure table cell: panels as links, evidence as its source, the rest as escaped text."""
+    if key == "panel" and value:
+        return f"<a href='{escape(value)}'>{escape(Path(value).name)}</a>"
+    if key == "evidence" and isinstance(value, dict):
+        method = f" ({value['method']})" if value.get("method") else ""
+        return escape(f"{value['source']}{method}")
+    return escape(_cell(value))
 
 
 def _cell(value: Any) -> str:

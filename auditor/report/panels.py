@@ -30,6 +30,8 @@ LINE = 12                # caption line height (Pillow's default bitmap font)
 CAPTION_LINES = 4        # every caption is wrapped to the tile's width, never cut
 CHARS = TILE // 6        # characters of the default font that fit one tile
 BACKGROUND = (255, 255, 255)
+GRID_COLUMNS = 8
+GRID_LIMIT = 40          # training images drawn in a rule's grid (all are in results.json)
 
 
 @dataclass(frozen=True)
@@ -171,12 +173,44 @@ def outline(rgb: np.ndarray, mask: torch.Tensor, colour: tuple[int, int, int] = 
 
 
 def write_panels(engine: Any, outcome: Any, folder: Path, limit: int) -> list[Path]:
-    """Panels for the first `limit` failing test examples and training images of a rule."""
+    """Panels for the first `limit` failing test examples and training images of a rule; with
+    several failing training images, first a grid of them (`GRID_LIMIT`) with their maps."""
     written = []
+    train = [f for f in outcome.failures if f.kind == "train"]
+    if len(train) > 1:
+        title = f"{outcome.rule.name}: {len(train)} training images" + (
+            f" (the first {GRID_LIMIT})" if len(train) > GRID_LIMIT else "")
+        grid = finding_grid(engine, train[:GRID_LIMIT], title)
+        written.append(write_report_file(folder / f"{slug(outcome.rule.name)}-grid.png", png_bytes(grid)))
     for finding in [f for f in outcome.failures if f.kind in ("test", "train")][:limit]:
         path = folder / panel_name(outcome.rule.name, finding.kind, finding.index)
         written.append(write_report_file(path, png_bytes(evidence_panel(engine, finding))))
     return written
+
+
+def finding_grid(engine: Any, findings: list[Finding], title: str, columns: int = GRID_COLUMNS) -> Image.Image:
+    """Failing images in rows of `columns`, each with the map its check measured (if any) and
+    the window: the training-side findings of a rule at one glance."""
+    tiles = [_grid_tile(engine, f) for f in findings]
+    rows = [compose(tiles[i:i + columns], title if i == 0 else "") for i in range(0, len(tiles), columns)]
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), BACKGROUND)
+    top = 0
+    for row in rows:
+        canvas.paste(row, (0, top))
+        top += row.height
+    return canvas
+
+
+def _grid_tile(engine: Any, finding: Finding) -> Tile:
+    """One failing image with its measured map blended in (signed for TFA) and its window."""
+    ev = finding.evidence
+    image = ev.image if ev is not None else (finding.kind, finding.index)
+    tile = _tile(engine, image, "")
+    rgb = tile.rgb
+    if ev is not None and ev.map is not None:
+        signed = ev.source == "tfa" and ev.signed is not None
+        rgb = blend(rgb, diverging(ev.signed.sum(0)) if signed else heat(ev.map), 0.45)
+    return Tile(rgb, (*tile.caption, f"value {finding.value:.3g}"), ev.window if ev is not None else None)
 
 
 def png_bytes(image: Image.Image) -> bytes:
