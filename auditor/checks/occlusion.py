@@ -37,13 +37,18 @@ def grown(window: tuple[int, int, int], height: int, width: int) -> tuple[int, i
     return max(0, row - pad), max(0, col - pad), min(height, row + side + pad), min(width, col + side + pad)
 
 
-def flip_share(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int], predicted: int,
-               batch: int = 1024) -> float:
-    """Share of test examples predicted as `predicted` whose prediction changes when the hotspot's
-    area (the window grown by half a side) is filled with each image's frame median."""
-    flipped = 0
+def flips(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int], predicted: int,
+          batch: int = 1024) -> torch.Tensor:
+    """Per test example predicted as `predicted`: does its prediction change when the hotspot's
+    area (the window grown by half a side) is filled with the image's frame median?"""
+    changed = []
     for start in range(0, len(tests), batch):
         images = engine.test_images(tests[start:start + batch])
         occluded = fill(images, grown(window, *images.shape[2:]))
-        flipped += int((engine.logits(occluded).argmax(1) != predicted).sum())
-    return flipped / max(1, len(tests))
+        changed.append(engine.logits(occluded).argmax(1) != predicted)
+    return torch.cat(changed) if changed else torch.zeros(0, dtype=torch.bool)
+
+
+def flip_share(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int], predicted: int) -> float:
+    """Share of `tests` (predicted as `predicted`) whose prediction the filled hotspot changes."""
+    return float(flips(engine, tests, window, predicted).float().mean()) if len(tests) else 0.0

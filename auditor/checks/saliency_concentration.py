@@ -14,8 +14,8 @@ import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Finding, register
 from auditor.checks.maps import Maps, add_finding, attribution_maps, measured_maps, over_threshold, seeded_subset
-from auditor.checks.occlusion import flip_share
-from auditor.checks.windows import Windows, densest_window, hotspot, window_side
+from auditor.checks.occlusion import flip_share, flips
+from auditor.checks.windows import Hotspot, Windows, densest_window, hotspot, hotspot_at, subset, window_side
 from auditor.spec.checks import ConcentrationParams
 
 
@@ -60,13 +60,17 @@ class SaliencyConcentration(Check):
             if len(rows) < p.min_group:
                 continue
             sub = Windows(windows.share[rows], windows.row[rows], windows.col[rows])
-            spot = hotspot(sub, self._reference(engine, c, side), side)
+            reference_tests, reference = self._reference(engine, c, side)
+            spot = hotspot(sub, reference, side)
             if spot is None:
                 continue
+            relying = 0.0
+            if p.min_flip_share is not None:
+                spot, relying = self._decontaminated(engine, c, sub, reference_tests, reference, spot, side)
             window = (spot.row, spot.col, side)
             group = {"predicted": engine.classes[c], "n_maps": len(rows), "window": list(window),
                      "recurrence": round(spot.recurrence, 4), "reference_recurrence": round(spot.reference_recurrence, 4),
-                     "excess": round(spot.excess, 4)}
+                     "excess": round(spot.excess, 4), "reference_relying": round(relying, 4)}
             confirmed = True
             if p.min_flip_share is not None and spot.excess > p.max_recurrence:
                 group["flip_share"] = round(flip_share(engine, maps.test[rows[spot.members]].unique(), window, c), 4)
@@ -81,12 +85,34 @@ class SaliencyConcentration(Check):
                     add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot", window)
         return groups, worst
 
-    def _reference(self, engine: AuditEngine, c: int, side: int) -> Windows:
-        """Densest windows of correctly classified test examples predicted as `c`: where
-        attribution normally peaks for that class (same source, at most `reference_size`)."""
+    def _reference(self, engine: AuditEngine, c: int, side: int) -> tuple[torch.Tensor, Windows]:
+        """Correctly classified test examples predicted as `c` (at most `reference_size`) and
+        their densest windows: where attribution normally peaks for that class (same source)."""
         p = self.params
         chosen = (engine.predictions.correct & (engine.predictions.predicted == c)).nonzero().flatten()
         chosen = seeded_subset(chosen, p.reference_size, engine.settings.seed)
         if len(chosen) == 0:
-            return Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-        return densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).values, side)
+            return chosen, Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        return chosen, densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).values, side)
+
+    def _decontaminated(self, engine: AuditEngine, c: int, group: Windows, reference_tests: torch.Tensor,
+                        reference: Windows, spot: Hotspot, side: int) -> tuple[Hotspot, float]:
+        """The spot judged against reference examples that do not themselves rely on it.
+
+        A "correct" prediction whose class the filled spot takes away relied on the spot: when a
+        shortcut replaced the class's own features (every Shirt prediction needs the mark), the
+        reference peaks at the spot as often as the errors and hides it. At the found spot and at
+        the group's most recurrent spot, reference examples whose prediction the filled spot
+        changes are left out; the larger excess wins. Returns it and the share left out there.
+        """
+        candidates = {(spot.row, spot.col)}
+        mode = hotspot(group, subset(reference, torch.zeros(len(reference_tests), dtype=torch.bool)), side)
+        if mode is not None:
+            candidates.add((mode.row, mode.col))
+        best, relying = spot, 0.0
+        for row, col in sorted(candidates):
+            changed = flips(engine, reference_tests, (row, col, side), c)
+            judged = hotspot_at(group, subset(reference, ~changed), row, col, side)
+            if judged.excess > best.excess:
+                best, relying = judged, float(changed.float().mean()) if len(changed) else 0.0
+        return best, relying

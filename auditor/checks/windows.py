@@ -102,6 +102,17 @@ def hotspot(windows: Windows, reference: Windows, side: int) -> Hotspot | None:
     return Hotspot(row, col, near(windows, row, col, side), float(recurrence[best]), float(baseline[best]))
 
 
+def hotspot_at(windows: Windows, reference: Windows, row: int, col: int, side: int) -> Hotspot:
+    """The group's recurrence at one given spot, against `reference`."""
+    at = (torch.tensor([row]), torch.tensor([col]))
+    return Hotspot(row, col, near(windows, row, col, side), float(_recurrence(windows, *at, side)[0]),
+                   float(_recurrence(reference, *at, side)[0]))
+
+
+def subset(windows: Windows, keep: torch.Tensor) -> Windows:
+    return Windows(windows.share[keep], windows.row[keep], windows.col[keep])
+
+
 def region_mask(region: str | tuple[float, float, float, float], height: int, width: int,
                 thickness: float = 0.1) -> torch.Tensor:
     """Boolean `(H, W)` mask of a named region or a box `(top, left, bottom, right)` in fractions.
