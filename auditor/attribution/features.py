@@ -4,7 +4,6 @@ streaming pass that fills a `FeatureStore` shard by shard with a progress bar.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 
@@ -17,10 +16,8 @@ from auditor import data as data_module
 from auditor.attribution.gradients import GradientComputer
 from auditor.attribution.projection import Projector
 from auditor.attribution.feature_store import FeatureStore
-from auditor.errors import AttributionError, MemoryWarning
-
-
-GRADIENT_BUDGET_BYTES = 512 * 2**20
+from auditor.attribution.memory import Chunked, rows_within
+from auditor.errors import AttributionError
 
 
 def default_chunk_size(n_parameters: int, batch_size: int) -> int:
@@ -28,16 +25,7 @@ def default_chunk_size(n_parameters: int, batch_size: int) -> int:
 
     Small models get whole batches (fewer, larger kernels); large ones a few examples at a time.
     """
-    return max(1, min(batch_size, GRADIENT_BUDGET_BYTES // (8 * max(1, n_parameters))))
-
-
-OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
-    return isinstance(exc, OOM_ERRORS) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+    return rows_within(8 * max(1, n_parameters), batch_size)
 
 
 class Featurizer:
@@ -49,25 +37,22 @@ class Featurizer:
 
     def __init__(self, computer: GradientComputer, projector: Projector, chunk_size: int = 64,
                  stats: Counter[str] | None = None) -> None:
-        self.computer, self.projector, self.chunk_size = computer, projector, chunk_size
+        self.computer, self.projector = computer, projector
+        self.chunks = Chunked(chunk_size, "the gradient", "settings.attribution.chunk_size",
+                              "restrict `layers:` to fewer modules, lower projection_dim, or use a device "
+                              "with more memory")
         self.stats = stats if stats is not None else Counter()
+
+    @property
+    def chunk_size(self) -> int:
+        return self.chunks.size
 
     @property
     def dim(self) -> int:
         return self.projector.out_dim
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        parts, start = [], 0
-        while start < len(images):
-            x, y = images[start:start + self.chunk_size], labels[start:start + self.chunk_size]
-            try:
-                parts.append(self._features(x, y))
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                self._shrink(exc)
-                continue
-            start += len(x)
+        parts = self.chunks.map(len(images), lambda part: self._features(images[part], labels[part]))
         self.stats["featurized"] += len(images)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -75,19 +60,6 @@ class Featurizer:
         grads = self.computer.per_parameter(x, y)
         projected = self.projector.project_blocks([g.flatten(1) for g in grads])
         return F.normalize(projected.float(), dim=1)
-
-    def _shrink(self, exc: BaseException) -> None:
-        """Halve the chunk after an out-of-memory error, or give up at one example."""
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if self.chunk_size == 1:
-            raise AttributionError(f"out of memory computing the gradient of a single example: {exc}",
-                                   field="settings.attribution.layers",
-                                   fix="restrict `layers:` to fewer modules, lower projection_dim, or use a "
-                                       "device with more memory") from None
-        self.chunk_size = max(1, self.chunk_size // 2)
-        warnings.warn(f"out of memory in a per-example-gradient chunk; retrying with chunk_size={self.chunk_size} "
-                      "(set settings.attribution.chunk_size to start there)", MemoryWarning, stacklevel=3)
 
 
 def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> torch.Tensor:

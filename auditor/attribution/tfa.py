@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,11 @@ from torch import nn
 from torch.func import grad, vmap
 
 from auditor.attribution.gradients import example_loss
+from auditor.attribution.memory import Chunked, rows_within
 
 EPS = 1e-12
+ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradient and its graph: ~4 copies
+MAX_ROWS = 256                   # (pair, sample) rows per call for small models (16 pairs × 16 samples)
 
 
 @dataclass(frozen=True)
@@ -46,32 +50,38 @@ def grad_cos_to(model: nn.Module, names: list[str]):
 
 def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_labels: torch.Tensor,
         test_grads: torch.Tensor, samples: int = 0, sigma: float = 0.1, seed: int = 0,
-        batch_size: int = 16, pair_seeds: Sequence[int] | None = None) -> TfaMaps:
+        rows: int | None = None, pair_seeds: Sequence[int] | None = None) -> TfaMaps:
     """TFA maps for pairs `(train_images[p], train_labels[p])` × `test_grads[p]` (unit, `(p, P)`).
 
     `samples` > 0 applies SmoothGrad with noise σ = `sigma` × (each image's value range),
     drawn for pair p from its own seed `pair_seeds[p]` (default `seed + p`): a pair's map does
-    not depend on which other pairs share the call.
+    not depend on which other pairs share the call. The (pair, noise sample) double backwards
+    run `rows` at a time: by default as many as fit the memory budget (`ROW_BYTES_PER_PARAMETER`
+    per parameter each, at most `MAX_ROWS`), halved on out-of-memory.
     """
     cos = grad_cos_to(model, names)
     attribute = vmap(grad(cos), in_dims=(0, 0, 0))
-    pair_seeds = list(pair_seeds) if pair_seeds is not None else [seed + p for p in range(len(train_images))]
-    maps = []
-    for start in range(0, len(train_images), batch_size):
-        x = train_images[start:start + batch_size]
-        y = train_labels[start:start + batch_size]
-        g = test_grads[start:start + batch_size]
+    n, draws = len(train_images), max(1, samples)
+    pair_seeds = list(pair_seeds) if pair_seeds is not None else [seed + p for p in range(n)]
+    n_parameters = test_grads.shape[1] if test_grads.dim() == 2 else 1
+    chunks = Chunked(rows or rows_within(ROW_BYTES_PER_PARAMETER * n_parameters, MAX_ROWS), "TFA maps",
+                     "settings.attribution.layers", "restrict `layers:` to fewer modules, or use a device with more memory")
+    spread = (train_images.flatten(1).amax(1) - train_images.flatten(1).amin(1)).clamp_min(EPS) * sigma
+    noise_of = lru_cache(maxsize=256)(lambda p: pair_noise(pair_seeds[p], samples, train_images.shape[1:]))
+    total = torch.zeros_like(train_images)
+
+    def run(part: slice) -> None:
+        pairs = torch.arange(part.start, part.stop) // draws
+        x = train_images[pairs]
         if samples:
-            spread = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).clamp_min(EPS) * sigma
-            noise = torch.stack([pair_noise(pair_seeds[start + p], samples, x.shape[1:]) for p in range(len(x))],
-                                dim=1).to(x.device)
-            noisy = (x.unsqueeze(0) + noise * spread.view(1, -1, 1, 1, 1)).flatten(0, 1)
-            out = attribute(noisy, y.repeat(samples), g.repeat(samples, 1))
-            maps.append(out.view(samples, *x.shape).mean(0))
-        else:
-            maps.append(attribute(x, y, g))
-    signed = torch.cat(maps) if maps else torch.zeros_like(train_images)
-    return TfaMaps(signed=signed.detach(), magnitude=signed.detach().abs().sum(1))
+            noise = torch.stack([noise_of(int(p))[r % draws] for p, r in zip(pairs, range(part.start, part.stop))])
+            x = x + noise.to(x.device) * spread[pairs].view(-1, 1, 1, 1)
+        index = pairs.to(total.device)
+        total.index_add_(0, index, attribute(x, train_labels[index], test_grads[index]).detach())
+
+    chunks.map(n * draws, run)
+    signed = total / draws
+    return TfaMaps(signed=signed, magnitude=signed.abs().sum(1))
 
 
 def pair_seed(seed: int, test_index: int, train_index: int) -> int:

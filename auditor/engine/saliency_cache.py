@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from auditor.attribution.memory import Chunked
 from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.var import class_set, var
 from auditor.engine.located import located
@@ -31,6 +32,8 @@ class SaliencyCache:
         self.target, self.spec = target, target.spec
         self.settings = self.spec.settings
         self._maps: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
+        self._chunks = Chunked(self.settings.batch_size, "saliency maps", "settings.batch_size",
+                               "lower settings.batch_size, or use a device with more memory")
 
     def method(self, name: str | None = None) -> SaliencyMethod:
         a = self.settings.attribution
@@ -48,8 +51,9 @@ class SaliencyCache:
         missing = torch.tensor([i for i in indices.tolist() if i not in cache], dtype=torch.long)
         if len(missing):
             attributor = self.method(method)
-            for start in range(0, len(missing), self.settings.batch_size):
-                chunk = missing[start:start + self.settings.batch_size]
+
+            def run(part: slice) -> None:
+                chunk = missing[part]
                 images = self.target.test_images(chunk).to(self.target.device)
                 predicted = predictions.predicted[chunk]
                 classes = class_set(predictions.logits[chunk], predicted, a.var_top_k) if use_var else predicted[:, None]
@@ -57,5 +61,6 @@ class SaliencyCache:
                 maps = var(maps, 0, a.var_temperature, a.var_tau) if use_var else maps[:, 0]
                 for i, m in zip(chunk.tolist(), maps.cpu()):
                     cache[i] = m
+            self._chunks.map(len(missing), run)
         signed = torch.stack([cache[i] for i in indices.tolist()]) if len(indices) else torch.zeros(0)
         return SaliencyMaps(indices.clone(), signed, signed.abs().sum(1) if len(indices) else signed)

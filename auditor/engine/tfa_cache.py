@@ -10,6 +10,7 @@ from functools import cached_property
 import torch
 
 from auditor.attribution.result_store import ResultStore
+from auditor.attribution.memory import rows_within
 from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
 from auditor.engine.keys import key_of
 from auditor.engine.located import located
@@ -75,15 +76,22 @@ class TfaCache:
         return torch.stack([self._maps[pair][0] for pair in pairs]) if pairs else torch.zeros(0)
 
     def _compute(self, todo: list[tuple[int, int]]) -> None:
+        """TFA maps of `todo`, a few test examples at a time: their exact (unprojected) gradients
+        fit the memory budget, and each group's maps are saved before the next group starts."""
         a, device = self.settings.attribution, self.target.device
-        tests = torch.tensor(sorted({t for t, _ in todo}))
-        grads = self.index.exact_test_gradients(tests)
-        position = {t: r for r, t in enumerate(tests.tolist())}
-        images, labels = self.target.train_batch(torch.tensor([j for _, j in todo]))
-        maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
-                   grads[[position[t] for t, _ in todo]], a.smoothgrad_samples, a.smoothgrad_sigma,
-                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in todo])
-        for n, pair in enumerate(todo):
-            self._maps[pair] = (maps.signed[n].cpu(),)
-        self.stats["tfa_pairs"] += len(todo)
-        self.results.save(self._maps)
+        tests = sorted({t for t, _ in todo})
+        per_group = rows_within(4 * self.index.gradients.dim, len(tests))
+        for start in range(0, len(tests), per_group):
+            group = set(tests[start:start + per_group])
+            pairs = [pair for pair in todo if pair[0] in group]
+            order = sorted(group)
+            grads = self.index.exact_test_gradients(torch.tensor(order))
+            position = {t: r for r, t in enumerate(order)}
+            images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
+            maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
+                       grads[[position[t] for t, _ in pairs]], a.smoothgrad_samples, a.smoothgrad_sigma,
+                       pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs])
+            for n, pair in enumerate(pairs):
+                self._maps[pair] = (maps.signed[n].cpu(),)
+            self.stats["tfa_pairs"] += len(pairs)
+            self.results.save(self._maps)

@@ -153,7 +153,7 @@ def test_smoothgrad_noise_of_a_pair_does_not_depend_on_the_other_pairs_in_the_ca
     names = select_parameters(model)
     x, y = torch.randn(3, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 1, 1])
     g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
-    together = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9], batch_size=2)
+    together = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9], rows=3)   # chunks cross pairs
     alone = tfa(model, names, x[2:], y[2:], g[2:], samples=4, pair_seeds=[9])
     assert torch.equal(together.signed[2:], alone.signed)
 
@@ -170,3 +170,12 @@ def test_streaming_topk_equals_argsort_of_full_matrix():
     assert torch.allclose(proponents.scores, full.sort(dim=1, descending=True).values[:, :5])
     assert torch.allclose(extremes.min_scores, full.min(0).values)
     assert torch.allclose(extremes.max_scores, full.max(0).values)
+
+
+def test_tfa_maps_do_not_depend_on_how_many_rows_run_at_once():
+    model = linear_model()
+    names = select_parameters(model)
+    x, y = torch.randn(3, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 1, 1])
+    g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
+    one_by_one = tfa(model, names, x, y, g, samples=5, rows=1)      # what memory pressure falls back to
+    torch.testing.assert_close(one_by_one.signed, tfa(model, names, x, y, g, samples=5).signed)

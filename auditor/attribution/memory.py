@@ -1,0 +1,61 @@
+"""Bounded memory for the per-example gradient work (featurizing, exact test gradients, TFA):
+chunks sized from a byte budget, halved when a chunk still runs out of memory."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from auditor.errors import AttributionError, MemoryWarning
+
+GRADIENT_BUDGET_BYTES = 512 * 2**20
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
+T = TypeVar("T")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    return isinstance(exc, OOM_ERRORS) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
+def rows_within(bytes_per_row: int, cap: int, budget: int = GRADIENT_BUDGET_BYTES) -> int:
+    """How many rows of `bytes_per_row` fit the budget (at least 1, at most `cap`)."""
+    return max(1, min(cap, budget // max(1, bytes_per_row)))
+
+
+class Chunked:
+    """Runs work over `n` items in chunks of `size`; a chunk that runs out of memory is retried at
+    half the size (with a `MemoryWarning`) and the smaller size is kept for later calls."""
+
+    def __init__(self, size: int, what: str, setting: str, fix: str) -> None:
+        self.size, self.what, self.setting, self.fix = max(1, size), what, setting, fix
+
+    def map(self, n: int, run: Callable[[slice], T]) -> list[T]:
+        parts, start = [], 0
+        while start < n:
+            part = slice(start, min(n, start + self.size))
+            try:
+                parts.append(run(part))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._shrink(exc)
+                continue
+            start = part.stop
+        return parts
+
+    def _shrink(self, exc: BaseException) -> None:
+        """Halve the chunk after an out-of-memory error, or give up at one item."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.size == 1:
+            raise AttributionError(f"out of memory computing {self.what} of a single example: {exc}",
+                                   field=self.setting, fix=self.fix) from None
+        self.size = max(1, self.size // 2)
+        name = self.setting.rsplit(".", 1)[-1]
+        warnings.warn(f"out of memory computing {self.what}; retrying with {name}={self.size} "
+                      f"(set {self.setting} to start there)", MemoryWarning, stacklevel=4)
