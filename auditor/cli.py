@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-panels", type=int, default=8, help="evidence PNGs written per failing rule")
     run.add_argument("--update-baseline", action="store_true",
                      help="record each rule's metric and failing set in AUDIT.baseline.json")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or plan notes on stderr")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check an audit YAML without running anything")
     validate.add_argument("audit", type=Path)
@@ -52,12 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from auditor import progress
     from auditor.files import check_writable
     from auditor.report import (baseline_lines, failure_table, results_document, summary_table, write_report,
                                 write_step_summary)
     from auditor.session import FAILED, AuditSession
     from auditor.spec import load_spec
 
+    progress.QUIET = args.quiet
     session = AuditSession(load_spec(args.audit), device=args.device, update_baseline=args.update_baseline)
     if args.report is not None:
         check_writable(args.report, "--report")

@@ -59,6 +59,10 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(error)) from None
     if config.option.audit_update_baseline and getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("--audit-update-baseline writes one file per audit: run it without -n")
+    if config.option.verbose < 0:          # pytest -q: no progress bars or plan notes
+        from auditor import progress
+
+        progress.QUIET = True
     config.stash[SESSIONS] = {}
     config.stash[RESULTS] = {}
     config.pluginmanager.register(ResultGatherer(config), "auditor-results")

@@ -60,6 +60,16 @@ def open_cache(root: Path) -> Path:
     return root
 
 
+SHARD_SHARE = 32             # an interrupt loses at most one shard: ~3% of the featurization ...
+SHARD_BYTES = 64 * 2**20     # ... and at most 64 MB of features
+SHARD_MIN = 64
+
+
+def default_shard_size(n: int, dim: int) -> int:
+    """Rows per shard: 1/32 of the training set, at least 64 rows, at most 64 MB (float32)."""
+    return max(1, min(max(SHARD_MIN, -(-n // SHARD_SHARE)), SHARD_BYTES // (4 * max(1, dim))))
+
+
 class FeatureStore:
     """The `(n, d)` feature matrix of one (model, dataset, settings) key, in shards."""
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from auditor import data as data_module
+from auditor.progress import bar as progress_bar
 from auditor.attribution.gradients import GradientComputer
 from auditor.attribution.projection import Projector
 from auditor.attribution.feature_store import FeatureStore
@@ -88,7 +88,7 @@ def featurized_shards(store: FeatureStore, dataset: Dataset, featurizer: Featuri
     each as it is handed to the store's background writer, so a caller can score it at once."""
     todo = [i for i in store.missing_shards() if shards is None or i in shards]
     total = sum(stop - start for start, stop in map(store.shard_range, todo))
-    with tqdm(total=total, desc="featurizing training set", unit="img", disable=not progress or None) as bar:
+    with progress_bar(total, "featurizing training set", enabled=progress) as bar:
         try:
             for index in todo:
                 start, stop = store.shard_range(index)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from auditor.attribution.memory import Chunked
+from auditor.progress import bar as progress_bar
 from auditor.attribution.saliency import SaliencyMethod, make_method
 from auditor.attribution.var import class_set, var
 from auditor.engine.located import located
@@ -61,6 +62,8 @@ class SaliencyCache:
                 maps = var(maps, 0, a.var_temperature, a.var_tau) if use_var else maps[:, 0]
                 for i, m in zip(chunk.tolist(), maps.cpu()):
                     cache[i] = m
-            self._chunks.map(len(missing), run)
+                bar.update(len(chunk))
+            with progress_bar(len(missing), f"{method}{' + VAR' if use_var else ''} maps") as bar:
+                self._chunks.map(len(missing), run)
         signed = torch.stack([cache[i] for i in indices.tolist()]) if len(indices) else torch.zeros(0)
         return SaliencyMaps(indices.clone(), signed, signed.abs().sum(1) if len(indices) else signed)

@@ -11,6 +11,7 @@ import torch
 
 from auditor.attribution.result_store import ResultStore
 from auditor.attribution.memory import rows_within
+from auditor.progress import bar as progress_bar
 from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
 from auditor.engine.keys import key_of
 from auditor.engine.located import located
@@ -78,20 +79,26 @@ class TfaCache:
     def _compute(self, todo: list[tuple[int, int]]) -> None:
         """TFA maps of `todo`, a few test examples at a time: their exact (unprojected) gradients
         fit the memory budget, and each group's maps are saved before the next group starts."""
-        a, device = self.settings.attribution, self.target.device
         tests = sorted({t for t, _ in todo})
         per_group = rows_within(4 * self.index.gradients.dim, len(tests))
-        for start in range(0, len(tests), per_group):
-            group = set(tests[start:start + per_group])
-            pairs = [pair for pair in todo if pair[0] in group]
-            order = sorted(group)
-            grads = self.index.exact_test_gradients(torch.tensor(order))
-            position = {t: r for r, t in enumerate(order)}
-            images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
-            maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
-                       grads[[position[t] for t, _ in pairs]], a.smoothgrad_samples, a.smoothgrad_sigma,
-                       pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs])
-            for n, pair in enumerate(pairs):
-                self._maps[pair] = (maps.signed[n].cpu(),)
-            self.stats["tfa_pairs"] += len(pairs)
-            self.results.save(self._maps)
+        with progress_bar(len(todo), "TFA maps", unit="pair") as bar:
+            for start in range(0, len(tests), per_group):
+                group = set(tests[start:start + per_group])
+                pairs = [pair for pair in todo if pair[0] in group]
+                self._compute_group(pairs)
+                bar.update(len(pairs))
+
+    def _compute_group(self, pairs: list[tuple[int, int]]) -> None:
+        """The maps of `pairs` (of a few test examples), computed and saved."""
+        a, device = self.settings.attribution, self.target.device
+        tests = sorted({t for t, _ in pairs})
+        grads = self.index.exact_test_gradients(torch.tensor(tests))
+        position = {t: r for r, t in enumerate(tests)}
+        images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
+        maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
+                   grads[[position[t] for t, _ in pairs]], a.smoothgrad_samples, a.smoothgrad_sigma,
+                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs])
+        for n, pair in enumerate(pairs):
+            self._maps[pair] = (maps.signed[n].cpu(),)
+        self.stats["tfa_pairs"] += len(pairs)
+        self.results.save(self._maps)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from auditor import data as data_module
-from auditor.attribution.feature_store import FeatureStore
+from auditor.progress import bar as progress_bar, note
+from auditor.attribution.feature_store import FeatureStore, default_shard_size
 from auditor.attribution.features import Featurizer, default_chunk_size, featurized_shards, require_finite
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
@@ -83,8 +84,9 @@ class TrainingIndex:
         """The training features' store for this model, data and settings (shards may be missing)."""
         meta = self.keys.features
         with located(self.spec, "cache_dir", section="settings"):
-            return FeatureStore(self.cache_root, key_of(meta), len(self.target.train), self.featurizer.dim,
-                                self.attribution.shard_size, meta)
+            n, dim = len(self.target.train), self.featurizer.dim
+            return FeatureStore(self.cache_root, key_of(meta), n, dim,
+                                self.attribution.shard_size or default_shard_size(n, dim), meta)
 
     @cached_property
     def store(self) -> FeatureStore:
@@ -94,6 +96,21 @@ class TrainingIndex:
             self.featurize(store)
         return store
 
+    def plan(self, n_rows: int) -> str:
+        """What featurizing will cost: gradient size, memory per chunk, features on disk, and for a
+        large model on the CPU the cheaper `layers:` choice (README: large models)."""
+        p, chunk = self.gradients.dim, min(self.featurizer.chunk_size, n_rows)
+        size = f"{p / 1e6:.1f}M" if p >= 1e6 else f"{p:,}"
+        text = (f"featurizing {n_rows:,} training images: gradients of {size} parameters "
+                f"({'layers ' + ', '.join(self.attribution.layers) if self.attribution.layers else 'all trainable'}), "
+                f"{chunk} at a time (~{8 * p * chunk / 2**20:,.0f} MB), features {4 * n_rows * self.featurizer.dim / 2**20:,.0f} MB "
+                f"in {self.cache_root}; an interrupted run resumes from its finished shards")
+        head = last_linear(self.target.model)
+        if self.target.device.type == "cpu" and p > LARGE_ON_CPU and head and not self.attribution.layers:
+            text += (f"\n  this model is large for a CPU: expect minutes; `settings.attribution.layers: [{head}]` "
+                     f"(its last layer) featurizes about {p / max(1, parameter_count(self.target.model, head)):.0f}x less")
+        return text
+
     def featurize(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
         """Compute the store's missing shards (or only `shards`: one rank's share)."""
         for _ in self.featurized(store, shards, progress):
@@ -102,6 +119,9 @@ class TrainingIndex:
     def featurized(self, store: FeatureStore, shards: list[int] | None = None,
                    progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
         """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
+        todo = [i for i in store.missing_shards() if shards is None or i in shards]
+        if todo and progress:
+            note(self.plan(sum(stop - start for start, stop in map(store.shard_range, todo))))
         with located(self.spec, "chunk_size"):
             yield from featurized_shards(store, self.target.train, self.featurizer, self.target.device,
                                          self.settings.batch_size, shards=shards, progress=progress)
@@ -151,7 +171,8 @@ class TrainingIndex:
             store = self.feature_store
             chunks = store.chunks(self.attribution.score_chunk, self.target.device,
                                   fill=lambda todo: self.featurized(store, todo))
-            proponents, opponents, _ = grad_cos_topk(queries, chunks, self.attribution.top_k)
+            with progress_bar(store.n, f"scoring {len(missing):,} test examples") as bar:
+                proponents, opponents, _ = grad_cos_topk(queries, counted(chunks, bar), self.attribution.top_k)
             for row, i in enumerate(missing.tolist()):
                 self._rows[i] = (proponents.indices[row], proponents.scores[row],
                                  opponents.indices[row], opponents.scores[row])
@@ -160,3 +181,23 @@ class TrainingIndex:
         rows = [self._rows[i] for i in indices.tolist()]
         stack = lambda j: torch.stack([r[j] for r in rows]) if rows else torch.zeros(0, 0)  # noqa: E731
         return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
+
+
+LARGE_ON_CPU = 2_000_000        # parameters above which all-layer featurizing on a CPU takes minutes
+
+
+def counted(chunks: Iterator[tuple[int, torch.Tensor]], bar) -> Iterator[tuple[int, torch.Tensor]]:
+    """`chunks` unchanged, advancing `bar` by each chunk's rows."""
+    for start, block in chunks:
+        bar.update(len(block))
+        yield start, block
+
+
+def last_linear(model: torch.nn.Module) -> str | None:
+    """The name of the model's last `Linear` module (usually its classifier head)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    return names[-1] if names else None
+
+
+def parameter_count(model: torch.nn.Module, prefix: str) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefix + "."))

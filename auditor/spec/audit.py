@@ -92,7 +92,8 @@ class AttributionSettings:
     projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
     projection: str = choice(PROJECTIONS, default="sparse")
     gradient_computer: str = choice(("auto", *GRADIENT_COMPUTERS.names), default="auto")
-    shard_size: int = bounded(1, default=4096, help="training examples per cache shard")
+    shard_size: int | None = bounded(1, default=None, help="training examples per cache shard (default: 1/32 of "
+                                     "the training set, 64 to 64 MB of features: an interrupt loses little)")
     test_label: Literal["predicted", "true"] = "predicted"
     top_k: int = bounded(1, 1000, default=5)
     chunk_size: int | None = bounded(1, default=None, help="examples per per-example-gradient chunk "

@@ -1,0 +1,51 @@
+"""Long work says what it will cost before it starts, shows progress on a terminal only, keeps
+quiet under -q, and loses little when interrupted (shards of ~3% of the training set)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auditor import progress
+from auditor.attribution.feature_store import default_shard_size
+from auditor.cli import main
+from conftest import audit
+
+RULES = ("settings: {device: cpu, cache_dir: cache}\nrules:\n"
+         "  - {name: agree, check: proponent_label_agreement, min_agreement: 0.0, k: 3}\n")
+
+
+def test_shards_are_a_few_percent_of_the_training_set_and_bounded_in_bytes():
+    assert default_shard_size(2000, 4096) == 64                 # 1/32 would be 63; at least 64 rows
+    assert default_shard_size(60000, 4096) == 1875              # 1/32 of the set: an interrupt loses ~3%
+    assert default_shard_size(10_000_000, 4096) == 4096         # at most 64 MB of float32 features
+    assert default_shard_size(10_000_000, 65536) == 256
+
+
+def test_featurizing_states_its_plan_on_stderr_and_is_quiet_with_q(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "QUIET", False)
+    path = audit(tmp_path, RULES)
+    assert main(["run", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "featurizing 12 training images: gradients of 195 parameters (all trainable), 12 at a time" in err
+    assert "an interrupted run resumes from its finished shards" in err and "training images:" not in out
+    (tmp_path / "audit_t.yaml").write_text(path.read_text().replace("cache_dir: cache", "cache_dir: cache2"))
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_large_model_on_cpu_is_told_the_cheaper_layers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "QUIET", False)
+    monkeypatch.setattr("auditor.engine.training_index.LARGE_ON_CPU", 10)     # the fake's 195 parameters
+    path = audit(tmp_path, RULES)
+    assert main(["run", str(path)]) == 0
+    assert "`settings.attribution.layers: [1]` (its last layer) featurizes about 1x less" in capsys.readouterr().err
+
+
+def test_bars_only_on_a_terminal_and_never_when_quiet(monkeypatch):
+    monkeypatch.setattr(progress, "QUIET", False)
+    assert progress.bar(10, "x").disable                  # pytest's captured stderr is not a terminal
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    monkeypatch.setattr(progress, "QUIET", True)
+    assert progress.bar(10, "x").disable
+    assert progress.bar(10, "x", enabled=False).disable
