@@ -49,3 +49,25 @@ def test_bars_only_on_a_terminal_and_never_when_quiet(monkeypatch):
     monkeypatch.setattr(progress, "QUIET", True)
     assert progress.bar(10, "x").disable
     assert progress.bar(10, "x", enabled=False).disable
+
+
+def test_a_run_that_dies_still_reports_the_rules_that_finished(tmp_path, capsys, monkeypatch):
+    import json
+
+    from auditor.session import AuditSession
+
+    path = audit(tmp_path, "settings: {device: cpu, cache_dir: cache}\nrules:\n"
+                           "  - {name: first, check: accuracy, min_accuracy: 0.0}\n"
+                           "  - {name: second, check: accuracy, min_accuracy: 0.0}\n")
+    run_rule = AuditSession.run_rule
+
+    def dies_on_second(self, rule):
+        if rule.name == "second":
+            raise KeyboardInterrupt
+        return run_rule(self, rule)
+
+    monkeypatch.setattr(AuditSession, "run_rule", dies_on_second)
+    assert main(["run", str(path), "--report", str(tmp_path / "report")]) == 130      # Ctrl-C
+    assert "stopped at rule 'second'; the 1 rules before it:" in capsys.readouterr().err
+    document = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert [r["name"] for r in document["rules"]] == ["first"]
