@@ -87,7 +87,7 @@ def train(root: Path, epochs: int, seed: int, batch_size: int = 64, lr: float = 
             loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(labels):.4f} ({time.perf_counter() - start:.1f}s)")
     return model.eval()
 
