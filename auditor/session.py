@@ -62,7 +62,6 @@ class AuditSession:
                  load: Callable[[AuditSpec], Target] | None = None) -> None:
         self.spec = spec.with_device(device)
         self.outcomes: dict[str, RuleOutcome] = {}
-        self.panels: dict[str, list] = {}
         self.baseline = BaselineBook(spec.path, spec.name, update=update_baseline)
         self._load = load
         self._engine = None
