@@ -52,3 +52,25 @@ def flips(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int]
 def flip_share(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int], predicted: int) -> float:
     """Share of `tests` (predicted as `predicted`) whose prediction the filled hotspot changes."""
     return float(flips(engine, tests, window, predicted).float().mean()) if len(tests) else 0.0
+
+
+TRANSFER_TARGETS = 200
+
+
+def transfer_share(engine: AuditEngine, members: torch.Tensor, window: tuple[int, int, int], predicted: int,
+                   seed: int = 0) -> float:
+    """Share of correctly classified test images of other classes that the hotspot's area, cut
+    from the group's images and pasted at the same place, turns into `predicted`: a mark the
+    model reads as the class transfers to any image; a part of the class's own objects (a
+    collar) rarely makes a bag a coat."""
+    p = engine.predictions
+    targets = (p.correct & (p.predicted != predicted)).nonzero().flatten()
+    if len(targets) == 0 or len(members) == 0:
+        return 0.0
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
+    targets = targets[order[:TRANSFER_TARGETS]]
+    images = engine.test_images(targets)
+    sources = engine.test_images(members[torch.arange(len(targets)) % len(members)])
+    top, left, bottom, right = grown(window, *images.shape[2:])
+    images[:, :, top:bottom, left:right] = sources[:, :, top:bottom, left:right]
+    return float((engine.logits(images).argmax(1) == predicted).float().mean())

@@ -14,7 +14,7 @@ import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Finding, register
 from auditor.checks.maps import Maps, add_finding, attribution_maps, measured_maps, over_threshold, seeded_subset
-from auditor.checks.occlusion import flip_share, flips
+from auditor.checks.occlusion import flip_share, flips, transfer_share
 from auditor.checks.windows import Hotspot, Windows, densest_window, hotspot, hotspot_at, subset, window_side
 from auditor.spec.checks import ConcentrationParams
 
@@ -64,7 +64,7 @@ class SaliencyConcentration(Check):
             spot = hotspot(sub, reference, side)
             if spot is None:
                 continue
-            relying = 0.0
+            relying, plain = 0.0, spot
             if p.min_flip_share is not None:
                 spot, relying = self._decontaminated(engine, c, sub, reference_tests, reference, spot, side)
             window = (spot.row, spot.col, side)
@@ -73,8 +73,12 @@ class SaliencyConcentration(Check):
                      "excess": round(spot.excess, 4), "reference_relying": round(relying, 4)}
             confirmed = True
             if p.min_flip_share is not None and spot.excess > p.max_recurrence:
-                group["flip_share"] = round(flip_share(engine, maps.test[rows[spot.members]].unique(), window, c), 4)
+                members = maps.test[rows[spot.members]].unique()
+                group["flip_share"] = round(flip_share(engine, members, window, c), 4)
                 confirmed = group["flip_share"] >= p.min_flip_share
+                if plain.excess <= p.max_recurrence:     # only the thinned reference flags it: it must transfer
+                    group["transfer_share"] = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
+                    confirmed = confirmed and group["transfer_share"] >= p.min_transfer_share
                 group["confirmed"] = confirmed
             flagged = confirmed and spot.excess > p.max_recurrence
             if confirmed:
@@ -103,7 +107,10 @@ class SaliencyConcentration(Check):
         shortcut replaced the class's own features (every Shirt prediction needs the mark), the
         reference peaks at the spot as often as the errors and hides it. At the found spot and at
         the group's most recurrent spot, reference examples whose prediction the filled spot
-        changes are left out; the larger excess wins. Returns it and the share left out there.
+        changes are left out; the larger excess wins. Returns it and the share left out there
+        (0 when the full reference judged it). A class's own essential part (a collar every Coat
+        prediction needs) passes this too, so a spot only the thinned reference flags must also
+        transfer (`min_transfer_share`: planted marks 0.50-0.93, parts 0.01-0.21, efficacy runs).
         """
         candidates = {(spot.row, spot.col)}
         mode = hotspot(group, subset(reference, torch.zeros(len(reference_tests), dtype=torch.bool)), side)

@@ -114,6 +114,8 @@ class HarmfulParams(UsesInfluence):
 
 FLIP_HELP = ("share of a hotspot's errors whose prediction must change when the spot is occluded "
              "for the hotspot to count (the causal confirmation)")
+TRANSFER_HELP = ("when the class's own correct predictions need the spot too, the share of other classes' "
+                 "images that the spot, pasted onto them, must turn into the class (a mark transfers, a part does not)")
 
 
 @check_kind("saliency_concentration",
@@ -128,6 +130,7 @@ class ConcentrationParams(UsesMaps):
                                            help="largest excess share of a class's maps peaking at one spot")
     min_group: int = bounded(1, None, default=10, help="classes with fewer maps are not judged for recurrence")
     min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
+    min_transfer_share: float = bounded(0.0, 1.0, default=0.35, help=TRANSFER_HELP)
     k: int = bounded(1, 1000, default=3)
     sample: int | None = bounded(1, None, default=None, help="measure at most this many selected examples")
     reference_size: int = bounded(1, None, default=300, help="correct examples per class in the reference")
@@ -179,6 +182,7 @@ class CarrierParams(UsesMaps):
     window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
     min_group: int = bounded(1, None, default=30, help="classes with fewer error maps are not judged")
     min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
+    min_transfer_share: float = bounded(0.0, 1.0, default=0.35, help=TRANSFER_HELP)
     reference_size: int = bounded(1, None, default=300, help="correct examples per class in the hotspot reference")
     carrier_reference: int = bounded(10, None, default=1000,
                                      help="training images of other classes whose occlusion drop is the reference")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from test_contract import FakeEngine
 
-from auditor.checks.occlusion import flip_share, grown
+from auditor.checks.occlusion import flip_share, grown, transfer_share
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import ConcentrationParams
 
@@ -74,3 +74,13 @@ def test_a_hotspot_the_prediction_does_not_depend_on_is_not_flagged():
     assert unconfirmed.passed is True and unconfirmed.failures == [] and unconfirmed.value == 0.0
     # without the confirmation the same maps flag the spot
     assert hotspots(causal=None, min_flip_share=None).passed is False
+
+
+def test_transfer_share_pastes_the_spot_onto_other_classes_images():
+    engine = DecidingEngine(causal=True)
+    p = engine.predictions
+    errors = (~p.correct).nonzero().flatten()
+    c = int(p.predicted[errors[0]])
+    members = errors[p.predicted[errors] == c]
+    assert transfer_share(engine, members, SPOT, c) == 1.0            # the pasted mark makes them class c
+    assert transfer_share(DecidingEngine(causal=False), members, SPOT, c) == 0.0     # an empty spot does not
