@@ -4,8 +4,11 @@ Per map, the mass share inside its densest square window (`max_mass`); over the 
 grouped by predicted class, the excess recurrence of a spot (`max_recurrence`): the share of
 the group's maps whose densest window sits there, minus the share of correctly classified
 examples' maps of that class that peak there too. A shortcut shows as a spot the model looks
-at when it errs and not when it is right. The per-map share alone does not separate shortcut
-from clean models (see rules/shortcuts.yaml).
+at when it errs and not when it is right. With `min_flip_share`, a spot counts only when filling
+it changes the errors' predictions; reference examples that need the spot themselves are left
+out (a model that predicts the class only with the mark), and a spot flagged only thanks to
+that must transfer to other classes' images (`min_transfer_share`). The per-map share alone
+does not separate shortcut from clean models (see rules/shortcuts.yaml).
 """
 
 from __future__ import annotations
