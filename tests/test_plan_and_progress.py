@@ -3,6 +3,8 @@ quiet under -q, and loses little when interrupted (shards of ~3% of the training
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -32,6 +34,13 @@ def test_featurizing_states_its_plan_on_stderr_and_is_quiet_with_q(tmp_path, cap
     (tmp_path / "audit_t.yaml").write_text(path.read_text().replace("cache_dir: cache", "cache_dir: cache2"))
     assert main(["run", str(path), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_time_of_the_rest_is_extrapolated_from_the_first_shard(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "QUIET", False)
+    path = audit(tmp_path, RULES.replace("cache_dir: cache}", "cache_dir: cache, attribution: {shard_size: 4}}"))
+    assert main(["run", str(path)]) == 0
+    assert re.search(r"first 4 images in [0-9.]+ s \([0-9,]+/s\): about [0-9]+ s for the other 8", capsys.readouterr().err)
 
 
 def test_a_large_model_on_cpu_is_told_the_cheaper_layers(tmp_path, capsys, monkeypatch):

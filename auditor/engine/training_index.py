@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -120,11 +121,17 @@ class TrainingIndex:
                    progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
         """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
         todo = [i for i in store.missing_shards() if shards is None or i in shards]
+        total = sum(stop - start for start, stop in map(store.shard_range, todo))
         if todo and progress:
-            note(self.plan(sum(stop - start for start, stop in map(store.shard_range, todo))))
+            note(self.plan(total))
+        start, done = time.perf_counter(), 0
         with located(self.spec, "chunk_size"):
-            yield from featurized_shards(store, self.target.train, self.featurizer, self.target.device,
-                                         self.settings.batch_size, shards=shards, progress=progress)
+            for index, shard in featurized_shards(store, self.target.train, self.featurizer, self.target.device,
+                                                  self.settings.batch_size, shards=shards, progress=progress):
+                if progress and done == 0 and len(todo) > 1:
+                    note(time_estimate(len(shard), time.perf_counter() - start, total))
+                done += len(shard)
+                yield index, shard
 
     def test_features(self, indices: torch.Tensor) -> torch.Tensor:
         """Projected unit-norm gradients `(m, d)` of test examples (gradient labels)."""
@@ -184,6 +191,13 @@ class TrainingIndex:
 
 
 LARGE_ON_CPU = 2_000_000        # parameters above which all-layer featurizing on a CPU takes minutes
+
+
+def time_estimate(done: int, seconds: float, total: int) -> str:
+    """The rest of the featurization, extrapolated from its first shard."""
+    rest = (total - done) * seconds / max(1, done)
+    when = f"{rest / 60:.1f} min" if rest >= 90 else f"{rest:.0f} s"
+    return f"  first {done:,} images in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f}/s): about {when} for the other {total - done:,}"
 
 
 def counted(chunks: Iterator[tuple[int, torch.Tensor]], bar) -> Iterator[tuple[int, torch.Tensor]]:
