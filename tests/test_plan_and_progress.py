@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-import torch
 
 from auditor import progress
 from auditor.attribution.feature_store import default_shard_size
