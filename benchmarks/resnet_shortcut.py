@@ -96,7 +96,8 @@ def main() -> None:
         "clean_false_alarm_rate": float(np.mean([any(s == "failed" for s in r["statuses"].values()) for r in clean])),
         "excess_marked_min": min(r["excess"] for r in marked), "excess_clean_max": max(r["excess"] for r in clean),
         "carrier_recall": float(np.mean([r["carrier_recall"] for r in marked])),
-        "carrier_precision": float(np.mean([r["carrier_precision"] or 0.0 for r in marked])),
+        "carrier_precision": (float(np.mean(found)) if (found := [r["carrier_precision"] for r in marked
+                                                                   if r["carrier_precision"] is not None]) else None),
         "audit_seconds_max": max(r["audit_seconds"] for r in runs),
         "peak_rss_mb_max": max((r["peak_rss_mb"] or 0) for r in runs),
     }
