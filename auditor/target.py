@@ -69,13 +69,13 @@ def bind_target(spec: AuditSpec, model: nn.Module, train: Dataset, test: Dataset
     """Check that a model and two datasets fit together (items, class lists, output width) and
     hold them on the audit's device; `where` locates each part (YAML fields, or API arguments)."""
     device = device or resolve_device(spec.settings.device, spec.settings.where)
-    _check_example(train, where["train"])
-    _check_example(test, where["test"])
-    _check_same_shape(train, test, where["test"])
+    first_train = _check_example(train, where["train"])
+    first_test = _check_example(test, where["test"])
+    _check_same_shape(first_train, first_test, where["test"])
     _check_same_classes(train, test, where["test"])
     classes = _class_names(classes, train, test, where["classes"], num_classes)
     model = model.to(device).eval()
-    _check_output_width(model, test, classes, where["model"], device)
+    _check_output_width(model, first_test, classes, where["model"], device)
     return Target(model=model, train=train, test=test, classes=classes, device=device, spec=spec, where=where)
 
 
@@ -275,7 +275,8 @@ def _image_folder(root: Path, spec: DatasetSpec, where: Where) -> Dataset:
                      "use one sub-folder of images per class") from None
 
 
-def _check_example(dataset: Dataset, where: Where) -> None:
+def _check_example(dataset: Dataset, where: Where) -> torch.Tensor:
+    """Example 0 must be an (image (C, H, W) float tensor, int label) pair; returns its image."""
     try:
         item = dataset[0]
     except Exception as exc:
@@ -300,12 +301,13 @@ def _check_example(dataset: Dataset, where: Where) -> None:
     elif isinstance(label, bool) or not isinstance(label, int):
         raise _error(where, f"labels must be integer class indices, got {type(label).__name__}",
                      "return an int label")
+    return image
 
 
-def _check_same_shape(train: Dataset, test: Dataset, where: Where) -> None:
+def _check_same_shape(train_image: torch.Tensor, test_image: torch.Tensor, where: Where) -> None:
     """Training and test images must have one shape: a model with adaptive pooling accepts
     both, but attributions (and the shortcut a model learned) would not be comparable."""
-    shapes = [tuple(d[0][0].shape) for d in (train, test)]
+    shapes = [tuple(train_image.shape), tuple(test_image.shape)]
     if shapes[0] == shapes[1]:
         return
     (c1, h1, w1), (c2, h2, w2) = shapes
@@ -346,10 +348,10 @@ def _class_names(given: tuple[str, ...] | None, train: Dataset, test: Dataset, w
                  "add `classes: [...]` under `data:` (classes= in Python) or give the dataset a `classes` attribute")
 
 
-def _check_output_width(model: nn.Module, test: Dataset, classes: tuple[str, ...], where: Where,
+def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tuple[str, ...], where: Where,
                         device: torch.device) -> None:
     """Probe the model with one test image: it must run and return (1, classes) logits."""
-    image = test[0][0].unsqueeze(0).to(device)
+    image = test_image.unsqueeze(0).to(device)
     try:
         with torch.no_grad():
             output = model(image)
