@@ -1,4 +1,4 @@
-"""The one atomic writer: readers of a cache, report or baseline file see all of it or none."""
+"""Files written whole or not at all (the one atomic writer), and the report folder checked up front."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from auditor.errors import AuditError
 
 
 def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
@@ -32,8 +34,6 @@ def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> 
 def check_writable(folder: Path | str, option: str) -> Path:
     """Create `folder` and write a probe file in it now, so that an unwritable report folder is
     an error before any computation, not after all of it; `option` names the setting to change."""
-    from auditor.errors import AuditError
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,11 @@ def check_writable(folder: Path | str, option: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise AuditError(f"cannot write the report directory '{folder}': {exc.strerror or exc}",
-                         field="report", fix=f"choose a writable directory with {option}") from None
+        raise unwritable_report(folder, exc, option) from None
     return folder
+
+
+def unwritable_report(folder: Path, exc: OSError, option: str) -> AuditError:
+    """The error for a report folder that cannot be written, naming the option that sets it."""
+    return AuditError(f"cannot write the report directory '{folder}': {exc.strerror or exc}",
+                      field="report", fix=f"choose a writable directory with {option}")

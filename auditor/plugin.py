@@ -186,7 +186,8 @@ class RuleItem(pytest.Item):
         from auditor.report import failure_text
 
         if isinstance(excinfo.value, RuleFailed):
-            return failure_text(excinfo.value.outcome, self.config.option.audit_max_examples)
+            return failure_text(excinfo.value.outcome, self.config.option.audit_max_examples,
+                                self.audit_result["entry"]["advice"])
         if isinstance(excinfo.value, AuditError):
             return f"audit error: {excinfo.value}"
         return super().repr_failure(excinfo)

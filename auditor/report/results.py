@@ -9,9 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from auditor.errors import AuditError
 from auditor.report.advice import advice
-from auditor.files import atomic_write
+from auditor.files import atomic_write, unwritable_report
 from auditor.session import RuleOutcome
 from auditor.spec import AuditSpec
 
@@ -79,8 +78,7 @@ def write_report_file(path: Path, data: str | bytes) -> Path:
     try:
         return atomic_write(path, data)
     except OSError as exc:
-        raise AuditError(f"cannot write the report directory '{path.parent}': {exc.strerror or exc}",
-                         field="report", fix="choose a writable directory with --report / --audit-report") from None
+        raise unwritable_report(path.parent, exc, "--report / --audit-report") from None
 
 
 def _finite(value: Any) -> Any:

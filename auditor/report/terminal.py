@@ -22,13 +22,14 @@ def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:
     return text
 
 
-def failure_text(outcome: RuleOutcome, max_examples: int = 10) -> str:
-    """A failed rule as pytest shows it: where, what, the failing examples, the baseline diff."""
+def failure_text(outcome: RuleOutcome, max_examples: int = 10, advice: str | None = None) -> str:
+    """A failed rule as pytest shows it: where, what, the failing examples, the baseline diff.
+    `advice` is the rule's what-to-fix sentence when the caller has its entry already."""
     rule = outcome.rule
     lines = [f"rule '{rule.name}' {outcome.status} ({rule.where.label()})",
              f"  check: {rule.check}, on: {rule.selection.describe()}",
              f"  {outcome.message}"]
-    what_to_do = rule_entry(outcome)["advice"]
+    what_to_do = rule_entry(outcome)["advice"] if advice is None else advice
     if what_to_do:
         lines.append(f"  {what_to_do}")
     table = failure_table(outcome, max_examples)
