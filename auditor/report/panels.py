@@ -78,6 +78,16 @@ def blend(base: np.ndarray, overlay: np.ndarray, alpha: float = 0.6) -> np.ndarr
     return (base * (1 - alpha) + overlay * alpha).astype(np.uint8)
 
 
+def is_signed(ev: Evidence) -> bool:
+    """TFA maps are drawn signed (red for the prediction, blue against); others as heat."""
+    return ev.source == "tfa" and ev.signed is not None
+
+
+def map_overlay(rgb: np.ndarray, ev: Evidence, alpha: float = 0.6) -> np.ndarray:
+    """The evidence's map blended over the image it lies on."""
+    return blend(rgb, diverging(ev.signed.sum(0)) if is_signed(ev) else heat(ev.map), alpha)
+
+
 def upscale(rgb: np.ndarray, size: int = TILE) -> np.ndarray:
     out = resize(rgb, (size, size), order=0, preserve_range=True, anti_aliasing=False)
     return out.astype(np.uint8)
@@ -132,8 +142,8 @@ def evidence_tiles(engine: Any, finding: Finding, n_related: int = 4) -> list[Ti
     measured = _tile(engine, ev.image, f"value {finding.value:.3g}")
     tiles.append(measured)
     if ev.map is not None:
-        signed = ev.source == "tfa" and ev.signed is not None
-        overlay = blend(measured.rgb, diverging(ev.signed.sum(0)) if signed else heat(ev.map))
+        signed = is_signed(ev)
+        overlay = map_overlay(measured.rgb, ev)
         if ev.region is not None:
             overlay = outline(overlay, region_mask(ev.region, *ev.map.shape))
         label = ev.source if ev.method is None else f"{ev.source} ({ev.method})"
@@ -208,8 +218,7 @@ def _grid_tile(engine: Any, finding: Finding) -> Tile:
     tile = _tile(engine, image, "")
     rgb = tile.rgb
     if ev is not None and ev.map is not None:
-        signed = ev.source == "tfa" and ev.signed is not None
-        rgb = blend(rgb, diverging(ev.signed.sum(0)) if signed else heat(ev.map), 0.45)
+        rgb = map_overlay(rgb, ev, 0.45)
     return Tile(rgb, (*tile.caption, f"value {finding.value:.3g}"), ev.window if ev is not None else None)
 
 
