@@ -61,7 +61,7 @@ class Registry(Generic[T]):
 
 SALIENCY_METHODS: Registry[Any] = Registry(
     "saliency method", ("gradient", "input_x_gradient", "integrated_gradients", "guided_backprop", "grad_cam"))
-PROJECTIONS: Registry[Any] = Registry("projection", ("sparse", "rademacher"))
+PROJECTIONS: Registry[Any] = Registry("projection", ("sparse", "rademacher", "factored"))
 GRADIENT_COMPUTERS: Registry[Any] = Registry("gradient computer", ("func", "hooks"))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from auditor.attribution.factored import gradient_shares
 from auditor.attribution.features import Featurizer, featurize
 from auditor.attribution.gradients import FuncGradients, HookGradients, select_parameters
 from auditor.attribution.projection import make_projector
@@ -32,10 +33,17 @@ def plain_epoch(model, dataset, device, batch_size: int) -> None:
         F.cross_entropy(model(images.to(device)), labels.to(device)).backward()
 
 
-def run_featurize(model, dataset, device, computer, projection_dim, batch_size, chunk) -> None:
+def run_featurize(model, dataset, device, computer, projection_dim, batch_size, chunk, kind: str) -> None:
+    """Featurize the whole set as the engine does (with the `kind` projection; factored blocks
+    sized from the first 16 images' gradients, as `TrainingIndex` does)."""
     names = select_parameters(model)
-    featurizer = Featurizer(computer(model, names), make_projector(sum(
-        p.numel() for n, p in model.named_parameters() if n in names), projection_dim), chunk)
+    gradients = computer(model, names)
+    shares = None
+    if kind == "factored":
+        images, labels, _ = next(iter(batches(dataset, torch.arange(16), 16)))
+        shares = gradient_shares(gradients, images.to(device), labels.to(device), 16)
+    featurizer = Featurizer(gradients, make_projector(gradients.dim, projection_dim, kind, shapes=gradients.shapes,
+                                                      shares=shares), chunk)
     with tempfile.TemporaryDirectory() as root:
         store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
         featurize(store, dataset, featurizer, device, batch_size, progress=False)
@@ -47,8 +55,8 @@ def profile_one_batch(model, dataset, device, batch_size: int, projection_dim: i
     from torch.profiler import ProfilerActivity, profile
 
     names = select_parameters(model)
-    featurizer = Featurizer(HookGradients(model, names), make_projector(sum(
-        p.numel() for n, p in model.named_parameters() if n in names), projection_dim), batch_size)
+    hooks = HookGradients(model, names)
+    featurizer = Featurizer(hooks, make_projector(hooks.dim, projection_dim, "factored", shapes=hooks.shapes), batch_size)
     images, labels, _ = next(iter(batches(dataset, batch_size=batch_size)))
     images, labels = images.to(device), labels.to(device)
     sections = []
@@ -90,17 +98,25 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved, min of each: robust to a busy machine
         with timer(times, f"plain_{repeat}"):
             plain_epoch(model, dataset, device, args.batch_size)
-        with timer(times, f"hooks_{repeat}"):
-            run_featurize(model, dataset, device, HookGradients, args.projection_dim, args.batch_size, args.batch_size)
+        with timer(times, f"factored_{repeat}"):
+            run_featurize(model, dataset, device, HookGradients, args.projection_dim, args.batch_size, args.batch_size,
+                          "factored")
+        with timer(times, f"sparse_{repeat}"):
+            run_featurize(model, dataset, device, HookGradients, args.projection_dim, args.batch_size, args.batch_size,
+                          "sparse")
         with timer(times, f"vmap_{repeat}"):
-            run_featurize(model, dataset, device, FuncGradients, args.projection_dim, args.batch_size, 64)
-    plain, hooks, vmap_s = (min(v for k, v in times.items() if k.startswith(p)) for p in ("plain", "hooks", "vmap"))
+            run_featurize(model, dataset, device, FuncGradients, args.projection_dim, args.batch_size, 64, "sparse")
+    plain, factored, sparse, vmap_s = (min(v for k, v in times.items() if k.startswith(p))
+                                       for p in ("plain", "factored", "sparse", "vmap"))
     result = {
-        "featurize_over_fwd_bwd_epoch": round(hooks / plain, 3),
+        "featurize_over_fwd_bwd_epoch": round(factored / plain, 3),
+        "sparse_over_fwd_bwd_epoch": round(sparse / plain, 3),
         "vmap_over_fwd_bwd_epoch": round(vmap_s / plain, 3),
         "fwd_bwd_epoch_s": round(plain, 3),
-        "featurize_s": round(hooks, 3),
+        "featurize_s": round(factored, 3),
+        "sparse_featurize_s": round(sparse, 3),
         "vmap_featurize_s": round(vmap_s, 3),
+        "projection": "factored (hooks); sparse: the previous default, hooks; vmap: torch.func + sparse",
         "n_train": len(dataset),
         "n_params": sum(p.numel() for p in model.parameters()),
         "projection_dim": args.projection_dim,

@@ -1,7 +1,8 @@
 """Our Grad-Cos top-k vs captum TracInCP (hooks and default paths) and dattri TracIn, same model and data.
 
-    python -m benchmarks.tda_vs_peers [--model small_cnn|resnet18] [--n-train 5000] [--n-test 500]
+    python -m benchmarks.tda_vs_peers [--model small_cnn|resnet18_head] [--n-train 5000] [--n-test 500]
                                       [--default-train 300] [--threads 2] [--repeats 3]
+    python -m benchmarks.tda_vs_peers --model resnet18 [...]     # ALL layers: benchmarks/tda_all_layers.py
 
 Each tool runs in its own fresh process (cold imports, its own peak memory), on a model trained
 one epoch on real Fashion-MNIST, with the true labels and unprojected gradients: the sample
@@ -22,7 +23,7 @@ captum's (dot products divided by captum's own training-gradient norms, from its
 `self_influence`, not timed) and dattri's (`normalized_grad=True`). Captum's timed call is
 `influence(k=None)` (the full score matrix); the top-k is taken from it for free.
 Writes benchmarks/results/peers.json: the CNN's figures under `tda` and the top-level keys, the
-ResNet's under `tda_resnet18` (var_vs_reference adds its own keys).
+head-only ResNet's under `tda_resnet18_head` (var_vs_reference adds its own keys).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from benchmarks.common import RESULTS, environment, peak_memory_mb, trained_mode
 
 TOP_K = 10
 #: model name → (factory in sample_audits.models, `layers:` whose gradients every tool uses)
-MODELS = {"small_cnn": ("small_cnn", None), "resnet18": ("resnet18_28", ["fc"])}
+MODELS = {"small_cnn": ("small_cnn", None), "resnet18_head": ("resnet18_28", ["fc"])}
 
 
 def audit_yaml(work: Path, n_train: int, n_test: int, cache: str, projection_dim: int = 1000000,
@@ -175,7 +176,7 @@ def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    parser.add_argument("--model", choices=sorted([*MODELS, "resnet18"]), default="small_cnn")
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--default-train", type=int, default=300)
@@ -185,6 +186,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--audit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    if sys.argv[1:3] == ["--model", "resnet18"]:      # all layers, against TRAK and dattri: its own script
+        from benchmarks.tda_all_layers import main as all_layers
+
+        return all_layers(sys.argv[3:])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:

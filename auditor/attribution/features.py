@@ -20,12 +20,12 @@ from auditor.attribution.memory import Chunked, rows_within
 from auditor.errors import AttributionError
 
 
-def default_chunk_size(n_parameters: int, batch_size: int) -> int:
-    """Examples per per-example-gradient chunk: the gradients (and a working copy) fit the budget.
+def default_chunk_size(n_values: int, batch_size: int) -> int:
+    """Examples per chunk: the `n_values` each holds (its gradient, and a working copy) fit the budget.
 
     Small models get whole batches (fewer, larger kernels); large ones a few examples at a time.
     """
-    return rows_within(8 * max(1, n_parameters), batch_size)
+    return rows_within(8 * max(1, n_values), batch_size)
 
 
 class Featurizer:
@@ -57,9 +57,7 @@ class Featurizer:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grads = self.computer.per_parameter(x, y)
-        projected = self.projector.project_blocks([g.flatten(1) for g in grads])
-        return F.normalize(projected.float(), dim=1)
+        return F.normalize(self.projector.features(self.computer, x, y).float(), dim=1)
 
 
 def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> torch.Tensor:

@@ -113,21 +113,22 @@ class HookGradients(GradientComputer):
                                    fix="use the func gradient computer")
         self.modules = {name: module for name, module in model.named_modules() if name in owners}
 
-    def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        modules = self.modules
+    def layer_io(self, images: torch.Tensor, labels: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+        """`(name, module, input, output gradient)` of every call of a selected layer, from ONE
+        forward and backward pass of the summed loss (a module called twice appears twice)."""
         calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        with RecordLayerIO(modules, calls):
+        with RecordLayerIO(self.modules, calls):
             logits = self.model(images)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         order = [(name, i) for name in calls for i in range(len(calls[name]))]
-        outputs = [calls[name][i][1] for name, i in order]
-        output_grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        output_grads = torch.autograd.grad(loss, [calls[name][i][1] for name, i in order], allow_unused=True)
+        return [(name, self.modules[name], calls[name][i][0], g)
+                for (name, i), g in zip(order, output_grads) if g is not None]
+
+    def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         result: dict[str, torch.Tensor] = {}
-        for (name, i), g in zip(order, output_grads):
-            if g is None:
-                continue
-            x = calls[name][i][0]
-            for suffix, value in layer_gradients(modules[name], x, g).items():
+        for name, module, x, g in self.layer_io(images, labels):
+            for suffix, value in layer_gradients(module, x, g).items():
                 key = f"{name}.{suffix}" if name else suffix
                 result[key] = result[key] + value if key in result else value
         return [result.get(n, torch.zeros(len(images), *shape, device=images.device))
@@ -160,14 +161,10 @@ def _supported(module: nn.Module | None) -> bool:
 def layer_gradients(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-example `{weight, bias}` gradients of one layer from its input `x` and output grad `g`."""
     out: dict[str, torch.Tensor] = {}
-    if isinstance(module, nn.Linear):
-        out["weight"] = torch.einsum("b...o,b...i->boi", g, x)
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        out["weight"] = weight_gradient(module, x, g)
         if module.bias is not None:
-            out["bias"] = g.reshape(g.shape[0], -1, g.shape[-1]).sum(1)
-    elif isinstance(module, nn.Conv2d):
-        out["weight"] = _conv2d_weight_grad(module, x, g)
-        if module.bias is not None:
-            out["bias"] = g.sum((2, 3))
+            out["bias"] = bias_gradient(module, g)
     else:
         dims = tuple(range(2, g.dim()))
         shape = (1, -1) + (1,) * len(dims)
@@ -176,6 +173,20 @@ def layer_gradients(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict
             out["weight"] = (g * x_hat).sum(dims)
             out["bias"] = g.sum(dims)
     return out
+
+
+def weight_gradient(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-example `(b, *weight.shape)` weight gradient of a Linear (any leading dims) or Conv2d layer."""
+    if isinstance(module, nn.Conv2d):
+        return _conv2d_weight_grad(module, x, g)
+    return torch.einsum("b...o,b...i->boi", g, x)
+
+
+def bias_gradient(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Per-example `(b, out)` bias gradient of a Linear (any leading dims) or Conv2d layer."""
+    if isinstance(module, nn.Conv2d):
+        return g.sum((2, 3))
+    return g.reshape(g.shape[0], -1, g.shape[-1]).sum(1)
 
 
 def _conv2d_weight_grad(module: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -7,15 +7,20 @@ Base: `Projector`. Implementations:
 - `SparseProjector` (sparse JL / count sketch): each input coordinate goes to `s` random
   buckets with random signs, scaled by 1/√s; costs O(P·s) per example and stores only
   the P bucket indices and signs.
+- `FactoredProjector` (module `factored`): P_out ⊗ P_in per weight, from layer inputs and
+  output gradients without forming the per-example gradient.
 All are deterministic functions of (seed, P, d): the same seed gives the same features.
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from collections.abc import Sequence
 
 import torch
 
+from auditor.attribution.gradients import GradientComputer
 from auditor.registry import PROJECTIONS
 
 BLOCK_ROWS = 8192
@@ -26,6 +31,26 @@ class Projector(abc.ABC):
 
     def __init__(self, in_dim: int, out_dim: int, seed: int = 0) -> None:
         self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
+
+    @classmethod
+    def for_shapes(cls, shapes: Sequence[torch.Size], out_dim: int, seed: int = 0,
+                   shares: Sequence[float] | None = None) -> Projector:
+        """The projector of gradients of parameters with these shapes (flattened, concatenated);
+        `shares` (each parameter's share of the gradient norm) matter to the factored kind only."""
+        return cls(sum(math.prod(s) for s in shapes), out_dim, seed)
+
+    @property
+    def layout(self) -> list[int]:
+        """What the output columns mean, beyond (kind, dimensions, seed): nothing for dense kinds."""
+        return []
+
+    def features(self, computer: GradientComputer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(b, d)` projected per-example gradients of the loss on `(images, labels)`."""
+        return self.project_blocks([g.flatten(1) for g in computer.per_parameter(images, labels)])
+
+    def working_size(self, computer: GradientComputer) -> int:
+        """Values held per example while featurizing (sizes the chunks): its whole gradient."""
+        return computer.dim
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         """`(b, P)` → `(b, d)`."""
@@ -110,8 +135,10 @@ class SparseProjector(Projector):
         return out
 
 
-def make_projector(in_dim: int, out_dim: int, kind: str = "sparse", seed: int = 0) -> Projector:
-    """Exact when P ≤ d; otherwise the named random projection."""
+def make_projector(in_dim: int, out_dim: int, kind: str = "sparse", seed: int = 0,
+                   shapes: Sequence[torch.Size] | None = None, shares: Sequence[float] | None = None) -> Projector:
+    """Exact when P ≤ d; otherwise the named random projection of parameters of `shapes`
+    (default: one flat vector of `in_dim`)."""
     if in_dim <= out_dim:
         return IdentityProjector(in_dim, seed)
-    return PROJECTIONS.get(kind)(in_dim, out_dim, seed)
+    return PROJECTIONS.get(kind).for_shapes(shapes or [torch.Size([in_dim])], out_dim, seed, shares)

@@ -1,12 +1,14 @@
 """Every cache key in one place: what each stored result depends on, hashed.
 
-- training features: the weights, the training data, the parameters, the projection, the seed;
+- training features: the weights, the training data, the parameters, the projection (and its
+  layout: the factored kind sizes its blocks from the gradients), the seed;
 - influence top-k: the features' key + the test data, the test label mode and top_k;
 - TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 from auditor.fingerprint import dataset_hash, model_hash, settings_hash
@@ -23,8 +25,9 @@ def key_of(meta: dict) -> str:
 class CacheKeys:
     """Hashes of the target (each computed once) and the metadata of each cached result."""
 
-    def __init__(self, target: Target, parameter_names: list[str]) -> None:
-        self.target, self.parameter_names = target, parameter_names
+    def __init__(self, target: Target, parameter_names: list[str],
+                 projection_layout: Callable[[], list[int]] = list) -> None:
+        self.target, self.parameter_names, self.projection_layout = target, parameter_names, projection_layout
         self.settings = target.spec.settings
         self.attribution = self.settings.attribution
 
@@ -45,7 +48,8 @@ class CacheKeys:
         a = self.attribution
         return {"model": self.model, "data": self.train_data,
                 "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
-                                           "projection": a.projection, "seed": self.settings.seed, "label": "true"})}
+                                           "projection": a.projection, "layout": self.projection_layout(),
+                                           "seed": self.settings.seed, "label": "true"})}
 
     @cached_property
     def influence(self) -> dict:

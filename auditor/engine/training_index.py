@@ -19,7 +19,9 @@ from auditor import data as data_module
 from auditor.progress import bar as progress_bar, note
 from auditor.attribution.feature_store import FeatureStore, default_shard_size
 from auditor.attribution.features import Featurizer, default_chunk_size, featurized_shards, require_finite
+from auditor.attribution.factored import gradient_shares
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
+from auditor.attribution.memory import rows_within
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
 from auditor.attribution.result_store import ResultStore
@@ -50,7 +52,7 @@ class TrainingIndex:
 
     @cached_property
     def keys(self) -> CacheKeys:
-        return CacheKeys(self.target, self.parameter_names)
+        return CacheKeys(self.target, self.parameter_names, lambda: self.featurizer.projector.layout)
 
     @cached_property
     def gradients(self) -> GradientComputer:
@@ -60,9 +62,19 @@ class TrainingIndex:
     @cached_property
     def featurizer(self) -> Featurizer:
         a = self.attribution
-        projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed)
-        chunk = a.chunk_size or default_chunk_size(self.gradients.dim, self.settings.batch_size)
+        shares = self.gradient_shares() if a.projection == "factored" and self.gradients.dim > a.projection_dim else None
+        projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed,
+                                   shapes=self.gradients.shapes, shares=shares)
+        chunk = a.chunk_size or default_chunk_size(projector.working_size(self.gradients), self.settings.batch_size)
         return Featurizer(self.gradients, projector, chunk, self.stats)
+
+    def gradient_shares(self) -> list[float] | None:
+        """Each parameter's share of the squared gradient norm over the first `PROBE` training
+        images: the factored projection gives its dimensions to the layers carrying the Grad-Cos."""
+        images, labels = self.target.train_batch(torch.arange(min(PROBE, len(self.target.train))))
+        device = self.target.device
+        return gradient_shares(self.gradients, images.to(device), labels.to(device),
+                               rows_within(8 * self.gradients.dim, PROBE))
 
     @cached_property
     def labels(self) -> torch.Tensor:
@@ -190,6 +202,7 @@ class TrainingIndex:
         return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
 
 
+PROBE = 16                      # training images whose gradients size the factored projection's blocks
 LARGE_ON_CPU = 2_000_000        # parameters above which all-layer featurizing on a CPU takes minutes
 
 

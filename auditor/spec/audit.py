@@ -90,7 +90,7 @@ class AttributionSettings:
 
     layers: tuple[str, ...] | None = None
     projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
-    projection: str = choice(PROJECTIONS, default="sparse")
+    projection: str = choice(PROJECTIONS, default="factored")
     gradient_computer: str = choice(("auto", *GRADIENT_COMPUTERS.names), default="auto")
     shard_size: int | None = bounded(1, default=None, help="training examples per cache shard (default: 1/32 of "
                                      "the training set, 64 to 64 MB of features: an interrupt loses little)")
