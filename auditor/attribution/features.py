@@ -4,6 +4,7 @@ streaming pass that fills a `FeatureStore` shard by shard with a progress bar.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 
@@ -36,8 +37,8 @@ class Featurizer:
     """
 
     def __init__(self, computer: GradientComputer, projector: Projector, chunk_size: int = 64,
-                 stats: Counter[str] | None = None) -> None:
-        self.computer, self.projector = computer, projector
+                 stats: Counter[str] | None = None, precision: str = "float32") -> None:
+        self.computer, self.projector, self.precision = computer, projector, precision
         self.chunks = Chunked(chunk_size, "the gradient", "settings.attribution.chunk_size",
                               "restrict `layers:` to fewer modules, lower projection_dim, or use a device "
                               "with more memory")
@@ -57,7 +58,17 @@ class Featurizer:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projector.features(self.computer, x, y).float(), dim=1)
+        with autocast(x.device, self.precision):
+            features = self.projector.features(self.computer, x, y)
+        return F.normalize(features.float(), dim=1)
+
+
+def autocast(device: torch.device, precision: str):
+    """`torch.autocast` to `precision` on the device (the model's matmuls and convolutions in
+    half precision, losses and reductions in float32); nothing for float32."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
 
 
 def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> torch.Tensor:

@@ -48,7 +48,7 @@ class CacheKeys:
         a = self.attribution
         return {"model": self.model, "data": self.train_data,
                 "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
-                                           "projection": a.projection, "layout": self.projection_layout(),
+                                           "projection": a.projection, "layout": self.projection_layout(), "precision": a.precision,
                                            "seed": self.settings.seed, "label": "true"})}
 
     @cached_property

@@ -66,7 +66,7 @@ class TrainingIndex:
         projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed,
                                    shapes=self.gradients.shapes, shares=shares)
         chunk = a.chunk_size or default_chunk_size(projector.working_size(self.gradients), self.settings.batch_size)
-        return Featurizer(self.gradients, projector, chunk, self.stats)
+        return Featurizer(self.gradients, projector, chunk, self.stats, a.precision)
 
     def gradient_shares(self) -> list[float] | None:
         """Each parameter's share of the squared gradient norm over the first `PROBE` training
@@ -111,15 +111,19 @@ class TrainingIndex:
 
     def plan(self, n_rows: int) -> str:
         """What featurizing will cost: gradient size, memory per chunk, features on disk, and for a
-        large model on the CPU the cheaper `layers:` choice (README: large models)."""
+        model whose whole per-example gradients are formed on the CPU, the cheaper `layers:` choice."""
         p, chunk = self.gradients.dim, min(self.featurizer.chunk_size, n_rows)
+        held = self.featurizer.projector.working_size(self.gradients)
         size = f"{p / 1e6:.1f}M" if p >= 1e6 else f"{p:,}"
+        projected = (f", projected ({self.attribution.projection}) to {self.featurizer.dim:,} dimensions"
+                     if self.featurizer.dim < p else "")
         text = (f"featurizing {n_rows:,} training images: gradients of {size} parameters "
                 f"({'layers ' + ', '.join(self.attribution.layers) if self.attribution.layers else 'all trainable'}), "
-                f"{chunk} at a time (~{8 * p * chunk / 2**20:,.0f} MB), features {4 * n_rows * self.featurizer.dim / 2**20:,.0f} MB "
+                f"{chunk} at a time (~{8 * held * chunk / 2**20:,.0f} MB){projected}, "
+                f"features {4 * n_rows * self.featurizer.dim / 2**20:,.0f} MB "
                 f"in {self.cache_root}; an interrupted run resumes from its finished shards")
         head = last_linear(self.target.model)
-        if self.target.device.type == "cpu" and p > LARGE_ON_CPU and head and not self.attribution.layers:
+        if self.target.device.type == "cpu" and held > LARGE_ON_CPU and head and not self.attribution.layers:
             text += (f"\n  this model is large for a CPU: expect minutes; `settings.attribution.layers: [{head}]` "
                      f"(its last layer) featurizes about {p / max(1, parameter_count(self.target.model, head)):.0f}x less")
         return text
@@ -203,7 +207,7 @@ class TrainingIndex:
 
 
 PROBE = 16                      # training images whose gradients size the factored projection's blocks
-LARGE_ON_CPU = 2_000_000        # parameters above which all-layer featurizing on a CPU takes minutes
+LARGE_ON_CPU = 2_000_000        # values per example (whole gradients) above which featurizing on a CPU takes minutes
 
 
 def time_estimate(done: int, seconds: float, total: int) -> str:

@@ -91,6 +91,7 @@ class AttributionSettings:
     layers: tuple[str, ...] | None = None
     projection_dim: int = bounded(1, default=4096, help="gradient dimension kept after projection")
     projection: str = choice(PROJECTIONS, default="factored")
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"   # autocast while featurizing (GPU)
     gradient_computer: str = choice(("auto", *GRADIENT_COMPUTERS.names), default="auto")
     shard_size: int | None = bounded(1, default=None, help="training examples per cache shard (default: 1/32 of "
                                      "the training set, 64 to 64 MB of features: an interrupt loses little)")

@@ -134,3 +134,14 @@ def test_projected_grad_cos_keeps_the_ranking_of_exact_grad_cos(trained_checkpoi
         medians[kind] = float(F.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)).median())
     print(medians)
     assert medians["factored"] >= 0.95 and medians["factored"] >= medians["sparse"] - 0.02
+
+
+def test_bfloat16_autocast_features_agree_with_float32():
+    """`precision: bfloat16` (autocast) on the CPU: each example's feature within cosine 0.98."""
+    from auditor.attribution.features import Featurizer
+
+    model = small_cnn().eval()
+    x, y = batch(32, 28)
+    hooks, projector = factored(model, 2048)
+    full, half = Featurizer(hooks, projector, 32)(x, y), Featurizer(hooks, projector, 32, precision="bfloat16")(x, y)
+    assert half.dtype == torch.float32 and float((full * half).sum(1).min()) >= 0.98

@@ -43,6 +43,10 @@ def test_cache_is_reused_and_invalidated(fashion_audit, tmp_path):
     projected = engine_for(fashion_audit, "attribution: {projection_dim: 512}", train_limit=300)
     projected.index.store
     assert projected.stats["featurized"] == 300
+    for other in ("attribution: {projection: sparse}", "attribution: {precision: bfloat16}"):
+        kind = engine_for(fashion_audit, other, train_limit=300)
+        kind.index.store
+        assert kind.stats["featurized"] == 300, other
     longer = engine_for(fashion_audit, train_limit=301)
     longer.index.store
     assert longer.stats["featurized"] == 301

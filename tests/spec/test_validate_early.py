@@ -28,6 +28,8 @@ CASES = {
                                      ["settings.attribution.saliency: invalid value 'gradcam'", "did you mean 'grad_cam'?"]),
     "misspelled-projection": ("", "settings: {attribution: {projection: spares}}\n", 6,
                               ["settings.attribution.projection", "did you mean 'sparse'?"]),
+    "misspelled-precision": ("", "settings: {attribution: {precision: bf16}}\n", 6,
+                             ["settings.attribution.precision: invalid value 'bf16'", "did you mean 'bfloat16'?"]),
     "bare-pack-file-name": ("", "include: [rules/shortcuts.yaml]\n", 6,
                             ["include 'rules/shortcuts.yaml' not found", "included as `{pack: shortcuts}`"]),
     "unknown-pack": ("", "include: [{pack: shortcut}]\n", 6, ["include[0].pack: unknown rule pack 'shortcut'",
