@@ -36,17 +36,20 @@ def plain_epoch(model, dataset, device, batch_size: int) -> None:
 def run_featurize(model, dataset, device, computer, projection_dim, batch_size, chunk, kind: str) -> None:
     """Featurize the whole set as the engine does (with the `kind` projection; factored blocks
     sized from the first 16 images' gradients, as `TrainingIndex` does)."""
-    names = select_parameters(model)
-    gradients = computer(model, names)
+    gradients = computer(model, select_parameters(model))
+    featurizer = Featurizer(gradients, projector(gradients, dataset, device, projection_dim, kind), chunk)
+    with tempfile.TemporaryDirectory() as root:
+        store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
+        featurize(store, dataset, featurizer, device, batch_size, progress=False)
+
+
+def projector(gradients, dataset, device, projection_dim: int, kind: str):
+    """The projector the engine makes: factored blocks sized from the first 16 images' gradients."""
     shares = None
     if kind == "factored":
         images, labels, _ = next(iter(batches(dataset, torch.arange(16), 16)))
         shares = gradient_shares(gradients, images.to(device), labels.to(device), 16)
-    featurizer = Featurizer(gradients, make_projector(gradients.dim, projection_dim, kind, shapes=gradients.shapes,
-                                                      shares=shares), chunk)
-    with tempfile.TemporaryDirectory() as root:
-        store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
-        featurize(store, dataset, featurizer, device, batch_size, progress=False)
+    return make_projector(gradients.dim, projection_dim, kind, shapes=gradients.shapes, shares=shares)
 
 
 def profile_one_batch(model, dataset, device, batch_size: int, projection_dim: int) -> str:
@@ -56,7 +59,7 @@ def profile_one_batch(model, dataset, device, batch_size: int, projection_dim: i
 
     names = select_parameters(model)
     hooks = HookGradients(model, names)
-    featurizer = Featurizer(hooks, make_projector(hooks.dim, projection_dim, "factored", shapes=hooks.shapes), batch_size)
+    featurizer = Featurizer(hooks, projector(hooks, dataset, device, projection_dim, "factored"), batch_size)
     images, labels, _ = next(iter(batches(dataset, batch_size=batch_size)))
     images, labels = images.to(device), labels.to(device)
     sections = []
