@@ -13,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +51,27 @@ def projector(gradients, dataset, device, projection_dim: int, kind: str):
         images, labels, _ = next(iter(batches(dataset, torch.arange(16), 16)))
         shares = gradient_shares(gradients, images.to(device), labels.to(device), 16)
     return make_projector(gradients.dim, projection_dim, kind, shapes=gradients.shapes, shares=shares)
+
+
+def half_precision_agreement(model, dataset, device, projection_dim: int, precision: str = "bfloat16") -> dict:
+    """Autocast `precision` vs float32 features of the same images (first 1,050 training images:
+    50 as queries over 1,000): per-image feature cosine, and Spearman ρ of the queries' Grad-Cos
+    rankings; with the time of each pass."""
+    from benchmarks.tda_vs_peers import spearman_rows
+
+    hooks = HookGradients(model, select_parameters(model))
+    project = projector(hooks, dataset, device, projection_dim, "factored")
+    images, labels, _ = next(iter(batches(dataset, torch.arange(1050), 1050)))
+    images, labels = images.to(device), labels.to(device)
+    features, times = {}, {}
+    for kind in ("float32", precision):
+        with timer(times, kind):
+            features[kind] = Featurizer(hooks, project, 256, precision=kind)(images, labels).float().cpu()
+    full, half = features["float32"], features[precision]
+    rho = spearman_rows(half[:50] @ half[50:].T, full[:50] @ full[50:].T)
+    return {f"{precision}_feature_cosine_min": round(float((full * half).sum(1).min()), 4),
+            f"{precision}_spearman_vs_float32_median": round(float(np.median(rho)), 4),
+            f"{precision}_time_over_float32": round(times[precision] / times["float32"], 2)}
 
 
 def profile_one_batch(model, dataset, device, batch_size: int, projection_dim: int) -> str:
@@ -124,6 +146,7 @@ def main() -> None:
         "n_params": sum(p.numel() for p in model.parameters()),
         "projection_dim": args.projection_dim,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        **half_precision_agreement(model, dataset, device, args.projection_dim),
         **environment(device),
     }
     path = write_json("featurize.json", result)

@@ -1,6 +1,7 @@
-"""TFA cost: (train, test) pairs per second with SmoothGrad, batched (`vmap` over pair × noise
-sample rows, as the engine runs it) against the obviously-correct loop (one double backward per
-pair and sample with `torch.autograd.grad(create_graph=True)`), in one run on the same pairs.
+"""TFA cost: (train, test) pairs per second with SmoothGrad as the engine runs it (`vmap` over
+pair × noise-sample rows, or those rows one after another for a model where fewer than
+`MIN_VMAP_ROWS` fit the memory budget) against the obviously-correct loop (one double backward
+per pair and sample with `torch.autograd.grad(create_graph=True)`), in one run on the same pairs.
 
     python -m benchmarks.tfa [--threads 2] [--device auto] [--samples 16]
 
@@ -19,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from auditor.attribution.gradients import FuncGradients, select_parameters
-from auditor.attribution.tfa import EPS, pair_noise, tfa
+from auditor.attribution.memory import rows_within
+from auditor.attribution.tfa import (EPS, MAX_ROWS, MIN_VMAP_ROWS, ROW_BYTES_PER_PARAMETER, TFA_BUDGET_BYTES, pair_noise,
+                                     tfa)
 from auditor.target import resolve_device
 from benchmarks.common import environment, peak_memory_mb, timer, write_json
 
@@ -75,7 +78,9 @@ def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict
     with timer(times, "loop"):
         reference = loop_tfa(model, names, images[:n_loop], labels[:n_loop], tests[:n_loop], samples, 0.1, seeds)
     scale = float(reference.abs().max())
+    fit = rows_within(ROW_BYTES_PER_PARAMETER * tests.shape[1], MAX_ROWS, TFA_BUDGET_BYTES)
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "pairs": n_pairs,
+            "engine_rows": "vmap" if fit >= MIN_VMAP_ROWS else "one after another",
             "smoothgrad_samples": samples, "pairs_per_second": round(n_pairs / times["batched"], 3),
             "seconds_per_pair": round(times["batched"] / n_pairs, 3),
             "loop_pairs_per_second": round(n_loop / times["loop"], 3), "loop_pairs": n_loop,

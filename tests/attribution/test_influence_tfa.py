@@ -179,3 +179,17 @@ def test_tfa_maps_do_not_depend_on_how_many_rows_run_at_once():
     g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
     one_by_one = tfa(model, names, x, y, g, samples=5, rows=1)      # what memory pressure falls back to
     torch.testing.assert_close(one_by_one.signed, tfa(model, names, x, y, g, samples=5).signed)
+
+
+def test_rows_one_at_a_time_equal_the_vmapped_rows(monkeypatch):
+    """Large models run TFA rows one after another (fewer than MIN_VMAP_ROWS fit): same maps."""
+    from auditor.attribution import tfa as tfa_module
+
+    model = linear_model()
+    names = select_parameters(model)
+    x, y = torch.randn(3, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 1, 1])
+    g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
+    vmapped = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9])
+    monkeypatch.setattr(tfa_module, "MIN_VMAP_ROWS", 10**9)
+    looped = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9])
+    assert torch.allclose(looped.signed, vmapped.signed, rtol=1e-10, atol=1e-12)
