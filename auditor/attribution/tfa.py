@@ -17,6 +17,7 @@ from functools import lru_cache
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
@@ -51,6 +52,25 @@ def grad_cos_to(model: nn.Module, names: list[str]):
     return cos
 
 
+def rows_one_by_one(model: nn.Module, names: list[str]):
+    """`attribute(x, y, g_test) → (R, C, H, W)` by one plain double backward per row (autograd on
+    the model itself, eval mode): for large models, where few rows fit at once, faster than vmap."""
+    params = [p for n, p in model.named_parameters() if n in set(names)]
+
+    def attribute(x: torch.Tensor, y: torch.Tensor, g_test: torch.Tensor) -> torch.Tensor:
+        maps = []
+        for row in range(len(x)):
+            image = x[row:row + 1].detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(image), y[row:row + 1])
+                flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, create_graph=True)])
+                cos = flat @ g_test[row] / flat.norm().clamp_min(EPS)
+                maps.append(torch.autograd.grad(cos, image)[0][0])
+        return torch.stack(maps)
+
+    return attribute
+
+
 def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_labels: torch.Tensor,
         test_grads: torch.Tensor, samples: int = 0, sigma: float = 0.1, seed: int = 0,
         rows: int | None = None, pair_seeds: Sequence[int] | None = None) -> TfaMaps:
@@ -67,9 +87,8 @@ def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_la
     pair_seeds = list(pair_seeds) if pair_seeds is not None else [seed + p for p in range(n)]
     n_parameters = test_grads.shape[1] if test_grads.dim() == 2 else 1
     fit = rows_within(ROW_BYTES_PER_PARAMETER * n_parameters, MAX_ROWS, TFA_BUDGET_BYTES)
-    one_row = grad(grad_cos_to(model, names))
-    attribute = (vmap(one_row, in_dims=(0, 0, 0)) if fit >= MIN_VMAP_ROWS else   # by model size: the same
-                 lambda x, y, g: torch.stack([one_row(*row) for row in zip(x, y, g)]))   # way for every chunk
+    attribute = (vmap(grad(grad_cos_to(model, names)), in_dims=(0, 0, 0)) if fit >= MIN_VMAP_ROWS
+                 else rows_one_by_one(model, names))        # by model size: the same way for every chunk
     chunks = Chunked(rows or fit, "TFA maps", "settings.attribution.layers",
                      "restrict `layers:` to fewer modules, or use a device with more memory")
     spread = (train_images.flatten(1).amax(1) - train_images.flatten(1).amin(1)).clamp_min(EPS) * sigma
