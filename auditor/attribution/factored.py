@@ -125,6 +125,7 @@ class FactoredProjector(Projector):
         self.rest_projector = make_projector(rest_dim, rest_width, "sparse", seed) if rest_dim else None
         super().__init__(in_dim, self.rest_offset + (self.rest_projector.out_dim if rest_dim else 0), seed)
         self._matrices: dict[tuple[int, torch.device], tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._kernels: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     @classmethod
     def for_shapes(cls, shapes: Sequence[torch.Size], out_dim: int, seed: int = 0,
@@ -145,6 +146,14 @@ class FactoredProjector(Projector):
             p_in = rademacher(block.inp, block.k_in, base + 1).to(device) if block.k_in < block.inp else None
             self._matrices[key] = (p_out, p_in)
         return self._matrices[key]
+
+    def kernel(self, block: WeightBlock, module: nn.Conv2d, device: torch.device) -> torch.Tensor:
+        """P_in as a contiguous `(k_in, C_in, kh, kw)` convolution kernel (made once per device)."""
+        key = (block.index, device)
+        if key not in self._kernels:
+            p_in = self.matrices(block, device)[1]
+            self._kernels[key] = p_in.T.reshape(block.k_in, *module.weight.shape[1:]).contiguous()
+        return self._kernels[key]
 
     def working_size(self, computer: GradientComputer) -> int:
         """With hooks: the features, the 1-D parameters' gradients and any weight the fast path cannot factor."""
@@ -228,8 +237,8 @@ class FactoredProjector(Projector):
         if p_in is None:
             a = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         else:
-            kernel = p_in.T.reshape(block.k_in, *module.weight.shape[1:])
-            a = F.conv2d(x, kernel, None, module.stride, module.padding, module.dilation).flatten(2)
+            a = F.conv2d(x, self.kernel(block, module, x.device), None, module.stride, module.padding,
+                         module.dilation).flatten(2)
         d = g.flatten(2) if p_out is None else torch.einsum("bol,ok->bkl", g.flatten(2), p_out)
         return d @ a.transpose(1, 2)
 
