@@ -3,6 +3,7 @@
     CACHE_DIR/auditor-cache.json                 marks the folder as ours
     CACHE_DIR/features/KEY/manifest.json         key, n, d, shard size, what was hashed
     CACHE_DIR/features/KEY/shard-00000.npy ...   rows [i·S, (i+1)·S) as float32 (S, d)
+    CACHE_DIR/probes/KEY.json                    the factored projection's gradient shares
 
 Shards are written atomically (temp file + rename), so an interrupted featurization resumes
 from the shards it completed; a truncated or foreign shard is detected and recomputed. Each

@@ -15,6 +15,7 @@ from auditor.fingerprint import dataset_hash, model_hash, settings_hash
 from auditor.target import Target
 
 KEY_LENGTH = 24
+PROBE = 16                      # training images whose gradients size the factored projection's blocks
 
 
 def key_of(meta: dict) -> str:
@@ -50,6 +51,12 @@ class CacheKeys:
                 "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
                                            "projection": a.projection, "layout": self.projection_layout(), "precision": a.precision,
                                            "seed": self.settings.seed, "label": "true"})}
+
+    @cached_property
+    def probe(self) -> dict:
+        """What the factored projection's gradient shares depend on (its first training images)."""
+        return {"model": self.model, "data": self.train_data, "params": self.parameter_names,
+                "seed": self.settings.seed, "probe_images": PROBE}
 
     @cached_property
     def influence(self) -> dict:

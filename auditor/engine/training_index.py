@@ -6,6 +6,8 @@ test example's top-k Grad-Cos proponents and opponents (DESIGN.md §1.1), scored
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 import time
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from auditor import data as data_module
 from auditor.progress import bar as progress_bar, note
-from auditor.attribution.feature_store import FeatureStore, default_shard_size
+from auditor.attribution.feature_store import FeatureStore, default_shard_size, open_cache
 from auditor.attribution.features import Featurizer, default_chunk_size, featurized_shards, require_finite
 from auditor.attribution.factored import gradient_shares
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
@@ -25,8 +27,9 @@ from auditor.attribution.memory import rows_within
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk
 from auditor.attribution.projection import make_projector
 from auditor.attribution.result_store import ResultStore
-from auditor.engine.keys import CacheKeys, key_of
+from auditor.engine.keys import PROBE, CacheKeys, key_of
 from auditor.engine.located import located
+from auditor.files import atomic_write
 from auditor.engine.predictions import check_labels
 from auditor.target import Target
 
@@ -70,11 +73,21 @@ class TrainingIndex:
 
     def gradient_shares(self) -> list[float] | None:
         """Each parameter's share of the squared gradient norm over the first `PROBE` training
-        images: the factored projection gives its dimensions to the layers carrying the Grad-Cos."""
+        images: the factored projection gives its dimensions to the layers carrying the Grad-Cos.
+        Kept in the cache folder: a warm re-run finds its features without probing again, and
+        every device reads the same shares, so the same layout."""
+        with located(self.spec, "cache_dir", section="settings"):
+            path = open_cache(self.cache_root) / "probes" / f"{key_of(self.keys.probe)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
         images, labels = self.target.train_batch(torch.arange(min(PROBE, len(self.target.train))))
         device = self.target.device
-        return gradient_shares(self.gradients, images.to(device), labels.to(device),
-                               rows_within(8 * self.gradients.dim, PROBE))
+        shares = gradient_shares(self.gradients, images.to(device), labels.to(device),
+                                 rows_within(8 * self.gradients.dim, PROBE))
+        if shares is not None:
+            with contextlib.suppress(OSError):     # only a cache: featurizing names an unwritable folder
+                atomic_write(path, json.dumps(shares))
+        return shares
 
     @cached_property
     def labels(self) -> torch.Tensor:
@@ -206,7 +219,6 @@ class TrainingIndex:
         return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
 
 
-PROBE = 16                      # training images whose gradients size the factored projection's blocks
 LARGE_ON_CPU = 2_000_000        # values per example (whole gradients) above which featurizing on a CPU takes minutes
 
 

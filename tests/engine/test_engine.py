@@ -57,6 +57,17 @@ def test_cache_is_reused_and_invalidated(fashion_audit, tmp_path):
     assert changed.stats["featurized"] == 300
 
 
+def test_a_warm_rerun_finds_its_features_without_probing_the_gradients_again(fashion_audit, monkeypatch):
+    first = engine_for(fashion_audit, train_limit=200)
+    first.index.store
+    assert len(list((first.index.cache_root / "probes").glob("*.json"))) == 1
+    monkeypatch.setattr("auditor.engine.training_index.gradient_shares",
+                        lambda *a, **k: pytest.fail("probed again"))
+    second = engine_for(fashion_audit, train_limit=200)
+    assert torch.equal(second.index.store.matrix(), first.index.store.matrix())
+    assert second.index.featurizer.projector.layout == first.index.featurizer.projector.layout
+
+
 def test_influence_results_are_reused_by_a_rerun_and_keyed_by_what_they_depend_on(fashion_audit, caplog):
     engine = engine_for(fashion_audit, "attribution: {top_k: 4}", train_limit=300)
     first = engine.influence(torch.arange(10))
