@@ -194,7 +194,8 @@ class FactoredProjector(Projector):
         """The 1-D parameters' exact gradients (zeros where a layer did not run), sparse-projected."""
         if self.rest_projector is None:
             return
-        flat = [grads[i].flatten(1).float() if i in grads else out.new_zeros(len(out), self.sizes[i]) for i in self.rest]
+        flat = [grads[i].flatten(1).float() if i in grads else out.new_zeros(len(out), self.sizes[i])
+                for i in self.rest]
         out[:, self.rest_offset:] = self.rest_projector.project_blocks(flat)
 
     # --- from layer inputs and output gradients (HookGradients: one forward and backward) ---

@@ -86,16 +86,20 @@ def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> 
 def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
               batch_size: int = 256, shards: list[int] | None = None, progress: bool = True) -> None:
     """Compute and write the store's missing shards (or only `shards`, for one rank's share)."""
-    for _ in featurized_shards(store, dataset, featurizer, device, batch_size, shards, progress):
+    for _ in featurized_shards(store, dataset, featurizer, device, missing(store, shards), batch_size, progress):
         pass
 
 
+def missing(store: FeatureStore, shards: list[int] | None = None) -> list[int]:
+    """The store's missing shards (among `shards`, when given), in index order: one scan of the folder."""
+    return [i for i in store.missing_shards() if shards is None or i in shards]
+
+
 def featurized_shards(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
-                      batch_size: int = 256, shards: list[int] | None = None, progress: bool = True,
+                      todo: list[int], batch_size: int = 256, progress: bool = True,
                       ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Compute the missing shards (or only `shards`) in index order; yield `(index, features)` of
-    each as it is handed to the store's background writer, so a caller can score it at once."""
-    todo = [i for i in store.missing_shards() if shards is None or i in shards]
+    """Compute the shards `todo` (see `missing`) in order; yield `(index, features)` of each as it
+    is handed to the store's background writer, so a caller can score it at once."""
     total = sum(stop - start for start, stop in map(store.shard_range, todo))
     with progress_bar(total, "featurizing training set", enabled=progress) as bar:
         try:

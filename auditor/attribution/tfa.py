@@ -29,7 +29,7 @@ ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradien
 MAX_ROWS = 256                   # (pair, sample) rows per call for small models (16 pairs × 16 samples)
 MIN_VMAP_ROWS = 32               # fewer rows fit at once (large models): one row at a time, vmap measured
                                  # 0.45x that loop on ResNet-18 (benchmarks/tfa.py); 2.5x it on the sample CNN
-TFA_BUDGET_BYTES = 2 * 2**30     # ResNet-18: 11 rows at once (2 rows: 32 s a pair, 8: 19 s, 32: 16 s on 2 busy cores)
+TFA_BUDGET_BYTES = 2 * 2**30     # ResNet-18: 11 rows per chunk
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Every cache key in one place: what each stored result depends on, hashed.
 
 - training features: the weights, the training data, the parameters, the projection (and its
-  layout: the factored kind sizes its blocks from the gradients), the seed;
+  layout: the factored kind sizes its blocks from the gradients), the precision, the seed;
+- the factored projection's gradient shares: the weights, the training data, the parameters;
 - influence top-k: the features' key + the test data, the test label mode and top_k;
 - TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed.
 """
@@ -49,14 +50,13 @@ class CacheKeys:
         a = self.attribution
         return {"model": self.model, "data": self.train_data,
                 "settings": settings_hash({"params": self.parameter_names, "projection_dim": a.projection_dim,
-                                           "projection": a.projection, "layout": self.projection_layout(), "precision": a.precision,
-                                           "seed": self.settings.seed, "label": "true"})}
+                                           "projection": a.projection, "layout": self.projection_layout(),
+                                           "precision": a.precision, "seed": self.settings.seed, "label": "true"})}
 
     @cached_property
     def probe(self) -> dict:
         """What the factored projection's gradient shares depend on (its first training images)."""
-        return {"model": self.model, "data": self.train_data, "params": self.parameter_names,
-                "seed": self.settings.seed, "probe_images": PROBE}
+        return {"model": self.model, "data": self.train_data, "params": self.parameter_names, "probe_images": PROBE}
 
     @cached_property
     def influence(self) -> dict:

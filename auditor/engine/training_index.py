@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from auditor import data as data_module
 from auditor.progress import bar as progress_bar, note
 from auditor.attribution.feature_store import FeatureStore, default_shard_size, open_cache
-from auditor.attribution.features import Featurizer, default_chunk_size, featurized_shards, require_finite
+from auditor.attribution.features import (Featurizer, default_chunk_size, featurized_shards, missing,
+                                          require_finite)
 from auditor.attribution.factored import gradient_shares
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.memory import rows_within
@@ -65,7 +66,8 @@ class TrainingIndex:
     @cached_property
     def featurizer(self) -> Featurizer:
         a = self.attribution
-        shares = self.gradient_shares() if a.projection == "factored" and self.gradients.dim > a.projection_dim else None
+        factored = a.projection == "factored" and self.gradients.dim > a.projection_dim
+        shares = self.gradient_shares() if factored else None
         projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed,
                                    shapes=self.gradients.shapes, shares=shares)
         chunk = a.chunk_size or default_chunk_size(projector.working_size(self.gradients), self.settings.batch_size)
@@ -149,14 +151,14 @@ class TrainingIndex:
     def featurized(self, store: FeatureStore, shards: list[int] | None = None,
                    progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
         """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
-        todo = [i for i in store.missing_shards() if shards is None or i in shards]
+        todo = missing(store, shards)
         total = sum(stop - start for start, stop in map(store.shard_range, todo))
         if todo and progress:
             note(self.plan(total))
         start, done = time.perf_counter(), 0
         with located(self.spec, "chunk_size"):
             for index, shard in featurized_shards(store, self.target.train, self.featurizer, self.target.device,
-                                                  self.settings.batch_size, shards=shards, progress=progress):
+                                                  todo, self.settings.batch_size, progress=progress):
                 if progress and done == 0 and len(todo) > 1:
                     note(time_estimate(len(shard), time.perf_counter() - start, total))
                 done += len(shard)
@@ -226,7 +228,8 @@ def time_estimate(done: int, seconds: float, total: int) -> str:
     """The rest of the featurization, extrapolated from its first shard."""
     rest = (total - done) * seconds / max(1, done)
     when = f"{rest / 60:.1f} min" if rest >= 90 else f"{rest:.0f} s"
-    return f"  first {done:,} images in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f}/s): about {when} for the other {total - done:,}"
+    return (f"  first {done:,} images in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f}/s): "
+            f"about {when} for the other {total - done:,}")
 
 
 def counted(chunks: Iterator[tuple[int, torch.Tensor]], bar) -> Iterator[tuple[int, torch.Tensor]]:
