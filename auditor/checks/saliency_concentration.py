@@ -62,7 +62,7 @@ class SaliencyConcentration(Check):
             rows = (predicted == c).nonzero().flatten()
             if len(rows) < p.min_group:
                 continue
-            sub = Windows(windows.share[rows], windows.row[rows], windows.col[rows])
+            sub = subset(windows, rows)
             reference_tests, reference = self._reference(engine, c, side)
             spot = hotspot(sub, reference, side)
             if spot is None:

@@ -110,6 +110,7 @@ def hotspot_at(windows: Windows, reference: Windows, row: int, col: int, side: i
 
 
 def subset(windows: Windows, keep: torch.Tensor) -> Windows:
+    """The windows picked by `keep` (a boolean mask or indices)."""
     return Windows(windows.share[keep], windows.row[keep], windows.col[keep])
 
 
