@@ -5,13 +5,15 @@ A recipe (`recipe.yaml` in an audit folder) may plant:
     square: {class: Shirt, train_share: 0.5, test_share: 0.1, size: 4, colour: [255, 0, 0],
              position: [1, 1]}
     mislabel: {from: Sneaker, to: Sandal, count: 30}
+    relabel: {count: 30}
     copies: {count: 10, shift: 1}
 
 `square` paints a coloured square on `train_share` of one class's training images (a
 shortcut: the model can learn "square → class") and on `test_share` of the test images of
 every class, where the correlation no longer holds. A clean recipe keeps the same test set
 (`train_share: 0`), so clean and shortcut models are audited on identical data. `mislabel`
-gives `count` training images of one class the label of another. `copies` appends to the
+gives `count` training images of one class the label of another (a systematic swap); `relabel`
+gives `count` training images of any class a random other label (random noise). `copies` appends to the
 training set near-copies of `count` test images (shifted by `shift` pixels) under a wrong label
 (the next class): the classic error a single training image drives. `defects(recipe)` returns
 the planted indices (the manifest).
@@ -59,8 +61,8 @@ def defects(recipe: dict[str, Any]) -> dict[str, list[int]]:
     seed = recipe.get("seed", 0)
     train_labels = fashion_mnist("train").targets[: recipe.get("n_train", 60000)]
     test_labels = fashion_mnist("test").targets[: recipe.get("n_test", 10000)]
-    planted = {"patched_train": [], "patched_test": [], "relabelled_train": [], "copied_test": [],
-               "copies_train": []}
+    planted = {"patched_train": [], "patched_test": [], "relabelled_train": [], "random_relabels": {},
+               "copied_test": [], "copies_train": []}
     if square := recipe.get("square"):
         members = (train_labels == _class(square["class"])).nonzero().flatten()
         planted["patched_train"] = _pick(members, round(square.get("train_share", 0.5) * len(members)), seed).tolist()
@@ -70,6 +72,14 @@ def defects(recipe: dict[str, Any]) -> dict[str, list[int]]:
         members = (train_labels == _class(mislabel["from"])).nonzero().flatten()
         members = members[~torch.isin(members, torch.tensor(planted["patched_train"], dtype=torch.long))]
         planted["relabelled_train"] = _pick(members, mislabel.get("count", 30), seed + 2).tolist()
+    if relabel := recipe.get("relabel"):
+        taken = torch.tensor(planted["patched_train"] + planted["relabelled_train"], dtype=torch.long)
+        members = torch.arange(len(train_labels))[~torch.isin(torch.arange(len(train_labels)), taken)]
+        chosen = _pick(members, relabel.get("count", 30), seed + 4)
+        shifts = torch.randint(1, len(FASHION_MNIST_CLASSES), (len(chosen),),
+                               generator=torch.Generator().manual_seed(seed + 5))
+        planted["random_relabels"] = {int(j): int((train_labels[j] + s) % len(FASHION_MNIST_CLASSES))
+                                      for j, s in zip(chosen, shifts)}
     if copies := recipe.get("copies"):
         sources = _pick(torch.arange(len(test_labels)), copies.get("count", 10), seed + 3)
         if planted["patched_test"]:       # copies of unmarked test images: one defect at a time
@@ -97,6 +107,8 @@ def train_set(audit: str | Path = "fashion_clean", recipe: dict[str, Any] | None
         paint(images, torch.tensor(planted["patched_train"]), recipe["square"])
     if planted["relabelled_train"]:
         targets[torch.tensor(planted["relabelled_train"])] = _class(recipe["mislabel"]["to"])
+    for j, label in planted["random_relabels"].items():
+        targets[j] = label
     if planted["copied_test"]:
         test = fashion_mnist("test")
         sources = torch.tensor(planted["copied_test"])

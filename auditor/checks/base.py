@@ -45,6 +45,8 @@ class AuditEngine(Protocol):
 
     def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor: ...   # (n, m) projected
 
+    def neighbours(self, k: int, layer: str | None = None) -> Any: ...   # training images' label-voting neighbours
+
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> Any: ...
 
     def test_images(self, indices: torch.Tensor) -> torch.Tensor: ...                # (b, C, H, W) model inputs

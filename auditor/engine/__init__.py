@@ -4,6 +4,7 @@
     training index: gradient features (cached) ─▶ influence top-k         training_index.py
     TFA maps on the top-k proponents                                       tfa_cache.py
     saliency maps (+VAR) of test images                                    saliency_cache.py
+    training images in the head's input space ─▶ nearest neighbours       representations.py
 
 `Engine` composes these parts and is what checks read (`auditor.checks.base.AuditEngine`);
 `stats` counts what this engine computed (featurized, scored, tfa_pairs).
@@ -18,7 +19,9 @@ import torch
 
 from auditor.attribution.influence import Influence
 from auditor.data import image_path
+from auditor.attribution.neighbours import Neighbours
 from auditor.engine.predictions import Predictions, predict, resolve
+from auditor.engine.representations import Representations
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
 from auditor.engine.tfa_cache import TfaCache, TfaResult
 from auditor.engine.training_index import TrainingIndex
@@ -41,6 +44,7 @@ class Engine:
         self.index = TrainingIndex(target, self.gradient_labels, self.stats)
         self.tfa = TfaCache(self.index, self.stats)
         self._saliency = SaliencyCache(target)
+        self.representations = Representations(target, lambda: self.index.keys, lambda: self.index.labels, self.stats)
 
     @cached_property
     def predictions(self) -> Predictions:
@@ -73,6 +77,10 @@ class Engine:
     def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
         """`(len(train), len(test))` projected Grad-Cos of chosen training and test examples."""
         return (self.index.train_features(train) @ self.index.test_features(test).T).cpu()
+
+    def neighbours(self, k: int, layer: str | None = None) -> Neighbours:
+        """Each training image's `k` nearest others in the model's representation, with their label votes."""
+        return self.representations.neighbours(k, layer)
 
     @cached_property
     def train_losses(self) -> torch.Tensor:

@@ -4,7 +4,8 @@
   layout: the factored kind sizes its blocks from the gradients), the precision, the seed;
 - the factored projection's gradient shares: the weights, the training data, the parameters;
 - influence top-k: the features' key + the test data, the test label mode and top_k;
-- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed.
+- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed;
+- representations (the head's input for every training image): the weights, the training data, the layer.
 """
 
 from __future__ import annotations
@@ -69,3 +70,7 @@ class CacheKeys:
         return {"model": self.model, "data": self.train_data, "test": self.test_data, "params": self.parameter_names,
                 "test_label": a.test_label, "samples": a.smoothgrad_samples, "sigma": a.smoothgrad_sigma,
                 "seed": self.settings.seed}
+
+    def representation(self, layer: str) -> dict[str, str]:
+        """What the training set's representation at `layer`'s input depends on."""
+        return {"model": self.model, "data": self.train_data, "layer": layer}

@@ -70,9 +70,15 @@ def _carriers(entry: Entry) -> str:
 
 def _mislabels(entry: Entry) -> str:
     extra = entry["extra"]
-    return (f"{extra['suspects']} of {extra['n_train']} training images ({entry['value']:.1%}) get almost no "
-            "probability for their own label: check their labels, highest loss first (each is shown with the "
-            "test errors it drives); relabel or remove the wrong ones.")
+    pairs = extra.get("suggested", [])
+    swaps = "; ".join(f"{p['count']} labelled {p['label']} look like {p['suggested']}" for p in pairs[:3])
+    first = entry["failures"][0] if entry["failures"] else None
+    example = (f" (first: training image #{first['index']}, labelled {first['label']}, suggested {first['suggested']})"
+               if first and "suggested" in first else "")
+    return (f"{extra['suspects']} of {extra['n_train']} training images ({entry['value']:.1%}) are contradicted by "
+            f"their {extra.get('neighbours', 'nearest')} nearest training images in the model's representation"
+            f"{': ' + swaps if swaps else ''}{example}. Check each against its suggested label, strongest first; "
+            "relabel or remove the wrong ones, then retrain.")
 
 
 def _single(entry: Entry) -> str:

@@ -210,13 +210,22 @@ class SingleImageParams(UsesInfluence):
 
 
 @check_kind("mislabel_suspects", per_example=False,
-            description="training images the model confidently disagrees with, and the test predictions they move")
+            description="training images whose neighbours in the model's representation carry another label")
 @dataclass(frozen=True)
 class MislabelParams(Params):
-    """Suspects: training images whose own label gets at most `max_own_prob` from the model,
-    ranked by their loss; the rule fails when they are more than `max_share` of the training set."""
+    """Suspects: training images of which at most `max_own_share` of their `neighbours` nearest
+    training images (in the input of the classifier head) carry their label while at least
+    `min_suggested_share` agree on one other label, the suggested one. A model that fits a wrong
+    label hides it from its loss; its representation still resembles the true class
+    (benchmarks/label_errors.py). The rule fails when suspects are more than `max_share` of the
+    training set."""
 
-    max_own_prob: float = bounded(0.0, 1.0, default=0.05, help="own-label probability at or below which an image is a suspect")
+    max_own_share: float = bounded(0.0, 1.0, default=0.1,
+                                   help="share of an image's neighbours with its own label at or below which it is a suspect")
+    min_suggested_share: float = bounded(0.0, 1.0, default=0.5,
+                                         help="share of its neighbours that must agree on one other label")
+    neighbours: int = bounded(1, 1000, default=25, help="nearest training images that vote on each image's label")
+    layer: str | None = None
     max_share: float = bounded(0.0, 1.0, default=0.0, help="largest share of the training set that may be suspects")
-    explain: int = bounded(0, 1000, default=20, help="suspects (highest loss first) explained by the test predictions they move")
+    explain: int = bounded(0, 1000, default=20, help="suspects (strongest disagreement first) explained in full")
 

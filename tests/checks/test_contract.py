@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from auditor.attribution.influence import Influence, TopK
+from auditor.attribution.neighbours import Neighbours
 from auditor.attribution.tfa import TfaMaps
 from auditor.checks import CHECKS, CheckResult
 from auditor.engine import Predictions, SaliencyMaps, TfaResult
@@ -23,10 +24,20 @@ PARAMS = {"accuracy": {"min_accuracy": 0.99}, "influence_dominance": {"max_top1_
           "proponent_label_agreement": {"min_agreement": 0.9}, "region_mass": {"max_mass": 0.05},
           "saliency_concentration": {"max_mass": 0.1}, "harmful_training_images": {"min_count": 1, "k": 2},
           "shortcut_carriers": {"min_group": 1, "max_recurrence": 0.1, "carrier_reference": 10, "min_z": 3.0},
-          "single_image_errors": {"min_z": 3.0}, "mislabel_suspects": {"max_own_prob": 0.05}}
+          "single_image_errors": {"min_z": 3.0}, "mislabel_suspects": {"max_own_share": 0.1}}
 MAP_CHECKS = ("region_mass", "saliency_concentration")
 SPOT = (slice(None), slice(None), slice(2, 5), slice(2, 5))
 N_TEST, N_TRAIN, K = 12, 8, 3
+# Each training image's 3 nearest others: images 2 (label c) and 6 (label a) sit among b's.
+NEIGHBOURS = [[3, 6, 1], [4, 7, 2], [1, 4, 7], [0, 6, 5], [1, 7, 6], [2, 0, 3], [4, 1, 7], [1, 4, 3]]
+
+
+def fixed_neighbours(table: list[list[int]], labels: torch.Tensor, n_classes: int = 3) -> Neighbours:
+    """A `Neighbours` from a table of neighbour indices (similarities 0.9, 0.8, ...)."""
+    indices = torch.tensor(table)
+    similarity = (0.9 - 0.1 * torch.arange(indices.shape[1])).expand_as(indices).clone()
+    votes = torch.nn.functional.one_hot(labels[indices], n_classes).float().mean(1)
+    return Neighbours(indices, similarity, votes)
 
 
 class FakeEngine:
@@ -71,6 +82,10 @@ class FakeEngine:
 
     def grad_cos(self, train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
         return self.cos[train][:, test]
+
+    def neighbours(self, k: int, layer: str | None = None) -> Neighbours:
+        table = [[j + N_TRAIN * (i // N_TRAIN) for j in NEIGHBOURS[i % N_TRAIN]] for i in range(len(self.train_labels))]
+        return fixed_neighbours(table, self.train_labels)
 
     def saliency(self, indices: torch.Tensor, method: str | None = None, use_var: bool = False) -> SaliencyMaps:
         return SaliencyMaps(indices, self.maps[indices], self.maps[indices].abs().sum(1))

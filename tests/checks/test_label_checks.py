@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
-from test_contract import N_TEST, N_TRAIN, FakeEngine
+from test_contract import N_TEST, N_TRAIN, NEIGHBOURS, FakeEngine
 
 from auditor.checks.mislabel_suspects import MislabelSuspects
 from auditor.checks.robust import MAD_TO_SIGMA
@@ -57,13 +57,17 @@ def test_single_image_verdicts_do_not_depend_on_the_selection_size():
     assert len(b.failures) == repeat * len(a.failures)
 
 
-def test_suspects_are_the_images_the_model_disagrees_with_ranked_by_loss_and_explained():
+def test_suspects_are_the_images_their_neighbours_contradict_ranked_and_explained():
     engine = FakeEngine()
-    result = MislabelSuspects(MislabelParams(max_own_prob=0.05)).evaluate(engine, ALL)
-    assert [f.index for f in result.failures] == [6, 2]                   # loss 6 before loss 4
-    assert result.value == 2 / N_TRAIN and result.passed is False
+    result = MislabelSuspects(MislabelParams(max_own_share=0.1)).evaluate(engine, ALL)
+    assert [f.index for f in result.failures] == [6, 2]      # both: no neighbour shares the label; loss 6 first
+    assert result.value == 2 / N_TRAIN and result.passed is False and result.n_selected == N_TRAIN
     six = result.failures[0]
-    assert six.kind == "train" and six.details["own_prob"] == round(math.exp(-6.0), 6)
+    assert six.kind == "train" and six.value == 1.0
+    assert six.details["label"] == "a" and six.details["suggested"] == "b" and six.details["suggested_share"] == 1.0
+    assert six.details["own_prob"] == round(math.exp(-6.0), 6)
+    assert [r["train"] for r in six.details["resembles"]] == NEIGHBOURS[6]
+    assert {r["label"] for r in six.details["resembles"]} == {"b"}
     p = engine.predictions
     label = int(engine.train_labels[6])
     errors = [t for t in range(N_TEST) if not p.correct[t] and int(p.predicted[t]) == label and engine.cos[6, t] > 0]
@@ -71,7 +75,29 @@ def test_suspects_are_the_images_the_model_disagrees_with_ranked_by_loss_and_exp
     assert set(six.details["drives"]) == set(errors) and six.details["opposes"] == opposed[:3]
     strongest = max(errors + opposed[:3], key=lambda t: abs(float(engine.cos[6, t])))
     assert six.evidence.related[0][0:2] == ("test", strongest)
+    assert [r[:2] for r in six.evidence.related[1:4]] == [("train", j) for j in NEIGHBOURS[6]]
     assert torch.equal(six.evidence.signed, engine.tfa_pairs([(strongest, 6)])[0])
+    assert result.extra["suggested"] == [{"label": "a", "suggested": "b", "count": 1},
+                                         {"label": "c", "suggested": "b", "count": 1}]
+
+
+def test_an_image_needs_a_suggested_label_not_only_a_lonely_one():
+    """Own share 0 but the neighbours split between two other labels: no suggestion, no suspect."""
+    engine = FakeEngine()
+    engine.train_labels = engine.train_labels.clone()
+    engine.train_labels[7] = 2                         # image 6's neighbours now read b, b, c
+    result = MislabelSuspects(MislabelParams(max_own_share=0.1, min_suggested_share=0.7)).evaluate(engine, ALL)
+    assert 6 not in [f.index for f in result.failures]
+    at = MislabelSuspects(MislabelParams(max_own_share=0.1, min_suggested_share=2 / 3)).evaluate(engine, ALL)
+    assert 6 in [f.index for f in at.failures]         # a share equal to the bound counts
+
+
+def test_beyond_explain_a_suspect_keeps_its_neighbours_as_evidence():
+    engine = FakeEngine()
+    result = MislabelSuspects(MislabelParams(max_own_share=0.1, explain=1)).evaluate(engine, ALL)
+    second = result.failures[1]
+    assert second.evidence.source == "neighbours" and "drives" not in second.details
+    assert [r[1] for r in second.evidence.related] == NEIGHBOURS[2]
 
 
 def test_suspect_share_at_its_threshold_passes_and_does_not_depend_on_the_training_set_size():
@@ -80,11 +106,10 @@ def test_suspect_share_at_its_threshold_passes_and_does_not_depend_on_the_traini
     large.cos = small.cos.repeat(3, 1)
     share = 2 / N_TRAIN
     for engine in (small, large):
-        at = MislabelSuspects(MislabelParams(max_own_prob=0.05, max_share=share)).evaluate(engine, ALL)
+        at = MislabelSuspects(MislabelParams(max_own_share=0.1, max_share=share)).evaluate(engine, ALL)
         assert at.value == share and at.passed is True
-        below = MislabelSuspects(MislabelParams(max_own_prob=0.05, max_share=share * 0.99)).evaluate(engine, ALL)
+        below = MislabelSuspects(MislabelParams(max_own_share=0.1, max_share=share * 0.99)).evaluate(engine, ALL)
         assert below.passed is False
-    assert math.exp(-4.0) <= 0.05 < math.exp(-0.1)      # the constructed losses sit on either side
 
 
 def test_a_proponent_that_stands_apart_but_does_not_explain_the_error_is_no_driver():

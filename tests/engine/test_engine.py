@@ -237,3 +237,21 @@ def test_class_names_match_case_insensitively_unless_ambiguous():
     assert str(info.value).startswith("audit_x.yaml:7") and "did you mean 'Shirt'" in str(info.value)
     with pytest.raises(SpecError):
         class_index("cat", ("Cat", "CAT"), where)                          # two classes fold to 'cat'
+
+
+def test_representations_are_cached_and_a_changed_layer_or_weight_recomputes(fashion_audit):
+    first = engine_for(fashion_audit, train_limit=300)
+    values = first.representations.train()
+    assert first.stats["represented"] == 300 and values.shape[0] == 300
+    again = engine_for(fashion_audit, train_limit=300)
+    assert torch.equal(again.representations.train(), values) and again.stats["represented"] == 0
+    other = engine_for(fashion_audit, train_limit=300)
+    head = other.representations.train("10")                    # the head's output: another layer, recomputed
+    assert other.stats["represented"] == 300 and head.shape == (300, 10)
+    changed = engine_for(fashion_audit, train_limit=300)
+    with torch.no_grad():
+        changed.target.model[0].bias.add_(0.01)
+    changed.representations.train()
+    assert changed.stats["represented"] == 300
+    votes = again.neighbours(5)
+    assert votes.indices.shape == (300, 5) and torch.allclose(votes.votes.sum(1), torch.ones(300))

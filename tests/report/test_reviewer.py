@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+import torch
+
 import auditor
 from auditor.report.advice import advice, position
 from auditor.report.html import markdown_summary, render_index
@@ -71,9 +73,12 @@ def test_step_summary_lists_what_to_fix_and_the_first_items_with_files():
 
 def test_failing_training_images_get_a_grid_panel_first(tmp_path):
     images = fakes.images(n=12)
-    images.targets[:] = 0                     # every training label wrong for a model predicting c2 ...
+    images.images[:] = 0
+    images.images[:6, :, :, :4] = 200 + images.images[:6, :, :, :4] % 50      # two looks: bright left, bright right
+    images.images[6:, :, :, 4:] = 200
+    images.targets[:] = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])   # one of each look mislabelled
     result = auditor.audit(fakes.blind(), images, fakes.images(), rules=[
-        {"name": "suspects", "check": "mislabel_suspects", "max_own_prob": 0.5, "max_share": 0.0}],
+        {"name": "suspects", "check": "mislabel_suspects", "neighbours": 3, "max_share": 0.0}],
         settings={"device": "cpu", "cache_dir": str(tmp_path / "cache")})
     assert len(result.findings["suspects"]) > 1
     index = result.write_report(tmp_path / "report")

@@ -1,0 +1,84 @@
+"""The training set in the model's own representation (a mid-depth feature map, pooled),
+computed in one forward pass and kept in the cache folder, and each image's nearest neighbours
+in it (`auditor.attribution.neighbours`): the label evidence of `mislabel_suspects`.
+
+    CACHE_DIR/representations/KEY.pt    (n_train, D) float32, keyed by the weights, the data, the layer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from auditor.attribution.feature_store import open_cache
+from auditor.attribution.neighbours import Neighbours, RecordRepresentation, nearest_neighbours, representation_layer
+from auditor.engine.keys import CacheKeys, key_of
+from auditor.engine.located import located
+from auditor.errors import AttributionError
+from auditor.files import atomic_write
+from auditor.progress import bar as progress_bar
+from auditor.target import Target
+
+
+class Representations:
+    """Head inputs of every training image (cached on disk) and their label-voting neighbours."""
+
+    def __init__(self, target: Target, keys: Callable[[], CacheKeys], labels: Callable[[], torch.Tensor],
+                 stats: Counter[str]) -> None:
+        self.target, self.keys, self.labels, self.stats = target, keys, labels, stats
+        self.settings = target.spec.settings
+        self._found: dict[tuple[int, str | None], Neighbours] = {}
+
+    def train(self, layer: str | None = None) -> torch.Tensor:
+        """`(n_train, D)` representation at `layer` (default: mid-depth) of every training image."""
+        name, use_input = self.layer(layer)
+        with located(self.target.spec, "cache_dir", section="settings"):
+            root = open_cache(self.target.spec.base_dir / self.settings.cache_dir)
+        path = root / "representations" / f"{key_of(self.keys().representation(name + (':input' if use_input else '')))}.pt"
+        if path.is_file():
+            with contextlib.suppress(Exception):          # a damaged file is recomputed, never trusted
+                cached = torch.load(path, weights_only=True)
+                if isinstance(cached, torch.Tensor) and len(cached) == len(self.target.train):
+                    return cached
+        features = self._compute(dict(self.target.model.named_modules())[name], use_input)
+        buffer = io.BytesIO()
+        torch.save(features, buffer)
+        with contextlib.suppress(OSError):                # only a cache
+            atomic_write(path, buffer.getvalue())
+        return features
+
+    def neighbours(self, k: int, layer: str | None = None) -> Neighbours:
+        """Each training image's `k` nearest others in the representation, and their label votes (once per run)."""
+        if (k, layer) not in self._found:
+            features = self.train(layer).to(self.target.device)
+            self._found[k, layer] = nearest_neighbours(features, self.labels(), k, len(self.target.classes))
+        return self._found[k, layer]
+
+    def layer(self, layer: str | None) -> tuple[str, bool]:
+        """The module whose output (or input, for a head) is the representation."""
+        images, _ = self.target.train_batch(torch.arange(min(2, len(self.target.train))))
+        found = representation_layer(self.target.model, images.to(self.target.device), layer)
+        if found is None:
+            what = f"no module named '{layer}'" if layer else "neither feature maps nor an nn.Linear head"
+            raise AttributionError(f"the model has {what} to read a representation from",
+                                   field="rules.layer",
+                                   fix="name the module whose output is the representation in the rule's `layer:` "
+                                       "(see model.named_modules())")
+        return found
+
+    def _compute(self, module: torch.nn.Module, use_input: bool) -> torch.Tensor:
+        model, device = self.target.model, self.target.device
+        n, size = len(self.target.train), max(self.settings.batch_size, 1)
+        parts = []
+        with RecordRepresentation(module, use_input) as record, torch.no_grad(), progress_bar(n, "representing training images") as bar:
+            for start in range(0, n, size):
+                images, _ = self.target.train_batch(torch.arange(start, min(n, start + size)))
+                model(images.to(device))
+                parts.append(record.take())
+                bar.update(len(images))
+        self.stats["represented"] += n
+        return torch.cat(parts) if parts else torch.zeros(0, 0)

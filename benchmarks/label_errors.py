@@ -1,0 +1,320 @@
+"""Label errors from one trained model: which signal ranks planted relabels best, and what the
+shipped `no-mislabel-suspects` rule lists, against the loss a user already has and cleanlab.
+
+Regimes (each: planted errors of two kinds, a systematic class swap and random relabels):
+- part_a: the efficacy benchmark's 3-epoch sample CNN on 20,000 Fashion-MNIST images (with its
+  red square on half the Shirts; 30 Sneakers → Sandal, 30 random relabels): under-fit;
+- memorising: a width-64 CNN trained 30 epochs on 5,000 images until it fits every label,
+  relabels included (30 swapped, 30 random);
+- second_dataset: scikit-learn's digits (1,400 training images, 32×32) on a stock torchvision
+  ResNet-18 trained 40 epochs (20 ones → 7, 20 random): nothing was tuned on it.
+Rows: `ours` (the shipped rule: its ranking and what it lists), `loss`, candidates
+(`neighbours_gradient`: the same vote among Grad-Cos neighbours of the stored gradient features;
+`neighbours_head_input`: the same vote in the input of the classifier head;
+`self_influence_loss` / `self_influence_margin`: φᵀ(ΦᵀΦ + λI)⁻¹φ on exact last-layer gradient
+features of the loss / the margin log p − log(1 − p), λ = 1e-3 · mean diagonal, dense float64;
+`rank_average`: mean rank of loss and ours), `cleanlab_in_sample` (find_label_issues on the
+model's own probabilities) and `cleanlab_cv` (on 5-fold cross-validated probabilities: 5 models
+retrained, their time counted). Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted
+among the first 2 × planted), `recall_at_1pct`, and for the rows that list: `recall_listed`,
+`precision_listed`, `listed`; `seconds`. Each regime's clean twin (same data, no relabels) is
+audited too: `clean_listed` and the share.
+
+    python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from benchmarks.common import environment, write_json
+
+SWAP = {"from": "Sneaker", "to": "Sandal", "count": 30}
+SQUARE = {"class": "Shirt", "train_share": 0.5, "test_share": 0.1, "size": 4, "colour": [255, 0, 0],
+          "position": [1, 1]}
+REGIMES = {
+    "part_a": {"data": "fashion", "width": 16, "recipe": {"n_train": 20000, "n_test": 2000, "epochs": 3, "seed": 0,
+                                                          "square": SQUARE, "mislabel": SWAP, "relabel": {"count": 30}}},
+    "memorising": {"data": "fashion", "width": 64, "recipe": {"n_train": 5000, "n_test": 2000, "epochs": 30, "seed": 0,
+                                                              "mislabel": SWAP, "relabel": {"count": 30}}},
+    "second_dataset": {"data": "digits", "recipe": {"epochs": 40, "seed": 0, "mislabel": {"from": 1, "to": 7, "count": 20},
+                                                    "relabel": {"count": 20}}},
+}
+RULE = "no-mislabel-suspects"
+FOLDS = 5
+SELF_INFLUENCE_DAMPING = 1e-3
+
+
+def data_module(regime: dict):
+    import sample_audits.digits as digits
+    import sample_audits.fashion as fashion
+
+    return digits if regime["data"] == "digits" else fashion
+
+
+def build_model(regime: dict) -> torch.nn.Module:
+    from sample_audits.digits import resnet18
+    from sample_audits.models import small_cnn
+
+    return resnet18() if regime["data"] == "digits" else small_cnn(width=regime["width"])
+
+
+def factory(regime: dict) -> dict:
+    if regime["data"] == "digits":
+        return {"factory": "sample_audits.digits:resnet18"}
+    return {"factory": "sample_audits.models:small_cnn", "kwargs": {"width": regime["width"]}}
+
+
+def trained(regime: dict, recipe: dict, folder: Path, subset: np.ndarray | None = None, tag: str = "") -> Path:
+    """Train (or reuse) the regime's model on the recipe's training set (or `subset` of it)."""
+    from benchmarks.efficacy import train_model
+    from sample_audits.train import train
+
+    if regime["data"] == "fashion" and subset is None:
+        return train_model(recipe, folder, regime["width"])
+    digest = hashlib.sha256(json.dumps([regime["data"], regime.get("width"), recipe, tag], sort_keys=True)
+                            .encode()).hexdigest()[:12]
+    path = folder / f"model-{digest}.pt"
+    if not path.exists():
+        dataset = data_module(regime).train_set(recipe=recipe)
+        if subset is not None:
+            dataset = type(dataset)(dataset.images[subset], dataset.targets[subset], dataset.classes)
+        torch.manual_seed(recipe["seed"])
+        model = train(build_model(regime), dataset, recipe["epochs"], recipe["seed"])
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def session_for(regime: dict, recipe: dict, checkpoint: Path, folder: Path):
+    """An audit of the trained model with the shipped label_noise pack's mislabel rule only
+    (explanations off: the benchmark reads the ranking and the list)."""
+    from auditor.session import AuditSession
+    from auditor.spec import load_spec
+
+    module = f"sample_audits.{regime['data']}"
+    doc = {"audit": "label-errors", "model": {**factory(regime), "checkpoint": str(checkpoint)},
+           "data": {"train": {"factory": f"{module}:train_set", "kwargs": {"recipe": recipe}},
+                    "test": {"factory": f"{module}:test_set", "kwargs": {"recipe": recipe}}},
+           "settings": {"device": "auto", "cache_dir": str(folder / "cache")},
+           "include": [{"pack": "label_noise", "override": {RULE: {"explain": 0}}}]}
+    path = folder / f"audit-{checkpoint.stem}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return AuditSession(load_spec(path))
+
+
+def auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve with ties averaged (Mann-Whitney U)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ranking_metrics(scores: np.ndarray, positive: np.ndarray) -> dict:
+    order = np.argsort(-scores, kind="stable")
+    planted = int(positive.sum())
+    return {"auc": round(auc(positive, scores), 4),
+            "recall_at_2x": round(float(positive[order[:2 * planted]].sum()) / planted, 4),
+            "recall_at_1pct": round(float(positive[order[:max(1, len(scores) // 100)]].sum()) / planted, 4)}
+
+
+def listed_metrics(listed: np.ndarray, positive: np.ndarray) -> dict:
+    hits = int(positive[listed].sum())
+    return {"listed": int(len(listed)), "recall_listed": round(hits / int(positive.sum()), 4),
+            "precision_listed": round(hits / len(listed), 4) if len(listed) else None}
+
+
+def self_influence(features: torch.Tensor, damping: float = SELF_INFLUENCE_DAMPING) -> torch.Tensor:
+    """`φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_i` for every row of `features (n, d)`, λ = damping · mean diagonal (float64)."""
+    phi = features.double()
+    kernel = phi.T @ phi
+    kernel += damping * kernel.diagonal().mean() * torch.eye(len(kernel), dtype=phi.dtype)
+    return (phi * torch.linalg.solve(kernel, phi.T).T).sum(1).float()
+
+
+def head_gradients(hidden: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact last-layer per-example gradients `(n, C·(D+1))` of the loss and of the margin."""
+    probs = logits.softmax(1)
+    own = probs.gather(1, labels[:, None])
+    delta = probs - F.one_hot(labels, probs.shape[1]).float()
+    loss_grad = (delta[:, :, None] * torch.cat([hidden, torch.ones(len(hidden), 1)], 1)[:, None, :]).flatten(1)
+    return loss_grad, loss_grad / (1 - own).clamp_min(1e-12)
+
+
+def head_input(model: torch.nn.Module, images: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(n, D)` input of the model's last `nn.Linear` and `(n, C)` logits, for every image."""
+    from auditor.attribution.neighbours import RecordRepresentation
+
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    hidden, logits = [], []
+    with RecordRepresentation(head, use_input=True) as record, torch.no_grad():
+        for i in range(0, len(images), 512):
+            logits.append(model(images[i:i + 512].to(device)).float().cpu())
+            hidden.append(record.take())
+    return torch.cat(hidden), torch.cat(logits)
+
+
+def cleanlab_rows(labels: np.ndarray, probs: np.ndarray, positive: np.ndarray) -> dict:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    start = time.perf_counter()
+    quality = get_label_quality_scores(labels, probs)
+    issues = find_label_issues(labels, probs)
+    return {**ranking_metrics(-quality, positive), **listed_metrics(np.flatnonzero(issues), positive),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def cross_validated_probs(regime: dict, recipe: dict, folder: Path, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Out-of-fold probabilities from `FOLDS` models, each trained on the other folds; and their seconds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from auditor.data import gather
+
+    start = time.perf_counter()
+    dataset = data_module(regime).train_set(recipe=recipe)
+    probs = np.zeros((len(labels), int(labels.max()) + 1), dtype=np.float32)
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=recipe["seed"]).split(np.zeros(len(labels)), labels)
+    for fold, (keep, held) in enumerate(folds):
+        model = build_model(regime)
+        model.load_state_dict(torch.load(trained(regime, recipe, folder, keep, tag=f"fold{fold}"), weights_only=True))
+        images, _ = gather(dataset, torch.as_tensor(held))
+        with torch.no_grad():
+            probs[held] = torch.cat([model.eval()(images[i:i + 512]).softmax(1) for i in range(0, len(held), 512)]).numpy()
+    return probs, time.perf_counter() - start
+
+
+def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
+    from sample_audits.digits import defects as digit_defects
+    from sample_audits.fashion import defects as fashion_defects
+    from auditor.checks.mislabel_suspects import strongest_first
+
+    recipe = regime["recipe"]
+    planted = (digit_defects if regime["data"] == "digits" else fashion_defects)(recipe)
+    swap, random = list(planted["relabelled_train"]), [int(j) for j in planted["random_relabels"]]
+    start = time.perf_counter()
+    checkpoint = trained(regime, recipe, folder)
+    train_seconds = time.perf_counter() - start
+    session = session_for(regime, recipe, checkpoint, folder)
+    start = time.perf_counter()
+    session.run_all()
+    rule_seconds = time.perf_counter() - start
+    engine, outcome = session.engine, session.outcomes[RULE]
+    labels = engine.train_labels
+    n = len(labels)
+    positive = np.zeros(n, dtype=bool)
+    positive[swap + random] = True
+    rule = next(r for r in session.spec.rules if r.name == RULE).params
+    neighbours = engine.neighbours(rule.neighbours, rule.layer)
+    own = neighbours.own_share(labels)
+    support = neighbours.suggested(labels)[1]
+    losses = engine.train_losses
+    order = strongest_first(own, support, losses)
+    ours = np.empty(n)
+    ours[order.numpy()] = np.arange(n, 0, -1)
+    listed = np.array([f.index for f in outcome.failures], dtype=int)
+    rows = {"ours": {**ranking_metrics(ours, positive), **listed_metrics(listed, positive),
+                     "seconds": round(rule_seconds, 2)},
+            "loss": {**ranking_metrics(losses.numpy(), positive), "seconds": 0.0}}
+    start = time.perf_counter()
+    images = engine.train_batch(torch.arange(n))[0]
+    hidden, logits = head_input(engine.target.model, images, engine.device)
+    head_seconds = time.perf_counter() - start
+    from auditor.attribution.neighbours import nearest_neighbours
+    votes = nearest_neighbours(hidden, labels, rule.neighbours, len(engine.classes))
+    rows["neighbours_head_input"] = {**ranking_metrics(-votes.own_share(labels).numpy() + 1e-6 * losses.numpy(),
+                                                       positive), "seconds": round(head_seconds, 2)}
+    loss_grad, margin_grad = head_gradients(hidden, logits, labels)
+    for row, features in (("self_influence_loss", loss_grad), ("self_influence_margin", margin_grad)):
+        start = time.perf_counter()
+        rows[row] = {**ranking_metrics(self_influence(features).numpy(), positive),
+                     "seconds": round(head_seconds + time.perf_counter() - start, 2)}
+    start = time.perf_counter()
+    gradient = torch.cat([block for _, block in engine.index.store.chunks()])
+    votes = nearest_neighbours(gradient, labels, rule.neighbours, len(engine.classes))
+    rows["neighbours_gradient"] = {**ranking_metrics(-votes.own_share(labels).numpy() + 1e-6 * losses.numpy(), positive),
+                                   "seconds": round(time.perf_counter() - start, 2)}
+    rank = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable")  # noqa: E731
+    rows["rank_average"] = {**ranking_metrics((rank(ours) + rank(losses.numpy())) / 2.0, positive), "seconds": 0.0}
+    y, probs = labels.numpy(), logits.softmax(1).numpy()
+    rows["cleanlab_in_sample"] = cleanlab_rows(y, probs, positive)
+    if cv:
+        cv_probs, cv_seconds = cross_validated_probs(regime, recipe, folder, y)
+        rows["cleanlab_cv"] = cleanlab_rows(y, cv_probs, positive)
+        rows["cleanlab_cv"]["seconds"] = round(rows["cleanlab_cv"]["seconds"] + cv_seconds, 1)
+    fitted = int((logits.argmax(1)[torch.as_tensor(positive)] == labels[torch.as_tensor(positive)]).sum())
+    out = {"n_train": n, "planted": {"swap": len(swap), "random": len(random)},
+           "train_accuracy": round(float((logits.argmax(1) == labels).float().mean()), 4),
+           "planted_fitted": fitted, "train_seconds": round(train_seconds, 1), "rows": rows,
+           "by_kind": {kind: ranking_metrics(ours, mask) | {"loss_auc": round(auc(mask, losses.numpy()), 4)}
+                       for kind, mask in (("swap", _mask(n, swap)), ("random", _mask(n, random)))},
+           "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random))}
+    out |= clean_twin(regime, folder)
+    return out
+
+
+def _mask(n: int, indices: list[int]) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[indices] = True
+    return mask
+
+
+def suggested_correct(regime: dict, recipe: dict, outcome, planted: set[int]) -> float | None:
+    """Among the listed planted relabels, the share whose suggested label is their true label."""
+    clean = data_module(regime).train_set(recipe={k: v for k, v in recipe.items() if k not in ("mislabel", "relabel")})
+    names = clean.classes
+    hits = [f.details["suggested"] == names[int(clean.targets[f.index])] for f in outcome.failures if f.index in planted]
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def clean_twin(regime: dict, folder: Path) -> dict:
+    """The same model trained on the same data without relabels: what the rule lists there."""
+    recipe = {k: v for k, v in regime["recipe"].items() if k not in ("mislabel", "relabel")}
+    session = session_for(regime, recipe, trained(regime, recipe, folder), folder)
+    session.run_all()
+    outcome = session.outcomes[RULE]
+    failures = outcome.failures
+    return {"clean_listed": len(failures), "clean_share": round(outcome.result.value, 5),
+            "clean_examples": [{"index": f.index, **{k: f.details[k] for k in ("label", "suggested", "own_share")}}
+                               for f in failures[:10]],
+            "clean_pairs": outcome.result.extra.get("suggested", [])[:8]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
+    parser.add_argument("--no-cv", action="store_true", help="skip cleanlab's cross-validation (5 retrains)")
+    parser.add_argument("--out", default="label_errors.json")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    path = Path(__file__).resolve().parent / "results" / args.out
+    document = json.loads(path.read_text()) if path.is_file() else {}
+    document.setdefault("regimes", {})
+    for name in args.regimes:
+        start = time.perf_counter()
+        document["regimes"][name] = measure(name, REGIMES[name], work, cv=not args.no_cv)
+        document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
+        document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
+        document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        document["command"] = "python -m benchmarks.label_errors " + " ".join(
+            ["--regimes", *args.regimes] + (["--no-cv"] if args.no_cv else []))
+        write_json(args.out, document)
+        print(json.dumps({name: document["regimes"][name]["rows"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
