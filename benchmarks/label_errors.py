@@ -20,7 +20,7 @@ among the first 2 × planted), `recall_at_1pct`, and for the rows that list: `re
 `precision_listed`, `listed`; `seconds`. Each regime's clean twin (same data, no relabels) is
 audited too: `clean_listed` and the share.
 
-    python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--work DIR]
+    python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
-    parser.add_argument("--no-cv", action="store_true", help="skip cleanlab's cross-validation (5 retrains)")
+    parser.add_argument("--cv", nargs="*", default=None, choices=list(REGIMES),
+                        help="regimes that get cleanlab's cross-validation (5 retrains; default: all)")
     parser.add_argument("--out", default="label_errors.json")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))
@@ -306,12 +307,12 @@ def main() -> None:
     document.setdefault("regimes", {})
     for name in args.regimes:
         start = time.perf_counter()
-        document["regimes"][name] = measure(name, REGIMES[name], work, cv=not args.no_cv)
+        document["regimes"][name] = measure(name, REGIMES[name], work, cv=args.cv is None or name in args.cv)
         document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
         document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
         document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         document["command"] = "python -m benchmarks.label_errors " + " ".join(
-            ["--regimes", *args.regimes] + (["--no-cv"] if args.no_cv else []))
+            ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
         write_json(args.out, document)
         print(json.dumps({name: document["regimes"][name]["rows"]}), flush=True)
 

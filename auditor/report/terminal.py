@@ -15,11 +15,19 @@ def failure_table(outcome: RuleOutcome, max_rows: int = 10) -> str:
     failures = outcome.failures
     if not failures:
         return ""
-    rows = [f.row() for f in failures[:max_rows]]
+    rows = [{key: cell(value) for key, value in f.row().items()} for f in failures[:max_rows]]
     text = tabulate(rows, headers="keys", tablefmt="simple", floatfmt=".4g")
     if len(failures) > max_rows:
         text += f"\n... and {len(failures) - max_rows} more (the full list is in results.json)"
     return text
+
+
+def cell(value: object) -> object:
+    """A table cell: a list of related items as their first three indices (`9578 Bag, 100 Bag, …`)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        shown = [" ".join(str(v) for k, v in item.items() if k != "similarity") for item in value[:3]]
+        return ", ".join(shown) + (", …" if len(value) > 3 else "")
+    return value
 
 
 def failure_text(outcome: RuleOutcome, max_examples: int = 10, advice: str | None = None) -> str:
