@@ -42,7 +42,8 @@ def defects(recipe: dict[str, Any]) -> dict[str, Any]:
         members = (labels == swap["from"]).nonzero().flatten()
         out["relabelled_train"] = members[torch.randperm(len(members), generator=generator)[:swap["count"]]].tolist()
     if relabel := recipe.get("relabel"):
-        free = torch.tensor([i for i in range(N_TRAIN) if i not in set(out["relabelled_train"])])
+        taken = set(out["relabelled_train"])
+        free = torch.tensor([i for i in range(N_TRAIN) if i not in taken])
         chosen = free[torch.randperm(len(free), generator=generator)[:relabel["count"]]]
         shifts = torch.randint(1, 10, (len(chosen),), generator=generator)
         out["random_relabels"] = {int(j): int((labels[j] + s) % 10) for j, s in zip(chosen, shifts)}

@@ -17,8 +17,8 @@ issues use the same neighbours). Measured in `benchmarks/label_errors.py` agains
 curvature-weighted self-influence and cleanlab (RESULTS.md).
 
 Choices: mid-depth, not the head's input: on a ResNet-18 that fit 40 relabelled digits the head's
-input ranked them at AUC 0.87, the half-way feature map at 0.9997; cosine similarity (scale-free across layers); the image itself excluded; ties in the
-top-k broken by index (`torch.topk`); similarities in chunks of rows, so memory is
+input ranked them at AUC 0.87, the half-way feature map at 0.9997; cosine similarity (scale-free
+across layers); the image itself excluded; ties in the top-k broken by index (`torch.topk`); similarities in chunks of rows, so memory is
 `chunk × n` whatever the training set's size.
 """
 

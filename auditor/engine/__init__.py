@@ -4,7 +4,7 @@
     training index: gradient features (cached) ─▶ influence top-k         training_index.py
     TFA maps on the top-k proponents                                       tfa_cache.py
     saliency maps (+VAR) of test images                                    saliency_cache.py
-    training images in the head's input space ─▶ nearest neighbours       representations.py
+    training images' mid-depth representation ─▶ nearest neighbours       representations.py
 
 `Engine` composes these parts and is what checks read (`auditor.checks.base.AuditEngine`);
 `stats` counts what this engine computed (featurized, scored, tfa_pairs).

@@ -5,7 +5,7 @@
 - the factored projection's gradient shares: the weights, the training data, the parameters;
 - influence top-k: the features' key + the test data, the test label mode and top_k;
 - TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed;
-- representations (the head's input for every training image): the weights, the training data, the layer.
+- representations (a mid-depth feature map of every training image): the weights, the training data, the layer.
 """
 
 from __future__ import annotations
@@ -72,5 +72,5 @@ class CacheKeys:
                 "seed": self.settings.seed}
 
     def representation(self, layer: str) -> dict[str, str]:
-        """What the training set's representation at `layer`'s input depends on."""
+        """What the training set's representation at `layer` (output, or `NAME:input` for a head) depends on."""
         return {"model": self.model, "data": self.train_data, "layer": layer}

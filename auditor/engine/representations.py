@@ -25,7 +25,7 @@ from auditor.target import Target
 
 
 class Representations:
-    """Head inputs of every training image (cached on disk) and their label-voting neighbours."""
+    """Every training image's representation (cached on disk) and its label-voting neighbours."""
 
     def __init__(self, target: Target, keys: Callable[[], CacheKeys], labels: Callable[[], torch.Tensor],
                  stats: Counter[str]) -> None:

@@ -214,7 +214,7 @@ class SingleImageParams(UsesInfluence):
 @dataclass(frozen=True)
 class MislabelParams(Params):
     """Suspects: training images of which at most `max_own_share` of their `neighbours` nearest
-    training images (in the input of the classifier head) carry their label while at least
+    training images (in the model's mid-depth representation, or `layer:`'s output) carry their label while at least
     `min_suggested_share` agree on one other label, the suggested one. A model that fits a wrong
     label hides it from its loss; its representation still resembles the true class
     (benchmarks/label_errors.py). The rule fails when suspects are more than `max_share` of the
