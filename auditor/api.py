@@ -65,7 +65,8 @@ def held(model: Any) -> Iterator[None]:
 
 @dataclass
 class AuditResult:
-    """Every rule's outcome; `passed` unless a rule with `severity: fail` failed."""
+    """Every rule's outcome; `passed` unless a rule with `severity: fail` failed (a rule that
+    could not judge is `inconclusive`: listed in `message()`, not a failure)."""
 
     session: AuditSession
     model: Any
@@ -106,5 +107,6 @@ class AuditResult:
         return index
 
     def __repr__(self) -> str:
-        counts = {s: sum(o.status == s for o in self.session.outcomes.values()) for s in ("passed", "failed", "warned")}
+        counts = {s: sum(o.status == s for o in self.session.outcomes.values())
+                  for s in ("passed", "failed", "warned", "inconclusive")}
         return f"AuditResult({self.session.spec.name!r}, passed={self.passed}, {counts})"

@@ -1,6 +1,7 @@
 """`auditor run AUDIT.yaml`, `auditor validate AUDIT.yaml` and `auditor featurize AUDIT.yaml`.
 
-Exit codes: 0 every rule passed (warnings allowed), 1 a rule failed, 2 bad input.
+Exit codes: 0 every rule passed (warnings allowed; inconclusive rules too, unless `--strict`),
+1 a rule failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-panels", type=int, default=8, help="evidence PNGs written per failing rule")
     run.add_argument("--update-baseline", action="store_true",
                      help="record each rule's metric and failing set in AUDIT.baseline.json")
+    run.add_argument("--strict", action="store_true",
+                     help="a rule that cannot judge (inconclusive) fails the run (exit 1)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or plan notes on stderr")
     run.set_defaults(handler=_run)
     validate = commands.add_parser("validate", help="check an audit YAML without running anything")
@@ -57,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     from auditor.files import check_writable
     from auditor.report import (baseline_lines, failure_table, results_document, summary_table, write_report,
                                 write_step_summary)
-    from auditor.session import FAILED, AuditSession
+    from auditor.session import FAILED, INCONCLUSIVE, AuditSession
     from auditor.spec import load_spec
 
     progress.QUIET = args.quiet
@@ -97,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         index = write_report(args.report, session, outcomes, args.max_panels)
         print(f"\nreport: {index} (results: {index.with_name('results.json')})")
     write_step_summary(document, index)
-    return EXIT_FAILED if any(o.status == FAILED for o in outcomes) else EXIT_OK
+    failing = {FAILED, INCONCLUSIVE} if args.strict else {FAILED}
+    return EXIT_FAILED if any(o.status in failing for o in outcomes) else EXIT_OK
 
 
 def _featurize(args: argparse.Namespace) -> int:

@@ -50,6 +50,11 @@ class AttributionError(AuditError):
     """An attribution could not be computed from the given model and settings."""
 
 
+class CannotJudge(AuditError):
+    """One rule cannot run on this model or data (e.g. an op without second derivatives): the
+    rule is reported `inconclusive` with this message and the other rules still run."""
+
+
 class CacheError(AuditError):
     """The feature cache directory is unusable (not ours, corrupt beyond rebuilding)."""
 

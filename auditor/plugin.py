@@ -46,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="evidence PNGs written per failing rule with --audit-report (default 8)")
     group.addoption("--audit-update-baseline", dest="audit_update_baseline", action="store_true", default=False,
                     help="record each rule that runs (metric and failing set) in AUDIT.baseline.json")
+    group.addoption("--audit-strict", dest="audit_strict", action="store_true", default=False,
+                    help="a rule that cannot judge (inconclusive) fails instead of being skipped")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,8 +159,10 @@ class RuleItem(pytest.Item):
         self.audit_result = {"audit": self.audit.spec.name, "file": str(self.path), "order": self.audit_order,
                              "folder": str(report_folder(self.config, self.audit)) if self.config.option.audit_report
                              else None, "entry": rule_entry(outcome), "panels": [str(p) for p in panels]}
-        if outcome.status == "failed":
+        if outcome.status == "failed" or (outcome.status == "inconclusive" and self.config.option.audit_strict):
             raise RuleFailed(outcome)
+        if outcome.status == "inconclusive":
+            pytest.skip(f"inconclusive (rule '{self.rule.name}', {self.rule.where.label()}): {outcome.message}")
         if outcome.status == "warned":
             warnings.warn_explicit(
                 AuditWarning(f"rule '{self.rule.name}' did not hold (severity: warn): {outcome.message}"),

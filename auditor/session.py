@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditor.baseline import BaselineBook, BaselineDiff
+from auditor.errors import AuditError, CannotJudge
 from auditor.spec import AuditSpec, RuleSpec
 
 if TYPE_CHECKING:
@@ -18,12 +19,13 @@ if TYPE_CHECKING:
     from auditor.engine import Engine
     from auditor.target import Target
 
-PASSED, FAILED, WARNED = "passed", "failed", "warned"
+PASSED, FAILED, WARNED, INCONCLUSIVE = "passed", "failed", "warned", "inconclusive"
 
 
 @dataclass
 class RuleOutcome:
-    """A rule's verdict: `status` is passed / failed / warned, with the check's numbers."""
+    """A rule's verdict: `status` is passed / failed / warned / inconclusive (the rule could not
+    judge: the message says why), with the check's numbers."""
 
     rule: RuleSpec
     status: str
@@ -90,9 +92,13 @@ class AuditSession:
         _ = self.engine.predictions
 
     def run_rule(self, rule: RuleSpec) -> RuleOutcome:
-        """Evaluate one rule (errors in the user's input propagate as `AuditError`)."""
+        """Evaluate one rule (errors in the user's input propagate as `AuditError`; a rule that
+        cannot run on this model is `inconclusive`, and the next rules still run)."""
         start = time.perf_counter()
-        outcome = self._evaluate(rule)
+        try:
+            outcome = self._evaluate(rule)
+        except CannotJudge as exc:
+            outcome = RuleOutcome(rule, INCONCLUSIVE, None, f"cannot judge: {self._placed(exc, rule)}")
         outcome.seconds = time.perf_counter() - start
         self.outcomes[rule.name] = outcome
         return outcome
@@ -103,6 +109,14 @@ class AuditSession:
     def finish(self) -> Path | None:
         """Write the baseline entries this run recorded; the baseline file, or None if untouched."""
         return self.baseline.save()
+
+    def _placed(self, exc: AuditError, rule: RuleSpec) -> AuditError:
+        """`exc` at the line it is about: the model's for a `model` field, else the rule's."""
+        if exc.path is not None:
+            return exc
+        model = (exc.field or "").startswith("model") and self.spec.model is not None
+        where = self.spec.model.where if model else rule.where
+        return type(exc)(exc.message, path=where.path, line=where.line, field=exc.field, fix=exc.fix)
 
     def _evaluate(self, rule: RuleSpec) -> RuleOutcome:
         from auditor.checks import CHECKS

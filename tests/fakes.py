@@ -128,3 +128,20 @@ class NaNParameterGradient(nn.Module):
 
 def nan_parameter_gradient() -> nn.Module:
     return NaNParameterGradient()
+
+
+class FusedAttention(nn.Module):
+    """Attention on the fused CPU kernel called directly: no second derivative, no composite."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        t = self.proj(x[:, 0]).unsqueeze(1)          # (batch, 1 head, 8 rows, 8)
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(t, t, t)[0]
+        return self.head(out[:, 0].mean(1))
+
+
+def fused_attention() -> nn.Module:
+    return FusedAttention()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from auditor.cli import main
 from conftest import needs_fashion, write
 
@@ -53,3 +55,30 @@ def test_cli_and_plugin_agree(fashion_audit, tmp_path, pytester):
     plugin = json.loads((tmp_path / "plugin" / "results.json").read_text())
     assert cli.pop("created") and plugin.pop("created")     # only the time of writing may differ
     assert cli == plugin and len(cli["rules"]) == 2 and any(r["failures"] for r in cli["rules"])
+
+
+TFA_ON_FUSED_ATTENTION = """
+audit: t
+model: {factory: fakes:fused_attention}
+data:
+  train: {factory: fakes:images}
+  test: {factory: fakes:images}
+settings: {device: cpu, attribution: {top_k: 2}}
+rules:
+  - {name: tfa-border, check: region_mass, source: tfa, k: 1, region: border, max_mass: 1.0}
+  - {name: fine, check: accuracy, min_accuracy: 0.0}
+"""
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_a_rule_that_cannot_run_on_the_model_is_inconclusive_and_the_next_rules_report(tmp_path, capsys):
+    path = write(tmp_path / "audit_fused.yaml", TFA_ON_FUSED_ATTENTION)
+    report = tmp_path / "r"
+    assert main(["run", str(path), "--report", str(report), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE tfa-border: cannot judge:" in out and "PASSED  fine" in out
+    assert "_scaled_dot_product_flash_attention_for_cpu_backward" in out
+    rules = {r["name"]: r for r in json.loads((report / "results.json").read_text())["rules"]}
+    assert rules["tfa-border"]["status"] == "inconclusive" and rules["fine"]["status"] == "passed"
+    assert f"{path}:2: model: TFA needs second derivatives" in rules["tfa-border"]["message"]
+    assert main(["run", str(path), "--strict", "--quiet"]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -140,3 +141,20 @@ def test_update_baseline_refuses_xdist(pytester, fashion_audit):
     pytest.importorskip("xdist")
     result = pytester.runpytest_subprocess(str(fashion_audit(XDIST_RULES)), "-n", "2", "--audit-update-baseline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR and "without -n" in result.stderr.str()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_an_inconclusive_rule_is_skipped_with_its_reason_and_fails_under_audit_strict(pytester):
+    import fakes
+    from test_cli import TFA_ON_FUSED_ATTENTION
+
+    path = pytester.path / "audit_fused.yaml"
+    path.write_text(TFA_ON_FUSED_ATTENTION)
+    (pytester.path / "fakes.py").write_text(Path(fakes.__file__).read_text())
+    result = pytester.runpytest_subprocess(str(path), "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "inconclusive (rule 'tfa-border'" in result.stdout.str()
+    assert "TFA needs second derivatives" in result.stdout.str()
+    strict = pytester.runpytest_subprocess(str(path), "-p", "no:cacheprovider", "--audit-strict")
+    strict.assert_outcomes(passed=1, failed=1)
+    assert "rule 'tfa-border' inconclusive" in strict.stdout.str()

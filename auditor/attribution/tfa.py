@@ -5,8 +5,9 @@
 
 a saliency map on training image i for test example j: which of its pixels make its loss
 gradient point the way test j's does. Second order (∂²ℓ/∂θ∂x): one double backward per
-pair and noise sample, batched with `torch.func` (`vmap(grad(cos ∘ grad_θ ℓ))`). Test
-gradients are exact (never projected): only the top-k pairs are computed.
+pair and noise sample, batched with `torch.func` (`vmap(grad(cos ∘ grad_θ ℓ))`), with the ops
+that lack one run as composites (`second_order.py`). Test gradients are exact (never
+projected): only the top-k pairs are computed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.func import grad, vmap
 
 from auditor.attribution.gradients import example_loss
 from auditor.attribution.memory import Chunked, rows_within
+from auditor.attribution.second_order import twice_differentiable
 
 EPS = 1e-12
 ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradient and its graph: ~4 copies
@@ -104,7 +106,8 @@ def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_la
         index = pairs.to(total.device)
         total.index_add_(0, index, attribute(x, train_labels[index], test_grads[index]).detach())
 
-    chunks.map(n * draws, run)
+    with twice_differentiable("TFA"):
+        chunks.map(n * draws, run)
     signed = total / draws
     return TfaMaps(signed=signed, magnitude=signed.abs().sum(1))
 

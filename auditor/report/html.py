@@ -16,7 +16,7 @@ TABLE_ROWS = 50
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
-.passed{color:#1a7f37}.failed{color:#cf222e}.warned{color:#9a6700}
+.passed{color:#1a7f37}.failed{color:#cf222e}.warned{color:#9a6700}.inconclusive{color:#6e7781}
 section{border-top:1px solid #ddd;margin-top:1.5em}img{margin:4px;border:1px solid #eee;max-width:100%}
 code{background:#f4f4f4;padding:0 3px}
 .advice{background:#fff8c5;border-left:4px solid #9a6700;padding:4px 8px}
@@ -48,9 +48,9 @@ def render_index(document: dict[str, Any], panels: dict[str, list[Path]], folder
 
 
 def by_urgency(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Failed rules first, then warned, then passed; the audit file's order within each."""
-    order = {"failed": 0, "warned": 1}
-    return sorted(rules, key=lambda rule: order.get(rule["status"], 2))
+    """Failed rules first, then warned, inconclusive, passed; the audit file's order within each."""
+    order = {"failed": 0, "warned": 1, "inconclusive": 2}
+    return sorted(rules, key=lambda rule: order.get(rule["status"], 3))
 
 
 def _summary(rules: list[dict[str, Any]]) -> str:
