@@ -12,9 +12,11 @@ def nearest(name: str, choices: Iterable[str], n: int = 1) -> list[str]:
 
 
 def did_you_mean(name: str, choices: Iterable[str], listing: str = "use one of", prefix: str = "") -> str:
-    """`did you mean 'x'?` when a choice is close, else `<listing>: a, b, c` (at most 12 shown)."""
+    """`did you mean 'x'?` when a choice is close (or starts with `name`: `deit_tiny` →
+    `deit_tiny_patch16_224`), else `<listing>: a, b, c` (at most 12 shown)."""
     choices = list(choices)
-    close = nearest(name, choices)
+    close = (sorted((c for c in map(str, choices) if c.startswith(str(name))), key=len)[:1] if str(name) else []) \
+        or nearest(name, choices)
     if close:
         return f"did you mean '{prefix}{close[0]}'?"
     shown = ", ".join(map(str, choices[:12])) + (" ..." if len(choices) > 12 else "")

@@ -7,6 +7,7 @@ the checks here catch what would otherwise surface as a traceback deep inside to
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import sys
 import warnings
@@ -133,6 +134,8 @@ def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     where = spec.where.child("factory" if spec.factory else "arch")
     if spec.factory:
         model = _call(import_callable(spec.factory, where), spec.kwargs, where, "model factory")
+    elif spec.arch.startswith("timm:"):
+        model = _timm_model(spec, where)
     else:
         model = _torchvision_model(spec, where)
     if not isinstance(model, nn.Module):
@@ -144,6 +147,8 @@ def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
 
 
 def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
+    """A torchvision builder (`resnet18`) or class (`VisionTransformer`), untrained: the weights
+    come from `checkpoint:`. `weights=None` is passed only to builders that take it."""
     import torchvision.models
 
     name = spec.arch.removeprefix("torchvision.models.")
@@ -151,7 +156,52 @@ def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
     if builder is None or not callable(builder):
         raise _error(where, f"torchvision has no model '{name}'",
                      did_you_mean(name, torchvision.models.list_models(), "torchvision.models", "torchvision.models."))
-    return _call(builder, {"weights": None, "num_classes": spec.num_classes, **spec.kwargs}, where, "torchvision builder")
+    _no_download(spec, where, "weights", lambda value: value is not None)
+    accepted = _arguments(builder)
+    kwargs = {"num_classes": spec.num_classes, **spec.kwargs}
+    if accepted is None or "weights" in accepted:
+        kwargs = {"weights": None, **kwargs}
+    return _call(builder, kwargs, where, f"torchvision.models.{name}", _arguments_fix(name, accepted))
+
+
+def _timm_model(spec: ModelSpec, where: Where) -> nn.Module:
+    """`arch: timm:NAME`: `timm.create_model(NAME, pretrained=False, num_classes=…, **kwargs)`."""
+    try:
+        import timm
+    except ImportError:
+        raise _error(where, f"`arch: {spec.arch}` needs timm, which is not installed",
+                     "pip install 'auditor[models]' (or pip install timm)") from None
+    name = spec.arch.removeprefix("timm:")
+    if not timm.is_model(name):
+        raise _error(where, f"timm has no model '{name}'", did_you_mean(name, timm.list_models(), "timm", "timm:"))
+    _no_download(spec, where, "pretrained", bool)
+    return _call(timm.create_model, {"model_name": name, "pretrained": False, "num_classes": spec.num_classes,
+                                     **spec.kwargs}, where, f"timm model '{name}'",
+                 f"check the `kwargs` against timm.create_model('{name}')'s arguments (e.g. img_size, patch_size)")
+
+
+def _no_download(spec: ModelSpec, where: Where, key: str, asks: Callable[[Any], bool]) -> None:
+    """Pretrained weights would be downloaded (no network in CI, and not the audited weights)."""
+    if key in spec.kwargs and asks(spec.kwargs[key]):
+        raise _error(spec.where.child("kwargs"), f"`kwargs.{key}` asks for downloaded weights; the audited weights come from `checkpoint:`",
+                     f"remove `{key}` and point `checkpoint:` at the trained model's weights")
+
+
+def _arguments(builder: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments `builder` takes, or None when it takes any (`**kwargs`)."""
+    try:
+        parameters = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
+def _arguments_fix(name: str, accepted: set[str] | None) -> str:
+    if accepted is None:
+        return f"check the `kwargs` against torchvision.models.{name}'s documentation"
+    return f"torchvision.models.{name} takes: {', '.join(sorted(accepted))}; fix `kwargs` to match"
 
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")   # where trainers keep the weights
@@ -368,12 +418,12 @@ def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tup
                      "match the model's last layer to the class count, or fix `data.classes`")
 
 
-def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str) -> Any:
+def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str,
+          fix: str = "fix the factory or its `kwargs`") -> Any:
     try:
         return function(**kwargs)
     except Exception as exc:
-        raise _error(where, f"the {what} raised {type(exc).__name__}: {exc}",
-                     "fix the factory or its `kwargs`") from None
+        raise _error(where, f"the {what} raised {type(exc).__name__}: {exc}", fix) from None
 
 
 def _error(where: Where | None, message: str, fix: str | None = None) -> TargetError:
