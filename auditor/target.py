@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from auditor import data as data_module
+from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, example_bytes, rows_within
 from auditor.errors import TargetError
 from auditor.spec import AuditSpec, DatasetSpec, ModelSpec, Where
 from auditor.suggest import did_you_mean
@@ -49,6 +51,16 @@ class Target:
     def test_images(self, indices: torch.Tensor) -> torch.Tensor:
         """Test images `(m, C, H, W)` of `indices`, in that order."""
         return data_module.gather(self.test, indices)[0]
+
+    @cached_property
+    def example_bytes(self) -> int:
+        """Bytes one image costs in a forward and backward on this model at the data's real size
+        (one probe pass): what every chunked stage sizes its chunks from."""
+        return example_bytes(self.model, self.test_images(torch.arange(1))[0].to(self.device))
+
+    def rows(self, cap: int, per_example: int = 1) -> int:
+        """Images per forward/backward batch within the activation budget (at least 1, at most `cap`)."""
+        return rows_within(per_example * self.example_bytes, cap, ACTIVATION_BUDGET_BYTES)
 
 
 def load_target(spec: AuditSpec) -> Target:

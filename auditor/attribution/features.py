@@ -21,12 +21,13 @@ from auditor.attribution.memory import Chunked, rows_within
 from auditor.errors import AttributionError
 
 
-def default_chunk_size(n_values: int, batch_size: int) -> int:
-    """Examples per chunk: the `n_values` each holds (its gradient, and a working copy) fit the budget.
+def default_chunk_size(n_values: int, batch_size: int, activation_bytes: int = 0) -> int:
+    """Examples per chunk: the `n_values` each holds (its gradient, and a working copy) and the
+    activations its backward keeps (`activation_bytes`, measured at the real input size) fit the budget.
 
     Small models get whole batches (fewer, larger kernels); large ones a few examples at a time.
     """
-    return rows_within(8 * max(1, n_values), batch_size)
+    return rows_within(8 * max(1, n_values) + activation_bytes, batch_size)
 
 
 class Featurizer:

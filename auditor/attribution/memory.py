@@ -1,10 +1,11 @@
-"""Bounded memory for the per-example gradient work (featurizing, exact test gradients, TFA):
-chunks sized from a byte budget, halved when a chunk still runs out of memory."""
+"""Bounded memory for the per-example work (featurizing, exact test gradients, TFA, saliency,
+occlusion): chunks sized from a byte budget and a per-example cost measured at the real input
+size (`saved_bytes`: one probe pass), halved when a chunk still runs out of memory."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import torch
@@ -12,6 +13,8 @@ import torch
 from auditor.errors import AttributionError, MemoryWarning
 
 GRADIENT_BUDGET_BYTES = 512 * 2**20
+ACTIVATION_BUDGET_BYTES = 1024 * 2**20   # forward/backward activations of a batch (saliency, occlusion, logits)
+BACKWARD_PEAK = 2                         # a backward holds about as much again as the graph it frees
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 T = TypeVar("T")
 
@@ -25,6 +28,37 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def rows_within(bytes_per_row: int, cap: int, budget: int = GRADIENT_BUDGET_BYTES) -> int:
     """How many rows of `bytes_per_row` fit the budget (at least 1, at most `cap`)."""
     return max(1, min(cap, budget // max(1, bytes_per_row)))
+
+
+def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for a backward while `run()` executes (what
+    the graph keeps alive: activations, and for a double backward the first backward's graph);
+    storages of `exclude` (the model's parameters, shared by every row) are not counted."""
+    shared = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in shared:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())
+
+
+def example_bytes(model: torch.nn.Module, image: torch.Tensor) -> int:
+    """Peak bytes one example costs in a forward and backward to its input (saliency, per-example
+    gradients; an upper bound for a forward alone), measured on `image (C, H, W)`."""
+    x = image[None].detach().requires_grad_(True)
+
+    def run() -> None:
+        with torch.enable_grad():
+            model(x).float().logsumexp(1).sum().backward(inputs=[x])
+
+    held = saved_bytes(run, [*model.parameters(), *model.buffers()])
+    return BACKWARD_PEAK * held + x.numel() * x.element_size()
 
 
 class Chunked:

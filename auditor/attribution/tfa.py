@@ -23,11 +23,12 @@ from torch import nn
 from torch.func import grad, vmap
 
 from auditor.attribution.gradients import example_loss
-from auditor.attribution.memory import Chunked, rows_within
+from auditor.attribution.memory import BACKWARD_PEAK, Chunked, rows_within, saved_bytes
 from auditor.attribution.second_order import twice_differentiable
 
 EPS = 1e-12
-ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradient and its graph: ~4 copies
+ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradient and its graph: ~4 copies,
+                                 # besides the activations its graph keeps (measured: `row_bytes`)
 MAX_ROWS = 256                   # (pair, sample) rows per call for small models (16 pairs × 16 samples)
 MIN_VMAP_ROWS = 32               # fewer rows fit at once (large models): one row at a time, vmap measured
                                  # 0.45x that loop on ResNet-18 (benchmarks/tfa.py); 2.5x it on the sample CNN
@@ -73,22 +74,42 @@ def rows_one_by_one(model: nn.Module, names: list[str]):
     return attribute
 
 
+def row_bytes(model: nn.Module, names: list[str], image: torch.Tensor, label: torch.Tensor) -> int:
+    """Bytes one (pair, sample) row holds, measured by one double backward on `image (C, H, W)`:
+    the graph of its forward and first backward at the real input size, and the parameter gradient."""
+    chosen = set(names)
+    params = [p for n, p in model.named_parameters() if n in chosen]
+    x = image[None].detach().requires_grad_(True)
+
+    def run() -> None:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), label.reshape(1))
+            flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, create_graph=True)])
+            flat.square().sum().backward(inputs=[x])
+
+    with twice_differentiable("TFA"):
+        held = saved_bytes(run, [*model.parameters(), *model.buffers()])
+    return BACKWARD_PEAK * held + ROW_BYTES_PER_PARAMETER * sum(p.numel() for p in params)
+
+
 def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_labels: torch.Tensor,
         test_grads: torch.Tensor, samples: int = 0, sigma: float = 0.1, seed: int = 0,
-        rows: int | None = None, pair_seeds: Sequence[int] | None = None) -> TfaMaps:
+        rows: int | None = None, pair_seeds: Sequence[int] | None = None, cost: int | None = None) -> TfaMaps:
     """TFA maps for pairs `(train_images[p], train_labels[p])` × `test_grads[p]` (unit, `(p, P)`).
 
     `samples` > 0 applies SmoothGrad with noise σ = `sigma` × (each image's value range),
     drawn for pair p from its own seed `pair_seeds[p]` (default `seed + p`): a pair's map does
     not depend on which other pairs share the call. The (pair, noise sample) double backwards
-    run `rows` at a time: by default as many as fit the memory budget (`ROW_BYTES_PER_PARAMETER`
-    per parameter each, at most `MAX_ROWS`, within `TFA_BUDGET_BYTES`), halved on out-of-memory;
-    vmapped when at least `MIN_VMAP_ROWS` fit, else one after another.
+    run `rows` at a time: by default as many as fit `TFA_BUDGET_BYTES` at `cost` bytes each
+    (`row_bytes`, measured on the first image when not given), at most `MAX_ROWS`, halved on
+    out-of-memory; vmapped when at least `MIN_VMAP_ROWS` fit, else one after another (by the
+    model and input size: the same way for every chunk, whatever `rows`).
     """
     n, draws = len(train_images), max(1, samples)
     pair_seeds = list(pair_seeds) if pair_seeds is not None else [seed + p for p in range(n)]
-    n_parameters = test_grads.shape[1] if test_grads.dim() == 2 else 1
-    fit = rows_within(ROW_BYTES_PER_PARAMETER * n_parameters, MAX_ROWS, TFA_BUDGET_BYTES)
+    if cost is None and n:
+        cost = row_bytes(model, names, train_images[0], train_labels[0])
+    fit = rows_within(cost or 1, MAX_ROWS, TFA_BUDGET_BYTES)
     attribute = (vmap(grad(grad_cos_to(model, names)), in_dims=(0, 0, 0)) if fit >= MIN_VMAP_ROWS
                  else rows_one_by_one(model, names))        # by model size: the same way for every chunk
     chunks = Chunked(rows or fit, "TFA maps", "settings.attribution.layers",

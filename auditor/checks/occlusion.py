@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, rows_within
 from auditor.checks.base import AuditEngine
 
 
@@ -42,6 +43,8 @@ def flips(engine: AuditEngine, tests: torch.Tensor, window: tuple[int, int, int]
     """Per test example predicted as `predicted`: does its prediction change when the hotspot's
     area (the window grown by half a side) is filled with the image's frame median?"""
     changed = []
+    if len(tests):       # the images and their occluded copy, within the activation budget
+        batch = rows_within(2 * engine.test_images(tests[:1]).nbytes, batch, ACTIVATION_BUDGET_BYTES)
     for start in range(0, len(tests), batch):
         images = engine.test_images(tests[start:start + batch])
         occluded = fill(images, grown(window, *images.shape[2:]))

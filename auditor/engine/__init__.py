@@ -50,7 +50,7 @@ class Engine:
     def predictions(self) -> Predictions:
         """Model outputs on the whole test set (checked for NaN/Inf and label range)."""
         where = self.target.where
-        return predict(self.target.model, self.target.test, self.device, self.settings.batch_size,
+        return predict(self.target.model, self.target.test, self.device, self.target.rows(self.settings.batch_size),
                        len(self.classes), where.get("test"), where.get("model"))
 
     def select(self, selection: Selection) -> torch.Tensor:
@@ -85,7 +85,7 @@ class Engine:
     @cached_property
     def train_losses(self) -> torch.Tensor:
         """Cross-entropy of every training image under its own label: the free mislabel signal."""
-        n, size = len(self.target.train), max(self.settings.batch_size, 1024)
+        n, size = len(self.target.train), self.target.rows(max(self.settings.batch_size, 1024))
         parts = []
         for start in range(0, n, size):
             images, labels = self.train_batch(torch.arange(start, min(n, start + size)))
@@ -98,7 +98,7 @@ class Engine:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """`(b, classes)` model outputs for any images (e.g. occluded ones), in batches, on the CPU."""
-        model, size = self.target.model, self.settings.batch_size
+        model, size = self.target.model, self.target.rows(self.settings.batch_size)
         with torch.no_grad():
             parts = [model(images[i:i + size].to(self.device)).float().cpu() for i in range(0, len(images), size)]
         return torch.cat(parts) if parts else torch.zeros(0, len(self.classes))
@@ -106,7 +106,7 @@ class Engine:
     def attribute(self, images: torch.Tensor, classes: torch.Tensor, method: str | None = None) -> torch.Tensor:
         """`(b, C', H, W)` saliency of any images for one class each (not cached: for training images)."""
         attributor = self._saliency.method(method)
-        size = self.settings.batch_size
+        size = self._saliency.chunk_size
         parts = [attributor.attribute(images[i:i + size].to(self.device), classes[i:i + size, None].to(self.device))
                  .detach()[:, 0].cpu() for i in range(0, len(images), size)]
         return torch.cat(parts) if parts else torch.zeros(0, *images.shape[1:])

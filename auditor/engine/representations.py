@@ -72,7 +72,7 @@ class Representations:
 
     def _compute(self, module: torch.nn.Module, use_input: bool) -> torch.Tensor:
         model, device = self.target.model, self.target.device
-        n, size = len(self.target.train), max(self.settings.batch_size, 1)
+        n, size = len(self.target.train), self.target.rows(self.settings.batch_size)
         parts = []
         with RecordRepresentation(module, use_input) as record, torch.no_grad(), progress_bar(n, "representing training images") as bar:
             for start in range(0, n, size):

@@ -4,6 +4,7 @@ VAR-refined, per method: each (method, VAR, example) computed once per run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -33,13 +34,22 @@ class SaliencyCache:
         self.target, self.spec = target, target.spec
         self.settings = self.spec.settings
         self._maps: dict[tuple[str, bool], dict[int, torch.Tensor]] = {}
-        self._chunks = Chunked(self.settings.batch_size, "saliency maps", "settings.batch_size",
-                               "lower settings.batch_size, or use a device with more memory")
+
+    @cached_property
+    def _chunks(self) -> Chunked:
+        """Test images per saliency batch: each backpropagates its VAR class set within the budget."""
+        return Chunked(self.chunk_size, "saliency maps", "settings.batch_size",
+                       "lower settings.batch_size, or use a device with more memory")
+
+    @cached_property
+    def chunk_size(self) -> int:
+        return self.target.rows(self.settings.batch_size, 1 + self.settings.attribution.var_top_k)
 
     def method(self, name: str | None = None) -> SaliencyMethod:
         a = self.settings.attribution
         name = name or a.saliency
-        options = {"integrated_gradients": {"steps": a.ig_steps}, "grad_cam": {"layer": a.grad_cam_layer}}
+        options = {"integrated_gradients": {"steps": a.ig_steps, "internal_batch_size": self.target.rows(512)},
+                   "grad_cam": {"layer": a.grad_cam_layer}}
         with located(self.spec, "saliency"):
             return make_method(name, self.target.model, **options.get(name, {}))
 

@@ -12,7 +12,7 @@ import torch
 from auditor.attribution.result_store import ResultStore
 from auditor.attribution.memory import rows_within
 from auditor.progress import bar as progress_bar
-from auditor.attribution.tfa import TfaMaps, pair_seed, tfa
+from auditor.attribution.tfa import TfaMaps, pair_seed, row_bytes, tfa
 from auditor.engine.keys import key_of
 from auditor.engine.located import located
 from auditor.engine.training_index import TrainingIndex
@@ -43,6 +43,13 @@ class TfaCache:
         meta = self.index.keys.tfa
         with located(self.spec, "cache_dir", section="settings"):
             return ResultStore(self.index.cache_root, "tfa", key_of(meta), meta)
+
+    @cached_property
+    def row_cost(self) -> int:
+        """Bytes one TFA row holds on this model at this input size (one probe double backward)."""
+        image, label = self.target.train_batch(torch.arange(1))
+        return row_bytes(self.target.model, self.index.parameter_names, image[0].to(self.target.device),
+                         label[0].to(self.target.device))
 
     @cached_property
     def _maps(self) -> dict[tuple[int, int], tuple[torch.Tensor]]:
@@ -97,7 +104,7 @@ class TfaCache:
         images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
         maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
                    grads[[position[t] for t, _ in pairs]], a.smoothgrad_samples, a.smoothgrad_sigma,
-                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs])
+                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs], cost=self.row_cost)
         for n, pair in enumerate(pairs):
             self._maps[pair] = (maps.signed[n].cpu(),)
         self.stats["tfa_pairs"] += len(pairs)

@@ -70,7 +70,8 @@ class TrainingIndex:
         shares = self.gradient_shares() if factored else None
         projector = make_projector(self.gradients.dim, a.projection_dim, a.projection, self.settings.seed,
                                    shapes=self.gradients.shapes, shares=shares)
-        chunk = a.chunk_size or default_chunk_size(projector.working_size(self.gradients), self.settings.batch_size)
+        chunk = a.chunk_size or default_chunk_size(projector.working_size(self.gradients), self.settings.batch_size,
+                                                   self.target.example_bytes)
         return Featurizer(self.gradients, projector, chunk, self.stats, a.precision)
 
     def gradient_shares(self) -> list[float] | None:
@@ -129,12 +130,13 @@ class TrainingIndex:
         model whose whole per-example gradients are formed on the CPU, the cheaper `layers:` choice."""
         p, chunk = self.gradients.dim, min(self.featurizer.chunk_size, n_rows)
         held = self.featurizer.projector.working_size(self.gradients)
+        per_row = 8 * held + self.target.example_bytes
         size = f"{p / 1e6:.1f}M" if p >= 1e6 else f"{p:,}"
         projected = (f", projected ({self.attribution.projection}) to {self.featurizer.dim:,} dimensions"
                      if self.featurizer.dim < p else "")
         text = (f"featurizing {n_rows:,} training images: gradients of {size} parameters "
                 f"({'layers ' + ', '.join(self.attribution.layers) if self.attribution.layers else 'all trainable'}), "
-                f"{chunk} at a time (~{8 * held * chunk / 2**20:,.0f} MB){projected}, "
+                f"{chunk} at a time (~{per_row * chunk / 2**20:,.0f} MB with activations){projected}, "
                 f"features {4 * n_rows * self.featurizer.dim / 2**20:,.0f} MB "
                 f"in {self.cache_root}; an interrupted run resumes from its finished shards")
         head = last_linear(self.target.model)

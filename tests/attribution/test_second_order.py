@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from auditor.attribution.second_order import SecondOrderUnsupported, missing_op, twice_differentiable
+from auditor.attribution import tfa as tfa_module
 from auditor.attribution.tfa import tfa
 from auditor.errors import CannotJudge
 
@@ -62,14 +63,15 @@ def finite_difference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_test
 
 @pytest.mark.parametrize("build,size", [(tiny_vit, 16), (lambda: SqueezeExcite().double().eval(), 12)],
                          ids=["vit", "hardsigmoid"])
-@pytest.mark.parametrize("rows", [None, 1], ids=["vmap", "one_by_one"])
-def test_tfa_matches_finite_differences_through_ops_without_double_backward(build, size, rows):
+@pytest.mark.parametrize("vmap_from", [1, 10**9], ids=["vmap", "one_by_one"])
+def test_tfa_matches_finite_differences_through_ops_without_double_backward(build, size, vmap_from, monkeypatch):
+    monkeypatch.setattr(tfa_module, "MIN_VMAP_ROWS", vmap_from)
     torch.manual_seed(1)
     model = build()
     names = [n for n, _ in model.named_parameters()]
     x, y = torch.randn(2, 3, size, size, dtype=torch.float64), torch.tensor([0, 2])
     g_test = F.normalize(torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=torch.float64), dim=1)
-    maps = tfa(model, names, x, y, g_test, rows=rows).signed
+    maps = tfa(model, names, x, y, g_test).signed
     for p in range(2):
         v = torch.randn_like(x[p:p + 1])
         expected = finite_difference(model, x[p:p + 1], y[p:p + 1], g_test[p], v)
