@@ -35,23 +35,23 @@ def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ())
     the graph keeps alive: activations, and for a double backward the first backward's graph);
     storages of `exclude` (the model's parameters, shared by every row) are not counted."""
     shared = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
+    seen: dict[int, torch.UntypedStorage] = {}     # held until the end: a freed address is not reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in shared:
-            seen[storage.data_ptr()] = storage.nbytes()
+            seen[storage.data_ptr()] = storage
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
-    return sum(seen.values())
+    return sum(storage.nbytes() for storage in seen.values())
 
 
 def example_bytes(model: torch.nn.Module, image: torch.Tensor) -> int:
     """Peak bytes one example costs in a forward and backward to its input (saliency, per-example
     gradients; an upper bound for a forward alone), measured on `image (C, H, W)`."""
-    x = image[None].detach().requires_grad_(True)
+    x = image[None].detach().clone().requires_grad_(True)   # a view would count its whole batch
 
     def run() -> None:
         with torch.enable_grad():

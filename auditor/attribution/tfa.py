@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from auditor.attribution.gradients import example_loss
-from auditor.attribution.memory import BACKWARD_PEAK, Chunked, rows_within, saved_bytes
+from auditor.attribution.memory import Chunked, rows_within, saved_bytes
 from auditor.attribution.second_order import twice_differentiable
 
 EPS = 1e-12
@@ -32,7 +32,9 @@ ROW_BYTES_PER_PARAMETER = 16     # a double backward holds the parameter gradien
 MAX_ROWS = 256                   # (pair, sample) rows per call for small models (16 pairs × 16 samples)
 MIN_VMAP_ROWS = 32               # fewer rows fit at once (large models): one row at a time, vmap measured
                                  # 0.45x that loop on ResNet-18 (benchmarks/tfa.py); 2.5x it on the sample CNN
-TFA_BUDGET_BYTES = 2 * 2**30     # ResNet-18: 11 rows per chunk
+TFA_BUDGET_BYTES = 2 * 2**30     # ResNet-18 at 32 px: 7 rows per chunk; with layers [fc] at 224 px: 32
+GRAPH_PEAK = 3                   # a row's peak over the bytes its graph saves: 2.3-2.6x measured on
+                                 # ResNet-18 at 224 px (vmapped rows; tests/test_memory.py)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def row_bytes(model: nn.Module, names: list[str], image: torch.Tensor, label: to
     the graph of its forward and first backward at the real input size, and the parameter gradient."""
     chosen = set(names)
     params = [p for n, p in model.named_parameters() if n in chosen]
-    x = image[None].detach().requires_grad_(True)
+    x = image[None].detach().clone().requires_grad_(True)   # a view would count its whole batch
 
     def run() -> None:
         with torch.enable_grad():
@@ -89,7 +91,7 @@ def row_bytes(model: nn.Module, names: list[str], image: torch.Tensor, label: to
 
     with twice_differentiable("TFA"):
         held = saved_bytes(run, [*model.parameters(), *model.buffers()])
-    return BACKWARD_PEAK * held + ROW_BYTES_PER_PARAMETER * sum(p.numel() for p in params)
+    return GRAPH_PEAK * held + ROW_BYTES_PER_PARAMETER * sum(p.numel() for p in params)
 
 
 def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_labels: torch.Tensor,
