@@ -7,7 +7,8 @@ Every method runs ONE forward pass per batch and takes the K classes' gradients 
 - `integrated_gradients` (x − x₀) ⊙ Σ_i w_i ∂y_c/∂x(x₀ + α_i (x − x₀)), Gauss–Legendre nodes
   (as captum's default), path points evaluated `internal_batch_size` images at a time;
 - `guided_backprop`: gradient with guided ReLUs (`nn.ReLU` and functional relu alike);
-- `grad_cam`: ReLU(Σ_k mean(∂y_c/∂A_k) A_k) at a named or the last Conv2d layer, upsampled
+- `grad_cam`: ReLU(Σ_k mean(∂y_c/∂A_k) A_k) at a named or the last Conv2d layer (on a
+  transformer: the last layer whose patch tokens reach the prediction, tokens as a grid), upsampled
   bilinearly to the input size (C' = 1).
 The model is left exactly as it was: hooks only inside context managers, no parameter grads.
 """
@@ -15,7 +16,8 @@ The model is left exactly as it was: hooks only inside context managers, no para
 from __future__ import annotations
 
 import abc
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from typing import ClassVar
 
 import numpy as np
@@ -143,26 +145,80 @@ class GradCam(SaliencyMethod):
     def __init__(self, model: nn.Module, layer: str | None = None, relu: bool = True,
                  batched_backward: bool | None = None) -> None:
         super().__init__(model, batched_backward)
-        self.layer_name = layer or last_conv_layer(model)
-        modules = dict(model.named_modules())
-        if self.layer_name not in modules:
-            raise AttributionError(f"the model has no layer '{self.layer_name}'",
-                                   field="settings.attribution.grad_cam_layer",
-                                   fix="name a convolutional module, or leave it unset for the last Conv2d")
-        self.layer = modules[self.layer_name]
+        self.layer_name = layer
+        if layer is not None and layer not in dict(model.named_modules()):
+            raise AttributionError(f"the model has no layer '{layer}'", field="settings.attribution.grad_cam_layer",
+                                   fix="name a convolutional or transformer module, or leave it unset")
         self.relu = relu
 
     def _attribute(self, images, classes):
+        if self.layer_name is None:         # chosen on the first image: token layers need a probe
+            self.layer_name = default_cam_layer(self.model, images[0])
         calls: dict = defaultdict(list)
-        with RecordLayerIO({self.layer_name: self.layer}, calls):
+        with RecordLayerIO({self.layer_name: dict(self.model.named_modules())[self.layer_name]}, calls):
             logits = self.model(images.detach())
-        activation = calls[self.layer_name][-1][1]                              # (n, channels, h, w)
-        grads = class_gradients(logits, activation, classes, self.batched_backward)  # (n, K, channels, h, w)
+        activation = calls[self.layer_name][-1][1]                              # (n, channels, h, w) or tokens
+        grads = class_gradients(logits, activation, classes, self.batched_backward)  # (n, K, *activation)
+        if activation.dim() == 3:
+            activation, grads = as_grid(activation, self.layer_name), as_grid(grads, self.layer_name)
         cam = (grads.mean(dim=(3, 4), keepdim=True) * activation.detach().unsqueeze(1)).sum(2)
         if self.relu:
             cam = cam.clamp_min(0)
         upsampled = F.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False)
         return upsampled.unsqueeze(2)                                           # (n, K, 1, H, W)
+
+
+MAX_PREFIX_TOKENS = 8           # class, distillation and register tokens before a ViT's patch grid
+
+
+def token_grid(tokens: int) -> tuple[int, int] | None:
+    """`(prefix, side)`: a sequence of `tokens` as `prefix` class/distillation tokens followed by a
+    side × side patch grid (197 → (1, 14)), or None when no grid fits."""
+    for prefix in range(MAX_PREFIX_TOKENS + 1):
+        side = math.isqrt(max(0, tokens - prefix))
+        if side > 1 and side * side == tokens - prefix:
+            return prefix, side
+    return None
+
+
+def as_grid(tokens: torch.Tensor, layer: str) -> torch.Tensor:
+    """`(..., T, D)` transformer tokens → `(..., D, side, side)` patch maps, prefix tokens dropped."""
+    grid = token_grid(tokens.shape[-2])
+    if grid is None:
+        raise AttributionError(f"Grad-CAM layer '{layer}' outputs {tokens.shape[-2]} tokens, not a square patch grid",
+                               field="settings.attribution.grad_cam_layer",
+                               fix="name a layer whose output is a feature map or a ViT's patch tokens")
+    prefix, side = grid
+    patches = tokens[..., prefix:, :]
+    return patches.transpose(-1, -2).reshape(*patches.shape[:-2], patches.shape[-1], side, side)
+
+
+def default_cam_layer(model: nn.Module, image: torch.Tensor) -> str:
+    """The last Conv2d, unless the model has transformer token layers: then the last one of the
+    residual stream's width whose patch tokens the prediction's gradient reaches (a ViT's last
+    attention input, as pytorch-grad-cam advises; after it only the class token feeds the head and
+    the patch tokens' gradients are zero)."""
+    outputs: list[tuple[str, torch.Tensor]] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 3 and token_grid(output.shape[1]):
+                outputs.append((name, output))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.enable_grad():
+            logits = model(image[None].detach())
+            grads = torch.autograd.grad(logits[0].max(), [o for _, o in outputs], allow_unused=True) if outputs else []
+    finally:
+        for handle in handles:
+            handle.remove()
+    width = Counter(out.shape[-1] for _, out in outputs).most_common(1)[0][0] if outputs else 0
+    for (name, out), grad_ in reversed(list(zip(outputs, grads))):     # the residual stream's width: not qkv or mlp
+        if out.shape[-1] == width and grad_ is not None and bool(grad_[:, token_grid(out.shape[1])[0]:].abs().sum() > 0):
+            return name
+    return last_conv_layer(model)
 
 
 def last_conv_layer(model: nn.Module) -> str:

@@ -115,7 +115,57 @@ def test_model_is_unchanged_after_every_method(name, functional, batch):
     assert before[1] == after[1] and before[2] == after[2]
 
 
-def test_grad_cam_finds_last_conv_and_rejects_unknown_layer():
-    assert GradCam(net()).layer_name == "conv2"
+def test_grad_cam_finds_last_conv_and_rejects_unknown_layer(batch):
+    cam = GradCam(net())
+    cam.attribute(batch[0], batch[1][:, None])
+    assert cam.layer_name == "conv2"
     with pytest.raises(ValueError, match="no layer 'conv9'"):
         GradCam(net(), layer="conv9")
+
+
+def tiny_vit() -> nn.Module:
+    """A torchvision ViT (class token, 4×4 patch grid) with a random, not zero-initialised, head."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
+    nn.init.normal_(model.heads.head.weight, 0, 0.5)
+    return model
+
+
+def test_grad_cam_on_a_vit_uses_the_last_attention_input_as_a_patch_grid():
+    model, x = tiny_vit(), torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    classes = torch.tensor([[0], [1], [2]])
+    maps = make_method("grad_cam", model).attribute(x, classes)
+    # reference: the last block's ln_1 output by a plain hook, its gradient by autograd, reshaped by hand
+    recorded = []
+    handle = model.encoder.layers[-1].ln_1.register_forward_hook(lambda m, i, o: recorded.append(o))
+    logits = model(x)
+    handle.remove()
+    tokens = recorded[0]                                                     # (3, 1 + 16, 8)
+    grads = torch.autograd.grad(logits.gather(1, classes).sum(), tokens)[0]
+    patches = tokens[:, 1:].detach().reshape(3, 4, 4, 8).permute(0, 3, 1, 2)
+    weights = grads[:, 1:].reshape(3, 4, 4, 8).permute(0, 3, 1, 2).mean((2, 3), keepdim=True)
+    expected = F.interpolate((weights * patches).sum(1, keepdim=True).clamp_min(0), size=(16, 16), mode="bilinear",
+                             align_corners=False)
+    assert torch.allclose(maps[:, 0], expected, atol=1e-12)
+    assert bool((maps.flatten(1).abs().sum(1) > 0).all())          # conv_proj's maps were often all zero
+
+
+@pytest.mark.parametrize("tokens,grid", [(197, (1, 14)), (196, (0, 14)), (50, (1, 7)), (198, (2, 14)), (3, None)])
+def test_token_grid_reads_prefix_tokens_and_the_patch_side(tokens, grid):
+    from auditor.attribution.saliency import token_grid
+
+    assert token_grid(tokens) == grid
+
+
+def test_grad_cam_on_timm_vits_picks_the_residual_stream_not_qkv():
+    timm = pytest.importorskip("timm")
+    from auditor.attribution.saliency import default_cam_layer
+
+    deit = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8)
+    assert default_cam_layer(deit.eval(), torch.randn(3, 32, 32)) == "blocks.11.norm1"
+    pooled = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
+                               global_pool="avg", class_token=False, depth=2)
+    assert default_cam_layer(pooled.eval(), torch.randn(3, 32, 32)) == "norm"       # every patch feeds the pool
