@@ -132,6 +132,8 @@ class AuditSession:
         if result.n_selected == 0:
             return _empty(rule, result, result.extra.get("note", "the check had nothing to measure"),
                           "an empty measurement cannot pass")
+        if result.inconclusive:
+            return RuleOutcome(rule, INCONCLUSIVE, result, f"cannot judge: {result.inconclusive}")
         passed = judge(rule, len(result.failures), result.n_selected) if rule.per_example else True
         if result.passed is not None:
             passed = passed and result.passed

@@ -1,14 +1,20 @@
 """TFA cost: (train, test) pairs per second with SmoothGrad as the engine runs it (`vmap` over
 pair × noise-sample rows, or those rows one after another for a model where fewer than
 `MIN_VMAP_ROWS` fit the memory budget) against the obviously-correct loop (one double backward
-per pair and sample with `torch.autograd.grad(create_graph=True)`), in one run on the same pairs.
+per pair and sample with `torch.autograd.grad(create_graph=True)`), and against the
+forward-over-reverse candidate (`forward_over_reverse`: ∇_x cos = ∇_x (g(x)·w) with
+w = (v − cos·ĝ)/‖g‖ from one plain gradient, the mixed product a JVP in θ along w inside a
+gradient in x, `torch.func`, rowed the engine's way), in one run on the same pairs.
 
-    python -m benchmarks.tfa [--threads 2] [--device auto] [--samples 16]
+    python -m benchmarks.tfa [--threads 2] [--device auto] [--samples 16] [--models ...]
 
-Models: the sample audits' CNN (17k parameters, 28×28) on 64 pairs and a stock torchvision
-ResNet-18 (11.2M parameters, 32×32) on 4 pairs; both trained one epoch on real Fashion-MNIST,
-all parameters, true labels, each pair's noise from its own seed. The loop is timed on a quarter
-of the pairs (at least 2). Writes benchmarks/results/tfa.json.
+Models: the sample audits' CNN (17k parameters, 28×28, 64 pairs) and a stock torchvision
+ResNet-18 (11.2M, 32×32, 4 pairs), both trained one epoch on real Fashion-MNIST; at 224×224
+(random weights: the cost does not depend on them) ResNet-18, ResNet-50 (25.6M) and a
+DeiT-tiny-sized torchvision ViT (5.5M, patch 16, 12 layers, width 192), 2 pairs each. All
+parameters, true labels, each pair's noise from its own seed. The loop is timed on a quarter of
+the pairs (at least 2). `speedup_224` is forward-over-reverse ÷ the engine on ResNet-50 at 224.
+Writes benchmarks/results/tfa.json.
 """
 
 from __future__ import annotations
@@ -19,20 +25,41 @@ import time
 import torch
 import torch.nn.functional as F
 
-from auditor.attribution.gradients import FuncGradients, select_parameters
+from torch.func import grad, jvp, vmap
+
+from auditor.attribution.gradients import FuncGradients, example_loss, select_parameters
 from auditor.attribution.memory import rows_within
-from auditor.attribution.tfa import (EPS, MAX_ROWS, MIN_VMAP_ROWS, ROW_BYTES_PER_PARAMETER, TFA_BUDGET_BYTES, pair_noise,
-                                     tfa)
+from auditor.attribution.second_order import twice_differentiable
+from auditor.attribution.tfa import EPS, MAX_ROWS, MIN_VMAP_ROWS, TFA_BUDGET_BYTES, pair_noise, row_bytes, tfa
 from auditor.target import resolve_device
 from benchmarks.common import environment, peak_memory_mb, timer, write_json
 
-MODELS = {"small_cnn": 64, "resnet18": 4}
+MODELS = {"small_cnn": 64, "resnet18": 4, "resnet18_224": 2, "resnet50_224": 2, "vit_tiny_224": 2}
+
+
+def untrained_224(name: str, n_pairs: int):
+    """A 224-px model with random weights, `n_pairs` random images with labels and unit test gradients."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = {"resnet18_224": lambda: torchvision.models.resnet18(num_classes=10),
+             "resnet50_224": lambda: torchvision.models.resnet50(num_classes=10),
+             "vit_tiny_224": lambda: torchvision.models.VisionTransformer(
+                 image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
+                 num_classes=10)}[name]().eval()
+    names = select_parameters(model)
+    images, labels = torch.rand(2 * n_pairs, 3, 224, 224), torch.arange(2 * n_pairs) % 10
+    with twice_differentiable("benchmark"):
+        tests = F.normalize(FuncGradients(model, names).flat(images[n_pairs:], labels[n_pairs:]), dim=1)
+    return model, names, images[:n_pairs], labels[:n_pairs], tests
 
 
 def model_and_pairs(name: str, n_pairs: int):
     """The trained model, `n_pairs` training images with labels, and unit exact test gradients."""
     from sample_audits.train import train
 
+    if name.endswith("_224"):
+        return untrained_224(name, n_pairs)
     if name == "small_cnn":
         from sample_audits.models import small_cnn
         from sample_audits.train import training_set
@@ -67,6 +94,42 @@ def loop_tfa(model, names, images, labels, tests, samples: int, sigma: float, se
     return maps / samples
 
 
+def forward_over_reverse(model, names: list[str]):
+    """`attribute(x, y, v) → (C, H, W)` of one row: ∇_x (g(x)·w), w = (v − cos·ĝ)/‖g‖ (the
+    derivative of cos(g(x), v)), the mixed product as a JVP in θ along w inside a gradient in x."""
+    selected, loss = example_loss(model, names)
+
+    def attribute(x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        g = grad(loss)(selected, x, y)
+        flat = torch.cat([g[n].flatten() for n in names])
+        norm = flat.norm().clamp_min(EPS)
+        w_flat = (v - (flat @ v / norm) * flat / norm) / norm
+        w, offset = {}, 0
+        for n in names:
+            w[n] = w_flat[offset:offset + selected[n].numel()].view_as(selected[n])
+            offset += selected[n].numel()
+        return grad(lambda image: jvp(lambda p: loss(p, image, y), (selected,), (w,))[1])(x)
+
+    return attribute
+
+
+def candidate_tfa(model, names, images, labels, tests, samples: int, sigma: float, seeds: list[int],
+                  batched: bool) -> torch.Tensor:
+    """Forward-over-reverse maps of the same (pair, noise sample) rows as `tfa`, vmapped or one by one."""
+    one = forward_over_reverse(model, names)
+    spread = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).clamp_min(EPS) * sigma
+    rows = [(p, images[p] + pair_noise(seeds[p], samples, images.shape[1:])[k].to(images.device) * spread[p])
+            for p in range(len(images)) for k in range(samples)]
+    pairs = torch.tensor([p for p, _ in rows], device=images.device)
+    x = torch.stack([row for _, row in rows])
+    if batched:
+        maps = torch.cat([vmap(one)(x[i:i + MAX_ROWS], labels[pairs[i:i + MAX_ROWS]], tests[pairs[i:i + MAX_ROWS]])
+                          for i in range(0, len(x), MAX_ROWS)])
+    else:
+        maps = torch.stack([one(x[i], labels[pairs[i]], tests[pairs[i]]) for i in range(len(x))])
+    return torch.zeros_like(images).index_add_(0, pairs, maps.detach()) / samples
+
+
 def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict:
     model, names, images, labels, tests = model_and_pairs(name, n_pairs)
     model, images, labels, tests = model.to(device), images.to(device), labels.to(device), tests.to(device)
@@ -75,19 +138,27 @@ def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict
     times: dict[str, float] = {}
     tfa(model, names, images[:1], labels[:1], tests[:1], samples, 0.1, pair_seeds=seeds[:1])       # warm-up, untimed
     loop_tfa(model, names, images[:1], labels[:1], tests[:1], 1, 0.1, seeds)
-    with timer(times, "batched"):
-        batched = tfa(model, names, images, labels, tests, samples, 0.1, pair_seeds=seeds).signed
-    with timer(times, "loop"):
-        reference = loop_tfa(model, names, images[:n_loop], labels[:n_loop], tests[:n_loop], samples, 0.1, seeds)
+    fit = rows_within(row_bytes(model, names, images[0], labels[0]), MAX_ROWS, TFA_BUDGET_BYTES)
+    with twice_differentiable("benchmark"):
+        with timer(times, "batched"):
+            batched = tfa(model, names, images, labels, tests, samples, 0.1, pair_seeds=seeds).signed
+        with timer(times, "loop"):
+            reference = loop_tfa(model, names, images[:n_loop], labels[:n_loop], tests[:n_loop], samples, 0.1, seeds)
+        candidate_tfa(model, names, images[:1], labels[:1], tests[:1], 1, 0.1, seeds, fit >= MIN_VMAP_ROWS)
+        with timer(times, "forward_over_reverse"):
+            candidate = candidate_tfa(model, names, images, labels, tests, samples, 0.1, seeds, fit >= MIN_VMAP_ROWS)
     scale = float(reference.abs().max())
-    fit = rows_within(ROW_BYTES_PER_PARAMETER * tests.shape[1], MAX_ROWS, TFA_BUDGET_BYTES)
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "pairs": n_pairs,
-            "engine_rows": "vmap" if fit >= MIN_VMAP_ROWS else "one after another",
+            "image_size": images.shape[-1], "engine_rows": "vmap" if fit >= MIN_VMAP_ROWS else "one after another",
             "smoothgrad_samples": samples, "pairs_per_second": round(n_pairs / times["batched"], 3),
             "seconds_per_pair": round(times["batched"] / n_pairs, 3),
             "loop_pairs_per_second": round(n_loop / times["loop"], 3), "loop_pairs": n_loop,
             "speedup_vs_loop": round((times["loop"] / n_loop) / (times["batched"] / n_pairs), 2),
             "max_abs_diff_vs_loop_over_scale": float((batched[:n_loop] - reference).abs().max()) / max(scale, EPS),
+            "forward_over_reverse_pairs_per_second": round(n_pairs / times["forward_over_reverse"], 3),
+            "forward_over_reverse_speedup": round(times["batched"] / times["forward_over_reverse"], 2),
+            "forward_over_reverse_max_abs_diff_over_scale":
+                float((candidate[:n_loop] - reference).abs().max()) / max(scale, EPS),
             "peak_memory_mb": round(peak_memory_mb(device))}
 
 
@@ -105,8 +176,12 @@ def main() -> None:
         start = time.perf_counter()
         rows.append(measure(name, MODELS[name], args.samples, device))
         print({**rows[-1], "wall_s": round(time.perf_counter() - start, 1)}, flush=True)
+    by_model = {row["model"]: row for row in rows}
+    speedup = by_model["resnet50_224"]["forward_over_reverse_speedup"] if "resnet50_224" in by_model else None
     path = write_json("tfa.json" if device.type == "cpu" else f"tfa_{device.type}.json",
-                      {"rows": rows, **environment(device)})
+                      {"rows": rows, "speedup_224": speedup, "command": "python -m benchmarks.tfa " + " ".join(
+                          f"--{k} {v}" for k, v in (("threads", args.threads), ("samples", args.samples))),
+                       **environment(device)})
     print(f"written {path}")
 
 

@@ -111,6 +111,8 @@ class CheckResult:
     """What a check observed: the metric, its threshold, and every failing item.
 
     `passed` is None for per-example checks: the session decides from the rule's tolerance.
+    `inconclusive` says why the check could not judge (e.g. too few errors for its statistic):
+    the rule is then reported inconclusive, never passed.
     """
 
     metric: str
@@ -121,6 +123,7 @@ class CheckResult:
     failures: list[Finding]
     passed: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    inconclusive: str | None = None
 
 
 class Check(abc.ABC):

@@ -22,6 +22,16 @@ from auditor.checks.windows import Hotspot, Windows, densest_window, hotspot, ho
 from auditor.spec.checks import ConcentrationParams
 
 
+def too_few(unjudged: dict[str, int], judged: int, min_group: int) -> str | None:
+    """Why the recurrence could not be judged: every predicted class had fewer than `min_group`
+    maps (None when at least one class was judged, or there were no maps)."""
+    if judged or not unjudged:
+        return None
+    name, n = max(unjudged.items(), key=lambda item: item[1])
+    return (f"no predicted class has the {min_group} maps recurrence needs (most: {n} predicted {name}); "
+            f"audit a larger test set or lower `min_group`")
+
+
 @register
 class SaliencyConcentration(Check):
     """Per-map densest-window share, plus per-class excess hotspot recurrence."""
@@ -36,31 +46,34 @@ class SaliencyConcentration(Check):
         windows = densest_window(maps.values, side)
         failures = over_threshold(engine, maps, windows.share, p.max_mass, "concentrated",
                                   lambda row: (int(windows.row[row]), int(windows.col[row]), side))
-        groups, worst = [], float("nan")
+        groups, worst, unjudged, judged = [], float("nan"), {}, 0
         if p.max_recurrence is not None:
-            groups, worst = self._hotspots(engine, maps, windows, side, failures)
+            groups, worst, unjudged, judged = self._hotspots(engine, maps, windows, side, failures)
         flagged = [g for g in groups if g["flagged"]]
         finite = windows.share[~windows.share.isnan()]
         extra = {"window_px": side, "floor": side * side / (height * width),
                  "median_share": float(finite.median()) if len(finite) else None,
                  "max_share": float(finite.max()) if len(finite) else None,
                  "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": groups,
-                 "image_size": [height, width]}
+                 "image_size": [height, width], "unjudged": unjudged, "judged_classes": judged}
         ordered = sorted(failures.values(), key=lambda f: -f.value)
         if p.max_recurrence is None:
             return CheckResult("max densest-window share", extra["max_share"] or 0.0, p.max_mass, "<=",
                                len(indices), ordered, extra=extra)
         return CheckResult("excess hotspot recurrence", worst, p.max_recurrence, "<=",
-                           len(indices), ordered, passed=not flagged, extra=extra)
+                           len(indices), ordered, passed=not flagged, extra=extra,
+                           inconclusive=too_few(unjudged, extra["judged_classes"], p.min_group))
 
     def _hotspots(self, engine: AuditEngine, maps: Maps, windows, side: int, failures: dict[int, Finding]):
-        """Judge each predicted class's maps; members of flagged hotspots become failures."""
+        """Judge each predicted class's maps; members of flagged hotspots become failures. Returns
+        the groups, the worst excess, the classes too small to judge (name → maps) and how many were judged."""
         p = self.params
         predicted = engine.predictions.predicted[maps.test]
-        groups, worst = [], 0.0
+        groups, worst, unjudged = [], 0.0, {}
         for c in predicted.unique().tolist():
             rows = (predicted == c).nonzero().flatten()
             if len(rows) < p.min_group:
+                unjudged[engine.classes[c]] = len(rows)
                 continue
             sub = subset(windows, rows)
             reference_tests, reference = self._reference(engine, c, side)
@@ -90,7 +103,8 @@ class SaliencyConcentration(Check):
             if flagged:
                 for row in rows[spot.members].tolist():
                     add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot", window)
-        return groups, worst
+        judged = len(predicted.unique()) - len(unjudged)
+        return groups, worst, unjudged, judged
 
     def _reference(self, engine: AuditEngine, c: int, side: int) -> tuple[torch.Tensor, Windows]:
         """Correctly classified test examples predicted as `c` (at most `reference_size`) and

@@ -67,7 +67,8 @@ class ShortcutCarriers(Check):
         if not hotspots:
             extra["note"] = "no shortcut hotspot flagged on the test side"
         return CheckResult("carrier share of the class", worst, p.max_carrier_share, "<=", test_side.n_selected,
-                           failures, passed=worst <= p.max_carrier_share, extra=extra)
+                           failures, passed=worst <= p.max_carrier_share, extra=extra,
+                           inconclusive=test_side.inconclusive)     # no test-side hotspot could be judged
 
     def _carriers(self, engine: AuditEngine, spot: dict, errors: list[Finding]) -> tuple[list[Finding], dict]:
         """The training images of the hotspot's class whose own prediction depends on the spot."""

@@ -6,6 +6,7 @@ tolerances `mostly` and `max_failures`, on constructed failure counts."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -157,3 +158,27 @@ def test_rule_tolerance_decides_the_session_verdict(tmp_path):
     assert failing > 0 and outcomes["strict"].status == "failed"
     assert outcomes["mostly-none"].status == "passed" and outcomes["tolerated"].status == "passed"
     assert len(outcomes["mostly-none"].result.failures) == failing
+
+
+@pytest.mark.parametrize("name", ["saliency_concentration", "shortcut_carriers"])
+def test_recurrence_with_no_class_large_enough_is_inconclusive_not_passed(name):
+    extra = {"carrier_reference": 10} if name == "shortcut_carriers" else {}
+    small = evaluate(name, max_recurrence=0.1, min_group=30, **extra)     # 12 maps in all: no class has 30
+    assert re.match(r"no predicted class has the 30 maps recurrence needs \(most: \d+ predicted a\)", small.inconclusive)
+    assert "audit a larger test set" in small.inconclusive
+    judged = evaluate(name, max_recurrence=0.1, min_group=1, **extra)
+    assert judged.inconclusive is None
+
+
+def test_an_inconclusive_result_is_reported_inconclusive_by_the_session(tmp_path):
+    from auditor.cli import main
+    from conftest import audit
+
+    path = audit(tmp_path, """
+settings: {device: cpu}
+rules:
+  - {name: spots, check: saliency_concentration, max_recurrence: 0.1, min_group: 30}
+  - {name: fine, check: accuracy, min_accuracy: 0.0}
+""")
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert main(["run", str(path), "--quiet", "--strict"]) == 1
