@@ -14,13 +14,16 @@ Rows: `ours` (the shipped rule: its ranking and what it lists), `loss`, candidat
 `self_influence_loss` / `self_influence_margin`: φᵀ(ΦᵀΦ + λI)⁻¹φ on exact last-layer gradient
 features of the loss / the margin log p − log(1 − p), λ = 1e-3 · mean diagonal, dense float64;
 `rank_average`: mean rank of loss and ours), `cleanlab_in_sample` (find_label_issues on the
-model's own probabilities) and `cleanlab_cv` (on 5-fold cross-validated probabilities: 5 models
-retrained, their time counted). Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted
+model's own probabilities), `cleanlab_cv` (on 5-fold cross-validated probabilities: 5 models
+retrained, their time counted), and with `--peers` `trak_self` / `kronfluence_self` (TRAK's and
+Kronfluence EK-FAC's self-influence of each training image on the same trained model, each in a
+process of its own: benchmarks/self_influence_peers.py). Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted
 among the first 2 × planted), `recall_at_1pct`, and for the rows that list: `recall_listed`,
 `precision_listed`, `listed`; `seconds`. Each regime's clean twin (same data, no relabels) is
 audited too: `clean_listed` and the share.
 
     python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
+    python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
 """
 
 from __future__ import annotations
@@ -287,6 +290,25 @@ def clean_twin(regime: dict, folder: Path) -> dict:
             "clean_pairs": outcome.result.extra.get("suggested", [])[:8]}
 
 
+def peer_row(peer: str, name: str, folder: Path) -> dict:
+    """A peer library's self-influence row on the regime's trained model (its own process)."""
+    import subprocess
+    import sys
+
+    regime = REGIMES[name]
+    recipe = regime["recipe"]
+    trained(regime, recipe, folder)
+    planted = data_module(regime).defects(recipe)
+    out = folder / f"{peer}-{name}.pt"
+    subprocess.run([sys.executable, "-m", "benchmarks.self_influence_peers", "--peer", peer, "--regime", name,
+                    "--work", str(folder), "--out", str(out)], check=True)
+    result = torch.load(out, weights_only=False)
+    scores = result["scores"].numpy()
+    positive = _mask(len(scores), list(planted["relabelled_train"]) + [int(j) for j in planted["random_relabels"]])
+    return {**ranking_metrics(scores, positive), "seconds": round(result["seconds"], 1),
+            "peak_rss_mb": round(result["peak_mb"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
@@ -294,6 +316,10 @@ def main() -> None:
     parser.add_argument("--cv", nargs="*", default=None, choices=list(REGIMES),
                         help="regimes that get cleanlab's cross-validation (5 retrains; default: all)")
     parser.add_argument("--out", default="label_errors.json")
+    parser.add_argument("--peers", nargs="*", default=[], choices=["trak", "kronfluence"],
+                        help="add the peers' self-influence rows (trak_self, kronfluence_self)")
+    parser.add_argument("--only-peers", action="store_true",
+                        help="keep each regime's other rows from the results file and add only the peers' rows")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -303,12 +329,17 @@ def main() -> None:
     document.setdefault("regimes", {})
     for name in args.regimes:
         start = time.perf_counter()
-        document["regimes"][name] = measure(name, REGIMES[name], work, cv=args.cv is None or name in args.cv)
-        document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
-        document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
-        document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        document["command"] = "python -m benchmarks.label_errors " + " ".join(
-            ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
+        if not args.only_peers:
+            document["regimes"][name] = measure(name, REGIMES[name], work, cv=args.cv is None or name in args.cv)
+            document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
+            document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
+            document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            document["command"] = "python -m benchmarks.label_errors " + " ".join(
+                ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
+        for peer in args.peers:
+            document["regimes"][name]["rows"][f"{peer}_self"] = peer_row(peer, name, work)
+            document.setdefault("peer_commands", {})[f"{name}/{peer}"] = (
+                f"python -m benchmarks.label_errors --regimes {name} --peers {peer} --only-peers")
         write_json(args.out, document)
         print(json.dumps({name: document["regimes"][name]["rows"]}), flush=True)
 
