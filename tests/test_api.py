@@ -119,3 +119,13 @@ def test_usable_in_a_users_own_pytest_test(pytester):
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "AuditFailed: rule 'no-border' failed (audit.audit)" in out and "failing examples:" in out
+
+
+def test_a_pack_override_works_from_python_as_in_yaml(tmp_path):
+    settings = {"device": "cpu", "cache_dir": str(tmp_path)}
+    override = {"pack": "label_noise", "override": {"no-mislabel-suspects": {"neighbours": 3}}}
+    result = auditor.audit(fakes.linear(), fakes.images(), fakes.images(), rules=[override], settings=settings)
+    assert result.outcomes["no-mislabel-suspects"].rule.params.neighbours == 3
+    with pytest.raises(SpecError, match="the pack has no rule 'no-mislabel-suspect'.*\n.*did you mean 'no-mislabel-suspects'"):
+        auditor.audit(fakes.linear(), fakes.images(), fakes.images(), settings=settings,
+                      rules=[{"pack": "label_noise", "override": {"no-mislabel-suspect": {"neighbours": 3}}}])

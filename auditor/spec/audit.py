@@ -24,7 +24,7 @@ from auditor.registry import GRADIENT_COMPUTERS, PROJECTIONS, SALIENCY_METHODS
 from auditor.spec.binding import Where, bounded, build, choice, expect_mapping, located, unknown_key_error
 from auditor.spec.checks import CHECK_KINDS
 from auditor.spec.selection import Selection, parse_selection
-from auditor.spec.yaml_source import LocatedDict, LocatedList, load_yaml
+from auditor.spec.yaml_source import LocatedDict, LocatedList, as_located, load_yaml
 from auditor.suggest import did_you_mean
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -346,7 +346,7 @@ class Override:
 
     @classmethod
     def parse(cls, raw: Any, where: Where) -> Override:
-        rules = expect_mapping(raw, where)
+        rules = expect_mapping(as_located(raw, where.line) if isinstance(raw, dict) else raw, where)   # API: plain dicts
         for name, change in rules.items():
             expect_mapping(change, where.child(str(name), rules.line_of(name)))
             if "name" in change or "check" in change:

@@ -28,6 +28,16 @@ class LocatedDict(dict):
         return self.key_lines.get(key, self.line)
 
 
+def as_located(mapping: dict, line: int) -> LocatedDict:
+    """`mapping` (and the mappings in it) as `LocatedDict`s: a Python API mapping has no lines of
+    its own, so every key is placed at `line` (its argument's)."""
+    if isinstance(mapping, LocatedDict):
+        return mapping
+    located = LocatedDict({k: as_located(v, line) if isinstance(v, dict) else v for k, v in mapping.items()})
+    located.line = line
+    return located
+
+
 class LocatedList(list):
     """A sequence from YAML with `line` (of the sequence) and `item_lines[i]`."""
 
