@@ -38,6 +38,10 @@ MALFORMED = {
     "bad-include": (HEAD + "include: [rules/nope.yaml]\n", 6, ["include 'rules/nope.yaml' not found"]),
     "duplicate-rule": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1}\n"
                        "  - {name: x, check: accuracy, min_accuracy: 0.2}\n", 8, ["duplicate rule name 'x'", ":7"]),
+    "pack-rule-redefined": (HEAD + "include: [{pack: label_noise}]\nrules:\n"
+                            "  - {name: no-mislabel-suspects, check: accuracy, min_accuracy: 0.1}\n", 8,
+                            ["duplicate rule name 'no-mislabel-suspects'", "label_noise.yaml:",
+                             "override: {no-mislabel-suspects: {key: value}}"]),
     "bad-severity": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, severity: warning}\n", 7,
                      ["invalid value 'warning'", "did you mean 'warn'"]),
     "bad-selection": (HEAD + "rules:\n  - {name: x, check: accuracy, min_accuracy: 0.1, on: misclasified}\n", 7,

@@ -452,11 +452,21 @@ def _subset(mapping: LocatedDict, keys: list[str]) -> LocatedDict:
     return subset
 
 
+def _duplicate_fix(name: str, places: list[Where]) -> str:
+    """Redefining a built-in pack's rule is meant as an override: say how."""
+    packs = {path.resolve(): pack for pack, path in builtin_packs().items()}
+    pack = next((packs[Path(w.path).resolve()] for w in places if w.path and Path(w.path).resolve() in packs), None)
+    if pack is None:
+        return "give each rule a unique name"
+    return (f"to change the '{pack}' pack's rule, tune it in place: `include: [{{pack: {pack}, override: "
+            f"{{{name}: {{key: value}}}}}}]`; or give your own rule another name")
+
+
 def _check_unique_names(rules: list[RuleSpec]) -> None:
     first: dict[str, RuleSpec] = {}
     for rule in rules:
         if rule.name in first:
             other = first[rule.name].where
             raise rule.where.error(f"duplicate rule name '{rule.name}' (also at {other.label()})",
-                                   fix="give each rule a unique name")
+                                   fix=_duplicate_fix(rule.name, [first[rule.name].where, rule.where]))
         first[rule.name] = rule
