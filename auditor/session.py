@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.baseline import BaselineBook, BaselineDiff
 from auditor.errors import AuditError, CannotJudge
+from auditor.suggest import did_you_mean
 from auditor.spec import AuditSpec, RuleSpec
 
 if TYPE_CHECKING:
@@ -80,16 +81,29 @@ class AuditSession:
 
     def prepare(self) -> None:
         """Load the model and data and predict the test set: where model and data errors surface
-        (raised as `AuditError`), before any rule runs; and what the data's size decides about
-        the rules (a `k` above the training-set size), before anything expensive."""
-        n_train = len(self.engine.target.train)
+        (raised as `AuditError`), before any rule runs; and everything the loaded model and data
+        decide about the rules (a `k` above the training-set size, a class in `on:` the data lacks,
+        a module in `layers:` the model lacks), before anything expensive."""
+        engine = self.engine
+        n_train = len(engine.target.train)
         for rule in self.spec.rules:
             k = rule.params.proponents_needed()
             if k > n_train:
                 raise rule.where.child("k").error(
                     f"k={k} proponents per example, but the training set has {n_train} images",
                     fix=f"use k of at most {n_train} (or audit the full training set)")
-        _ = self.engine.predictions
+        _ = engine.predictions
+        for rule in self.spec.rules:
+            engine.select(rule.selection)           # class names and indices against the data
+        if self.spec.settings.attribution.layers is not None:
+            _ = engine.index.parameter_names        # module names against the model
+        modules = dict(engine.target.model.named_modules())
+        for rule in self.spec.rules:
+            layer = getattr(rule.params, "layer", None)
+            if isinstance(layer, str) and layer not in modules:
+                raise rule.where.child("layer").error(
+                    f"the model has no module named '{layer}'",
+                    fix=did_you_mean(layer, [m for m in modules if m], "module names"))
 
     def run_rule(self, rule: RuleSpec) -> RuleOutcome:
         """Evaluate one rule (errors in the user's input propagate as `AuditError`; a rule that

@@ -82,3 +82,20 @@ def test_a_rule_that_cannot_run_on_the_model_is_inconclusive_and_the_next_rules_
     assert rules["tfa-border"]["status"] == "inconclusive" and rules["fine"]["status"] == "passed"
     assert f"{path}:2: model: TFA needs second derivatives" in rules["tfa-border"]["message"]
     assert main(["run", str(path), "--strict", "--quiet"]) == 1
+
+
+def test_what_the_loaded_model_and_data_decide_is_checked_before_the_first_rule(tmp_path, capsys):
+    head = TFA_ON_FUSED_ATTENTION.split("rules:")[0].replace("fakes:fused_attention", "fakes:linear")
+    for body, expected in [("  - {name: on-class, check: accuracy, on: {class: c7}, min_accuracy: 0.0}\n",
+                            "unknown class 'c7'"),
+                           ("  - {name: suspects, check: mislabel_suspects, layer: fc9}\n",
+                            "rules[suspects].layer: the model has no module named 'fc9'")]:
+        path = write(tmp_path / "audit_late.yaml", head + "rules:\n  - {name: fine, check: accuracy, min_accuracy: 0.0}\n"
+                     + body)
+        assert main(["run", str(path), "--quiet"]) == 2
+        captured = capsys.readouterr()
+        assert expected in captured.err and "PASSED  fine" not in captured.out, captured
+    layers = write(tmp_path / "audit_layers.yaml", head.replace("top_k: 2", "top_k: 2, layers: [fc9]")
+                   + "rules:\n  - {name: fine, check: accuracy, min_accuracy: 0.0}\n")
+    assert main(["run", str(layers), "--quiet"]) == 2
+    assert "settings.attribution.layers: the model has no module named 'fc9'" in capsys.readouterr().err
