@@ -85,7 +85,7 @@ def declares_audit(path: Path) -> bool:
     """True when the file has a top-level `audit:` key: an unrelated `audit_*.yaml` in a
     repository is not collected (and cannot abort the session); an audit file with mistakes is."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")     # a BOM (Windows editors) is not text
     except OSError:
         return True          # unreadable: collect it, so that the error is reported
     return re.search(r"^audit\s*:", text, flags=re.MULTILINE) is not None

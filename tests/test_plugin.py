@@ -97,6 +97,20 @@ def test_both_file_patterns_are_collected(pytester, fashion_audit, name):
     assert len(items) == 3
 
 
+@pytest.mark.parametrize("encoding", ["bom", "crlf", "latin1"])
+def test_an_audit_saved_by_a_windows_editor_is_collected_like_any_other(pytester, fashion_audit, encoding):
+    path = fashion_audit(RULES)
+    text = path.read_text(encoding="utf-8")
+    data = {"bom": b"\xef\xbb\xbf" + text.encode(), "crlf": text.replace("\n", "\r\n").encode(),
+            "latin1": ("# r\u00e9sum\u00e9 des r\u00e8gles\n" + text).encode("latin-1")}[encoding]
+    path.write_bytes(data)
+    items, _ = pytester.inline_genitems(str(path))
+    assert [item.name for item in items] == ["good-enough", "impossible", "soft"]
+    from auditor.cli import main
+
+    assert main(["validate", str(path)]) == 0
+
+
 XDIST_RULES = """
 rules:
   - {name: accurate-enough, check: accuracy, min_accuracy: 0.3}

@@ -88,13 +88,22 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+def decoded(data: bytes) -> str:
+    """UTF-8 with or without a BOM (Windows editors write one); a file that is not UTF-8 is read
+    as Latin-1, the usual encoding of a Windows editor's accented comment."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
 def load_yaml(path: Path) -> Any:
     """Parse `path` with the safe loader; syntax errors become `SpecError` with file:line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decoded(path.read_bytes())
     except FileNotFoundError:
         raise SpecError("file not found", path=path, fix="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise SpecError(f"cannot read file: {exc}", path=path) from None
     loader = _Loader(text, path)
     try:
