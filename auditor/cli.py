@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     print()
     document = results_document(session.spec, outcomes)
     print(summary_table(document["rules"]))
+    print(f"all rules: {document['seconds']:.1f} s")
     for outcome, entry in zip(outcomes, document["rules"]):
         if outcome.status != "passed" and outcome.failures:
             print(f"\n{outcome.status.upper()} {outcome.rule.name} "

@@ -49,13 +49,32 @@ def test_a_large_model_on_cpu_is_told_the_cheaper_layers(tmp_path, capsys, monke
     assert "`settings.attribution.layers: [1]` (its last layer) featurizes about 1x less" in capsys.readouterr().err
 
 
-def test_bars_only_on_a_terminal_and_never_when_quiet(monkeypatch):
+def test_bars_on_a_terminal_log_lines_elsewhere_and_nothing_when_quiet(monkeypatch):
     monkeypatch.setattr(progress, "QUIET", False)
-    assert progress.bar(10, "x").disable                  # pytest's captured stderr is not a terminal
+    assert isinstance(progress.bar(10, "x"), progress.LogLines)      # pytest's captured stderr is not a terminal
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert not progress.bar(10, "x").disable
     monkeypatch.setattr(progress, "QUIET", True)
     assert progress.bar(10, "x").disable
     assert progress.bar(10, "x", enabled=False).disable
+
+
+def test_a_log_gets_a_line_at_most_every_30_seconds_with_how_far_and_the_eta(monkeypatch, capsys):
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(progress, "QUIET", False)
+    with progress.bar(100, "TFA maps", unit="pair") as log:
+        for step in range(10):
+            now[0] += 10.0                                  # 10 pairs every 10 s
+            log.update(10)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["TFA maps: 30/100 pair (30%), 30 s elapsed, about 70 s left",
+                     "TFA maps: 60/100 pair (60%), 60 s elapsed, about 40 s left",
+                     "TFA maps: 90/100 pair (90%), 1.5 min elapsed, about 10 s left",
+                     "TFA maps: done: 100 pair in 1.7 min"]
+    with progress.bar(5, "quick") as log:                   # a short step prints nothing
+        log.update(5)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_run_that_dies_still_reports_the_rules_that_finished(tmp_path, capsys, monkeypatch):

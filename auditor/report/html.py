@@ -58,10 +58,12 @@ def _summary(rules: list[dict[str, Any]]) -> str:
         f"<tr><td><a href='#{_anchor(r['name'])}'>{escape(r['name'])}</a></td>"
         f"<td class='{escape(r['status'])}'>{escape(r['status'].upper())}</td><td>{escape(r['check'])}</td>"
         f"<td>{escape(r['selection'])}</td><td>{_number(r['value'])}</td>"
-        f"<td>{escape(str(r['comparison'] or ''))} {_number(r['threshold'])}</td><td>{r['n_failures']}</td></tr>"
+        f"<td>{escape(str(r['comparison'] or ''))} {_number(r['threshold'])}</td><td>{r['n_failures']}</td>"
+        f"<td>{r.get('seconds', 0):.1f}</td></tr>"
         for r in rules)
+    total = sum(r.get("seconds", 0) for r in rules)
     return ("<table><tr><th>rule</th><th>status</th><th>check</th><th>on</th><th>value</th><th>threshold</th>"
-            f"<th>failing</th></tr>{rows}</table>")
+            f"<th>failing</th><th>seconds</th></tr>{rows}</table><p>all rules: {total:.1f} s</p>")
 
 
 def _section(rule: dict[str, Any], panels: list[Path], folder: Path, budget: list[int]) -> str:
@@ -128,10 +130,11 @@ def markdown_summary(document: dict[str, Any], index: Path | None, max_items: in
     what to fix and its first failing items, and where the full report is."""
     status = "✅ passed" if document["passed"] else "❌ failed"
     lines = [f"### audit `{_md(document['audit'])}`: {status}", "",
-             "| rule | status | check | value | threshold | failing |", "|---|---|---|---|---|---|"]
+             "| rule | status | check | value | threshold | failing | seconds |", "|---|---|---|---|---|---|---|"]
     for r in document["rules"]:
         lines.append(f"| {_md(r['name'])} | {r['status']} | {r['check']} | {_number(r['value'])} | "
-                     f"{r['comparison'] or ''} {_number(r['threshold'])} | {r['n_failures']} |")
+                     f"{r['comparison'] or ''} {_number(r['threshold'])} | {r['n_failures']} | {r.get('seconds', 0):.1f} |")
+    lines.append(f"\nall rules: {document.get('seconds', 0):.1f} s")
     for r in by_urgency(document["rules"]):
         if r["status"] == "passed":
             continue

@@ -32,6 +32,7 @@ def audit_document(name: str, file: str | Path, rules: list[dict[str, Any]]) -> 
         "file": str(file),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "passed": all(rule["status"] != "failed" for rule in rules),
+        "seconds": round(sum(rule["seconds"] for rule in rules), 2),
         "rules": rules,
     }
 
@@ -49,6 +50,7 @@ def rule_entry(o: RuleOutcome) -> dict[str, Any]:
         "line": o.rule.where.line,
         "tags": list(o.rule.tags),
         "message": o.message,
+        "seconds": round(o.seconds, 2),
         "metric": r.metric if r else None,
         "value": r.value if r else None,
         "threshold": r.threshold if r else None,

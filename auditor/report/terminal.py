@@ -77,6 +77,7 @@ def summary_table(rules: Iterable[dict]) -> str:
             "value": f"{r['value']:.4g}" if measured and r["value"] is not None else "",
             "threshold": f"{r['comparison']} {r['threshold']:g}" if measured and r["threshold"] is not None else "",
             "failing": _failing(r) if measured else "",
+            "seconds": f"{r['seconds']:.1f}",
         })
     return tabulate(rows, headers="keys", tablefmt="simple")
 

@@ -52,7 +52,8 @@ rules:
 def test_schema_rejects_a_document_missing_rules():
     schema = json.loads(SCHEMA.read_text())
     with pytest.raises(jsonschema.ValidationError, match="'rules' is a required property"):
-        jsonschema.validate({"schema_version": 1, "audit": "a", "file": "f", "created": "t", "passed": True}, schema)
+        jsonschema.validate({"schema_version": 1, "audit": "a", "file": "f", "created": "t", "passed": True,
+                             "seconds": 0.0}, schema)
 
 
 def test_html_escapes_every_user_string(tmp_path):
