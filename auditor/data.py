@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from auditor.errors import TargetError
 from auditor.files import atomic_write
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -126,13 +127,34 @@ def batches(dataset: Dataset, indices: torch.Tensor | None = None, batch_size: i
             images, labels = dataset.batch(chunk)
             yield images, torch.as_tensor(labels).long(), chunk
         return
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(Readable(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
                         collate_fn=_collate)
     start = 0
     for images, labels in loader:
         chunk = indices[start:start + len(labels)]
         start += len(labels)
         yield images, labels, chunk
+
+
+class Readable(Dataset):
+    """`dataset[indices[i]]`, where an image that cannot be read (truncated, corrupt, not an
+    image) is one error naming its file, not a decoder's traceback."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        index = self.indices[i]
+        try:
+            return self.dataset[index]
+        except (OSError, SyntaxError) as exc:       # PIL: truncated (OSError), broken PNG (SyntaxError)
+            path = image_path(self.dataset, index)
+            raise TargetError(f"cannot read {'this image' if path else f'example {index}'}: {exc}",
+                              path=path, fix="replace or delete the file (it is truncated or not an image)"
+                              if path else "check the dataset's __getitem__") from None
 
 
 def gather(dataset: Dataset, indices: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,3 +42,25 @@ def test_target_restores_sys_path_and_leaves_user_datasets_untouched(tmp_path):
     assert sys.path == before, "loading the target left folders on sys.path"
     assert not any(name.startswith("_auditor") for name in vars(target.train)), "attributes set on the user's dataset"
     assert target.where["train"].field == "data.train" and target.where["test"].line == 5
+
+
+def test_a_truncated_image_is_one_error_naming_its_file_and_exit_2(tmp_path, capsys):
+    from PIL import Image
+
+    from auditor.cli import main
+
+    for c, name in enumerate(["cat", "dog", "fox"]):
+        folder = tmp_path / "imgs" / name
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (10, 12), (40 * c, 10 * i, 200)).save(folder / f"{i}.png")
+    broken = tmp_path / "imgs" / "dog" / "1.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(broken)
+    broken.write_bytes(broken.read_bytes()[:2000])                # cut short, as an interrupted copy leaves it
+    folder = "{image_folder: imgs, transform: {resize: 8, grayscale: true}}"
+    path = spec_file(tmp_path, train=folder, test=folder)
+    path.write_text(path.read_text() + "rules:\n  - {name: fine, check: accuracy, min_accuracy: 0.0}\n")
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {broken}: cannot read this image: ") and "Traceback" not in err
+    assert "fix: replace or delete the file" in err and len(err.strip().splitlines()) == 2
