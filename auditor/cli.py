@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         check_writable(args.report, "--report")
     print(f"audit '{session.spec.name}': {len(session.spec.rules)} rules ({session.spec.path})")
     session.prepare()
+    for warning in session.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     outcomes = []
     try:
         for rule in session.spec.rules:

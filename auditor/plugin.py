@@ -20,6 +20,7 @@ REPORTS = pytest.StashKey[list]()
 BASELINES = pytest.StashKey[list]()
 LOAD_ERRORS = pytest.StashKey[dict]()      # audit file → the rule whose setup reported its load error
 RESULTS = pytest.StashKey[dict]()          # audit file → {"audit", "folder", "rules": [entry...]}, from reports
+WARNED = pytest.StashKey[set]()            # audit files whose data warnings were issued
 
 
 class AuditWarning(UserWarning):
@@ -71,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[REPORTS] = []
     config.stash[BASELINES] = []
     config.stash[LOAD_ERRORS] = {}
+    config.stash[WARNED] = set()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -135,11 +137,23 @@ class RuleItem(pytest.Item):
             pytest.skip(f"not run: the audit's model or data failed to load (error at rule '{failed}')")
         try:
             self.audit.prepare()
+            self._warn_once()
             return
         except AuditError as error:
             message = f"audit error: {error}"
         self.config.stash[LOAD_ERRORS][str(self.path)] = self.rule.name
         pytest.fail(message, pytrace=False)
+
+    def _warn_once(self) -> None:
+        """What `prepare` found suspicious about the data: one pytest warning per audit file."""
+        warned = self.config.stash[WARNED]
+        if str(self.path) in warned:
+            return
+        warned.add(str(self.path))
+        model = self.audit.spec.model
+        for warning in self.audit.warnings:
+            warnings.warn_explicit(AuditWarning(f"audit '{self.audit.spec.name}': {warning}"), AuditWarning,
+                                   filename=str(self.path), lineno=model.where.line if model and model.where else 1)
 
     def runtest(self) -> None:
         from auditor.report import rule_entry

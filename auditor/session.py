@@ -68,6 +68,7 @@ class AuditSession:
         self.baseline = BaselineBook(spec.path, spec.name, update=update_baseline)
         self._load = load
         self._engine = None
+        self.warnings: list[str] = []      # what `prepare` found suspicious about what the model is fed
 
     @property
     def engine(self) -> Engine:
@@ -93,6 +94,7 @@ class AuditSession:
                     f"k={k} proponents per example, but the training set has {n_train} images",
                     fix=f"use k of at most {n_train} (or audit the full training set)")
         _ = engine.predictions
+        self.warnings = engine.sanity()
         for rule in self.spec.rules:
             engine.select(rule.selection)           # class names and indices against the data
         if self.spec.settings.attribution.layers is not None:

@@ -145,3 +145,25 @@ class FusedAttention(nn.Module):
 
 def fused_attention() -> nn.Module:
     return FusedAttention()
+
+
+class Scaled(Dataset):
+    """Real Fashion-MNIST (3 channels) as floats `scale` × [0, 1] + `shift`: a transform gone wrong."""
+
+    def __init__(self, split: str, n: int, scale: float, shift: float) -> None:
+        from auditor.data import fashion_mnist
+
+        self.inner, self.n, self.scale, self.shift = fashion_mnist(split, channels=3), n, scale, shift
+        self.classes = self.inner.classes
+        self.targets = self.inner.targets[:n]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        image, label = self.inner[i]
+        return image * self.scale + self.shift, label
+
+
+def fashion(split: str = "train", n: int = 1000, scale: float = 1.0, shift: float = 0.0) -> Dataset:
+    return Scaled(split, n, scale, shift)

@@ -23,6 +23,7 @@ from auditor.attribution.neighbours import Neighbours
 from auditor.engine.predictions import Predictions, predict, resolve
 from auditor.engine.representations import Representations
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
+from auditor.engine.sanity import accuracy_warnings, pixel_warnings, sample
 from auditor.engine.tfa_cache import TfaCache, TfaResult
 from auditor.engine.training_index import TrainingIndex
 from auditor.spec import Selection
@@ -122,3 +123,12 @@ class Engine:
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.target.train_batch(indices)
+
+    def sanity(self) -> list[str]:
+        """Warnings about what the model is fed (`sanity.py`), from a seeded sample of each split."""
+        seed = self.settings.seed
+        images, labels = self.train_batch(sample(len(self.target.train), seed))
+        train_correct = float((self.logits(images).argmax(1) == labels).float().mean()) if len(labels) else 1.0
+        test_correct = float(self.predictions.correct.float().mean())
+        test = self.test_images(sample(len(self.target.test), seed))
+        return accuracy_warnings(train_correct, test_correct, len(self.classes)) + pixel_warnings(images, test)
