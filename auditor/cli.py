@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         if args.report is not None and outcomes:      # the rules that finished are not lost
             index = write_report(args.report, session, outcomes, args.max_panels)
-            print(f"\nstopped at rule '{rule.name}'; the {len(outcomes)} rules before it: {index}", file=sys.stderr)
+            done = "the rule" if len(outcomes) == 1 else f"the {len(outcomes)} rules"
+            print(f"\nstopped at rule '{rule.name}'; {done} before it: {index}", file=sys.stderr)
         raise
     print()
     document = results_document(session.spec, outcomes)

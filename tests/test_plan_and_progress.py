@@ -31,7 +31,8 @@ def test_featurizing_states_its_plan_on_stderr_and_is_quiet_with_q(tmp_path, cap
     assert "an interrupted run resumes from its finished shards" in err and "training images:" not in out
     (tmp_path / "audit_t.yaml").write_text(path.read_text().replace("cache_dir: cache", "cache_dir: cache2"))
     assert main(["run", str(path), "--quiet"]) == 0
-    assert capsys.readouterr().err == ""
+    err = capsys.readouterr().err                  # quiet keeps the data warnings (the fake is near chance)
+    assert "featurizing" not in err and all(line.startswith("warning: ") for line in err.splitlines())
 
 
 def test_the_time_of_the_rest_is_extrapolated_from_the_first_shard(tmp_path, capsys, monkeypatch):
@@ -94,6 +95,6 @@ def test_a_run_that_dies_still_reports_the_rules_that_finished(tmp_path, capsys,
 
     monkeypatch.setattr(AuditSession, "run_rule", dies_on_second)
     assert main(["run", str(path), "--report", str(tmp_path / "report")]) == 130      # Ctrl-C
-    assert "stopped at rule 'second'; the 1 rules before it:" in capsys.readouterr().err
+    assert "stopped at rule 'second'; the rule before it:" in capsys.readouterr().err
     document = json.loads((tmp_path / "report" / "results.json").read_text())
     assert [r["name"] for r in document["rules"]] == ["first"]

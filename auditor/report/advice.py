@@ -41,8 +41,8 @@ def _empty_maps(entry: Entry) -> str:
     n_empty = sum(reasons[r] for r in EMPTY_REASONS)
     if not n_empty or n_empty < len(entry["failures"]) / 2:
         return ""
-    what = ", ".join(f"{n} {r}" for r, n in reasons.items() if r in EMPTY_REASONS)
-    return (f"The measured signal is missing, not concentrated: {what} of {entry['n_selected']} examples. "
+    what = "; ".join(f"{r} in {n} of {entry['n_selected']} examples" for r, n in reasons.items() if r in EMPTY_REASONS)
+    return (f"The measured signal is missing, not concentrated: {what}. "
             "Fix the attribution before reading this rule: try another `method:`, or check that the model's "
             "output depends on its input (frozen or saturated layers).")
 

@@ -44,7 +44,7 @@ def test_shortcut_advice_names_class_spot_and_fix():
 def test_empty_maps_put_the_reason_in_the_headline_not_a_region():
     failures = [{"kind": "test", "index": i, "value": 0.0, "reason": "attribution is all zeros"} for i in range(3)]
     text = advice(entry(check="region_mass", failures=failures, n_failures=3, n_selected=3))
-    assert text.startswith("The measured signal is missing, not concentrated: 3 attribution is all zeros of 3")
+    assert text.startswith("The measured signal is missing, not concentrated: attribution is all zeros in 3 of 3 examples.")
     assert advice(entry(status="passed")) == ""
     assert advice(entry(n_selected=0, value=None, message="selection matched nothing")).startswith("Nothing was measured")
 
