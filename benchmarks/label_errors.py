@@ -306,7 +306,7 @@ def peer_row(peer: str, name: str, folder: Path) -> dict:
     scores = result["scores"].numpy()
     positive = _mask(len(scores), list(planted["relabelled_train"]) + [int(j) for j in planted["random_relabels"]])
     return {**ranking_metrics(scores, positive), "seconds": round(result["seconds"], 1),
-            "peak_rss_mb": round(result["peak_mb"])}
+            "peak_rss_mb": round(result["peak_mb"]), **({"notes": result["notes"]} if result.get("notes") else {})}
 
 
 def main() -> None:
