@@ -29,38 +29,25 @@ class Influence:
     opponents: TopK
 
 
-@dataclass(frozen=True)
-class TrainExtremes:
-    """Per training example: its lowest and highest score over the queries, `(n,)` each."""
-
-    min_scores: torch.Tensor
-    max_scores: torch.Tensor
-
-
 def grad_cos_topk(queries: torch.Tensor, chunks: Iterable[tuple[int, torch.Tensor]], k: int,
-                  ) -> tuple[TopK, TopK, TrainExtremes]:
+                  ) -> tuple[TopK, TopK]:
     """Stream over `(start, train features (c, d))` chunks, in ascending `start` order;
     `queries (m, d)` unit-normalised.
 
-    Returns top-`k` proponents (highest scores), top-`k` opponents (lowest scores) per query,
-    and each training example's min/max score over all queries. Memory: O(m·(k + chunk)).
+    Returns top-`k` proponents (highest scores) and top-`k` opponents (lowest scores) per
+    query. Memory: O(m·(k + chunk)).
     """
     m = queries.shape[0]
     device = queries.device
     best_s = torch.full((m, 0), float("-inf"), device=device)
     best_i = torch.zeros((m, 0), dtype=torch.long, device=device)
     worst_s, worst_i = best_s.clone(), best_i.clone()
-    mins, maxs = [], []
     for start, block in chunks:
         scores = queries @ block.to(device, queries.dtype).T                      # (m, c)
         index = torch.arange(start, start + block.shape[0], device=device).expand(m, -1)
         best_s, best_i = _merge(best_s, best_i, scores, index, k)
         worst_s, worst_i = _merge(worst_s, worst_i, -scores, index, k)
-        if m:
-            mins.append(scores.min(dim=0).values.cpu())
-            maxs.append(scores.max(dim=0).values.cpu())
-    extremes = TrainExtremes(torch.cat(mins) if mins else torch.zeros(0), torch.cat(maxs) if maxs else torch.zeros(0))
-    return TopK(best_i.cpu(), best_s.cpu()), TopK(worst_i.cpu(), (-worst_s).cpu()), extremes
+    return TopK(best_i.cpu(), best_s.cpu()), TopK(worst_i.cpu(), (-worst_s).cpu())
 
 
 def _merge(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor, new_indices: torch.Tensor,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from auditor.checks.base import AuditEngine, Evidence, Finding, example_details
+from auditor.sampling import seeded_draw
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,7 @@ def seeded_subset(indices: torch.Tensor, size: int | None, seed: int) -> torch.T
     """At most `size` of `indices`, drawn with a fixed seed (sorted)."""
     if size is None or len(indices) <= size:
         return indices
-    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:size]
-    return indices[order].sort().values
+    return indices[seeded_draw(len(indices), size, seed)].sort().values
 
 
 def _map_details(maps: Maps, row: int, window: tuple[int, int, int] | None) -> dict:

@@ -8,6 +8,7 @@ import torch
 
 from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, rows_within
 from auditor.checks.base import AuditEngine
+from auditor.sampling import seeded_draw
 
 
 def frame_median(images: torch.Tensor) -> torch.Tensor:
@@ -70,8 +71,7 @@ def transfer_share(engine: AuditEngine, members: torch.Tensor, window: tuple[int
     targets = (p.correct & (p.predicted != predicted)).nonzero().flatten()
     if len(targets) == 0 or len(members) == 0:
         return 0.0
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
-    targets = targets[order[:TRANSFER_TARGETS]]
+    targets = targets[seeded_draw(len(targets), TRANSFER_TARGETS, seed)]
     images = engine.test_images(targets)
     sources = engine.test_images(members[torch.arange(len(targets)) % len(members)])
     top, left, bottom, right = grown(window, *images.shape[2:])

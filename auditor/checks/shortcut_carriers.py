@@ -26,6 +26,7 @@ from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Findi
 from auditor.checks.occlusion import occlude
 from auditor.checks.robust import robust_z
 from auditor.checks.saliency_concentration import SaliencyConcentration
+from auditor.sampling import seeded_draw
 from auditor.spec.checks import CarrierParams
 
 MAPS_KEPT = 100          # carriers whose map is carried as evidence (the report draws a few)
@@ -78,8 +79,7 @@ class ShortcutCarriers(Check):
         labels = engine.train_labels
         candidates = (labels == c).nonzero().flatten()
         others = (labels != c).nonzero().flatten()
-        generator = torch.Generator().manual_seed(engine.settings.seed)
-        reference = others[torch.randperm(len(others), generator=generator)[:p.carrier_reference]]
+        reference = others[seeded_draw(len(others), p.carrier_reference, engine.settings.seed)]
         ref_logits, ref_drops = occlusion_drops(engine, reference, window)
         _, drops = occlusion_drops(engine, candidates, window)
         if len(ref_drops):  # scale at least 1% of a typical logit: below that a drop is noise

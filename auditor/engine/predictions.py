@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from auditor import data as data_module
 from auditor.errors import TargetError
+from auditor.sampling import seeded_draw
 from auditor.spec import Selection, Where
 from auditor.suggest import did_you_mean
 
@@ -95,8 +96,7 @@ def resolve(selection: Selection, predictions: Predictions, classes: tuple[str, 
         c = class_index(selection.value, classes, selection.where)
         return torch.nonzero((labels if kind == "class" else predicted) == c).flatten()
     if kind == "sample":
-        picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: selection.value]
-        return picked.sort().values
+        return seeded_draw(n, selection.value, seed).sort().values
     indices = torch.tensor(selection.value, dtype=torch.long)
     if indices.numel() and int(indices.max()) >= n:
         raise selection.where.error(f"index {int(indices.max())} is out of range for a test set of {n} examples",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from auditor.sampling import seeded_draw
+
 SAMPLE = 512                 # images per split looked at
 MAX_ACCURACY_GAP = 0.15      # training accuracy this far below test accuracy: fed differently
 MAX_MEAN_SHIFT = 0.5         # a channel's train/test mean apart by this many pooled standard deviations
@@ -26,7 +28,7 @@ CAUSES = "the usual causes are the scale (0–1 vs 0–255), the normalisation (
 
 def sample(n: int, seed: int) -> torch.Tensor:
     """Up to `SAMPLE` indices of `n`, seeded."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:SAMPLE].sort().values
+    return seeded_draw(n, SAMPLE, seed).sort().values
 
 
 def accuracy_warnings(train_correct: float, test_correct: float, n_classes: int) -> list[str]:

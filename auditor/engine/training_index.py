@@ -212,7 +212,7 @@ class TrainingIndex:
             chunks = store.chunks(self.attribution.score_chunk, self.target.device,
                                   fill=lambda todo: self.featurized(store, todo))
             with progress_bar(store.n, f"scoring {len(missing):,} test examples") as bar:
-                proponents, opponents, _ = grad_cos_topk(queries, counted(chunks, bar), self.attribution.top_k)
+                proponents, opponents = grad_cos_topk(queries, counted(chunks, bar), self.attribution.top_k)
             for row, i in enumerate(missing.tolist()):
                 self._rows[i] = (proponents.indices[row], proponents.scores[row],
                                  opponents.indices[row], opponents.scores[row])
