@@ -178,6 +178,10 @@ def test_tfa_maps_are_reused_by_a_rerun_and_do_not_depend_on_what_else_was_asked
     changed = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 3, top_k: 2}", train_limit=300)
     changed.tfa(torch.tensor([9]))
     assert changed.stats["tfa_pairs"] == 2, "changed SmoothGrad settings reused stale maps"
+    sigma = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 2, smoothgrad_sigma: 0.2, top_k: 2}",
+                       train_limit=300)
+    sigma.tfa(torch.tensor([9]))
+    assert sigma.stats["tfa_pairs"] == 2, "a changed smoothgrad_sigma reused stale maps"
 
 
 def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
