@@ -136,7 +136,7 @@ def _validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.audit)
     print(f"{spec.path}: audit '{spec.name}' is valid ({len(spec.rules)} rules)")
     for rule in spec.rules:
-        print(f"  line {rule.where.line}: {rule.name} ({rule.check}, on {rule.selection.describe()})")
+        print(f"  {rule.where.label()}: {rule.name} ({rule.check}, on {rule.selection.describe()})")
     return EXIT_OK
 
 

@@ -235,8 +235,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     from auditor.report import summary_table
 
-    for audit in audits.values():
-        terminalreporter.section(f"audit {audit['audit']}")
+    for file, audit in audits.items():
+        terminalreporter.section(f"audit {audit['audit']} ({Path(file).name})")
         terminalreporter.write_line(summary_table(r["entry"] for r in _ordered(audit)))
     for index in config.stash.get(REPORTS, []):
         terminalreporter.write_line(f"audit report: {index}")

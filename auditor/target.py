@@ -105,7 +105,8 @@ def resolve_device(name: str, where: Where | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise TargetError(f"device '{name}' requested but CUDA is not available on this machine",
                               path=_path(where), line=_line(where), field="settings.device",
-                              fix="use `device: auto` (CUDA when present) or `cpu`, or --audit-device cpu")
+                              fix="use `device: auto` (CUDA when present) or `cpu`; or override it on the "
+                                  "command line: `auditor run --device cpu`, `pytest --audit-device cpu`")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise TargetError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs)",
                               path=_path(where), line=_line(where), field="settings.device")

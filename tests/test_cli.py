@@ -39,11 +39,14 @@ def test_validate_lists_rules(tmp_path, capsys):
 audit: x
 model: {factory: a:b}
 data: {train: {factory: a:b}, test: {factory: a:b}}
+include: [{pack: shortcuts}]
 rules:
   - {name: r1, check: accuracy, min_accuracy: 0.5}
 """)
     assert main(["validate", str(path)]) == 0
-    assert "line 5: r1 (accuracy, on all)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audit_ok.yaml:6: r1 (accuracy, on all)" in out
+    assert "shortcuts.yaml:" in out and ": no-patch-shortcut (saliency_concentration" in out   # a pack rule's own file
 
 
 @needs_fashion

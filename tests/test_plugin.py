@@ -137,7 +137,7 @@ def test_xdist_workers_share_the_cache_and_write_one_complete_report(pytester, f
         assert panels and all((report / p).is_file() for p in panels)
     features = list((tmp_path / "cache").rglob("*.pt")) + list((tmp_path / "cache").rglob("*.npy"))
     assert features                                       # one shared cache folder, written by the workers
-    assert "audit fashion-test" in result.stdout.str() and "no-dominance" in result.stdout.str()
+    assert "audit fashion-test (audit_fashion.yaml)" in result.stdout.str() and "no-dominance" in result.stdout.str()
 
 
 def test_pytest_html_shows_the_failing_rules_panels(pytester, fashion_audit, tmp_path):
