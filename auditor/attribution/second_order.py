@@ -4,8 +4,8 @@ TFA differentiates a gradient (∂²ℓ/∂θ∂x). Some kernels users' models r
 their backward: the fused CPU/flash attention of `F.scaled_dot_product_attention` (every
 torchvision and timm ViT) and `F.hardsigmoid` (MobileNetV3's squeeze-excitation). Inside
 `twice_differentiable` they run as their composite definitions (attention on the math kernel;
-`relu6(x + 3) / 6`), equal in value and first derivative, twice differentiable. An op it does not know and that has no double backward raises
-`SecondOrderUnsupported`, naming the op.
+`relu6(x + 3) / 6`), equal in value and first derivative, twice differentiable. An op it does
+not know and that has no double backward raises `SecondOrderUnsupported`, naming the op.
 """
 
 from __future__ import annotations
