@@ -241,6 +241,8 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
                                    "seconds": round(time.perf_counter() - start, 2)}
     rank = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable")  # noqa: E731
     rows["rank_average"] = {**ranking_metrics((rank(ours) + rank(losses.numpy())) / 2.0, positive), "seconds": 0.0}
+    for row, score in vote_scores(own.numpy(), support.numpy(), labels.numpy()).items():
+        rows[row] = {**ranking_metrics(score + 1e-6 * losses.numpy(), positive), "seconds": 0.0}
     y, probs = labels.numpy(), logits.softmax(1).numpy()
     rows["cleanlab_in_sample"] = cleanlab_rows(y, probs, positive)
     if cv:
@@ -256,6 +258,17 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
            "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random))}
     out |= clean_twin(regime, folder)
     return out
+
+
+def vote_scores(own: np.ndarray, support: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Candidate rankings from the same vote as `ours` (higher = more suspect): `vote_sum`
+    −own + ½·support (one continuous score, not own share first); `vote_class_relative` the own
+    share against its class's median own share (a Shirt among T-shirts is normal, a "Sandal"
+    among sneakers is not) + ½·support."""
+    median = np.zeros_like(own)
+    for c in np.unique(labels):
+        median[labels == c] = np.median(own[labels == c])
+    return {"vote_sum": -own + 0.5 * support, "vote_class_relative": -(own - median) + 0.5 * support}
 
 
 def _mask(n: int, indices: list[int]) -> np.ndarray:
@@ -330,7 +343,10 @@ def main() -> None:
     for name in args.regimes:
         start = time.perf_counter()
         if not args.only_peers:
+            kept = {row: value for row, value in document["regimes"].get(name, {}).get("rows", {}).items()
+                    if row.endswith("_self") and row.removesuffix("_self") not in args.peers}   # peers' rows stay
             document["regimes"][name] = measure(name, REGIMES[name], work, cv=args.cv is None or name in args.cv)
+            document["regimes"][name]["rows"].update(kept)
             document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
             document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
             document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
