@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.baseline import BaselineBook, BaselineDiff
 from auditor.errors import AuditError, CannotJudge
-from auditor.suggest import did_you_mean
 from auditor.spec import AuditSpec, RuleSpec
+from auditor.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from auditor.checks import CheckResult

@@ -169,7 +169,7 @@ def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
     if builder is None or not callable(builder):
         raise _error(where, f"torchvision has no model '{name}'",
                      did_you_mean(name, torchvision.models.list_models(), "torchvision.models", "torchvision.models."))
-    _no_download(spec, where, "weights", lambda value: value is not None)
+    _no_download(spec, "weights", lambda value: value is not None)
     accepted = _arguments(builder)
     kwargs = {"num_classes": spec.num_classes, **spec.kwargs}
     if accepted is None or "weights" in accepted:
@@ -187,16 +187,17 @@ def _timm_model(spec: ModelSpec, where: Where) -> nn.Module:
     name = spec.arch.removeprefix("timm:")
     if not timm.is_model(name):
         raise _error(where, f"timm has no model '{name}'", did_you_mean(name, timm.list_models(), "timm", "timm:"))
-    _no_download(spec, where, "pretrained", bool)
+    _no_download(spec, "pretrained", bool)
     return _call(timm.create_model, {"model_name": name, "pretrained": False, "num_classes": spec.num_classes,
                                      **spec.kwargs}, where, f"timm model '{name}'",
                  f"check the `kwargs` against timm.create_model('{name}')'s arguments (e.g. img_size, patch_size)")
 
 
-def _no_download(spec: ModelSpec, where: Where, key: str, asks: Callable[[Any], bool]) -> None:
+def _no_download(spec: ModelSpec, key: str, asks: Callable[[Any], bool]) -> None:
     """Pretrained weights would be downloaded (no network in CI, and not the audited weights)."""
     if key in spec.kwargs and asks(spec.kwargs[key]):
-        raise _error(spec.where.child("kwargs"), f"`kwargs.{key}` asks for downloaded weights; the audited weights come from `checkpoint:`",
+        raise _error(spec.where.child("kwargs"),
+                     f"`kwargs.{key}` asks for downloaded weights; the audited weights come from `checkpoint:`",
                      f"remove `{key}` and point `checkpoint:` at the trained model's weights")
 
 

@@ -5,7 +5,7 @@ size (`saved_bytes`: one probe pass), halved when a chunk still runs out of memo
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -30,11 +30,11 @@ def rows_within(bytes_per_row: int, cap: int, budget: int = GRADIENT_BUDGET_BYTE
     return max(1, min(cap, budget // max(1, bytes_per_row)))
 
 
-def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
+def saved_bytes(run: Callable[[], object], model: torch.nn.Module) -> int:
     """Bytes of the distinct storages autograd saves for a backward while `run()` executes (what
     the graph keeps alive: activations, and for a double backward the first backward's graph);
-    storages of `exclude` (the model's parameters, shared by every row) are not counted."""
-    shared = {t.untyped_storage().data_ptr() for t in exclude}
+    the storages of `model`'s parameters and buffers, shared by every row, are not counted."""
+    shared = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     seen: dict[int, torch.UntypedStorage] = {}     # held until the end: a freed address is not reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def example_bytes(model: torch.nn.Module, image: torch.Tensor) -> int:
         with torch.enable_grad():
             model(x).float().logsumexp(1).sum().backward(inputs=[x])
 
-    held = saved_bytes(run, [*model.parameters(), *model.buffers()])
+    held = saved_bytes(run, model)
     return BACKWARD_PEAK * held + x.numel() * x.element_size()
 
 

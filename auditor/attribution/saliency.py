@@ -145,17 +145,19 @@ class GradCam(SaliencyMethod):
     def __init__(self, model: nn.Module, layer: str | None = None, relu: bool = True,
                  batched_backward: bool | None = None) -> None:
         super().__init__(model, batched_backward)
-        self.layer_name = layer
-        if layer is not None and layer not in dict(model.named_modules()):
+        modules = dict(model.named_modules())
+        if layer is not None and layer not in modules:
             raise AttributionError(f"the model has no layer '{layer}'", field="settings.attribution.grad_cam_layer",
                                    fix="name a convolutional or transformer module, or leave it unset")
+        self.layer_name, self.layer = layer, modules.get(layer)
         self.relu = relu
 
     def _attribute(self, images, classes):
-        if self.layer_name is None:         # chosen on the first image: token layers need a probe
+        if self.layer is None:              # chosen on the first image: token layers need a probe
             self.layer_name = default_cam_layer(self.model, images[0])
+            self.layer = dict(self.model.named_modules())[self.layer_name]
         calls: dict = defaultdict(list)
-        with RecordLayerIO({self.layer_name: dict(self.model.named_modules())[self.layer_name]}, calls):
+        with RecordLayerIO({self.layer_name: self.layer}, calls):
             logits = self.model(images.detach())
         activation = calls[self.layer_name][-1][1]                              # (n, channels, h, w) or tokens
         grads = class_gradients(logits, activation, classes, self.batched_backward)  # (n, K, *activation)

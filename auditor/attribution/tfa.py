@@ -90,7 +90,7 @@ def row_bytes(model: nn.Module, names: list[str], image: torch.Tensor, label: to
             flat.square().sum().backward(inputs=[x])
 
     with twice_differentiable("TFA"):
-        held = saved_bytes(run, [*model.parameters(), *model.buffers()])
+        held = saved_bytes(run, model)
     return GRAPH_PEAK * held + ROW_BYTES_PER_PARAMETER * sum(p.numel() for p in params)
 
 

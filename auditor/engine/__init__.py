@@ -18,8 +18,8 @@ from functools import cached_property
 import torch
 
 from auditor.attribution.influence import Influence
-from auditor.data import image_path
 from auditor.attribution.neighbours import Neighbours
+from auditor.data import image_path
 from auditor.engine.predictions import Predictions, predict, resolve
 from auditor.engine.representations import Representations
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
