@@ -167,3 +167,15 @@ class Scaled(Dataset):
 
 def fashion(split: str = "train", n: int = 1000, scale: float = 1.0, shift: float = 0.0) -> Dataset:
     return Scaled(split, n, scale, shift)
+
+
+def vit() -> nn.Module:
+    """A float64 torchvision ViT for 16×16 RGB images (class token, 4×4 patch grid, 2 blocks) with
+    a random head (torchvision zero-initialises it, so the output would ignore the input)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
+    nn.init.normal_(model.heads.head.weight, 0, 0.5)
+    return model

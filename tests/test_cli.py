@@ -7,7 +7,7 @@ import json
 import pytest
 
 from auditor.cli import main
-from conftest import needs_fashion, write
+from conftest import HEAD, needs_fashion, write
 
 RULES = """
 rules:
@@ -63,12 +63,7 @@ def test_cli_and_plugin_agree(fashion_audit, tmp_path, pytester):
     assert cli == plugin and len(cli["rules"]) == 2 and any(r["failures"] for r in cli["rules"])
 
 
-TFA_ON_FUSED_ATTENTION = """
-audit: t
-model: {factory: fakes:fused_attention}
-data:
-  train: {factory: fakes:images}
-  test: {factory: fakes:images}
+TFA_ON_FUSED_ATTENTION = HEAD.replace("fakes:linear", "fakes:fused_attention").lstrip("\n") + """\
 settings: {device: cpu, attribution: {top_k: 2}}
 rules:
   - {name: tfa-border, check: region_mass, source: tfa, k: 1, region: border, max_mass: 1.0}

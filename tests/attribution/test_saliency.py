@@ -16,6 +16,8 @@ from torch import nn
 from auditor.attribution.saliency import GradCam, make_method
 from auditor.registry import SALIENCY_METHODS
 
+import fakes
+
 
 class Net(nn.Module):
     """Small CNN; `functional=True` uses F.relu / torch.relu / Tensor.relu instead of nn.ReLU."""
@@ -123,19 +125,8 @@ def test_grad_cam_finds_last_conv_and_rejects_unknown_layer(batch):
         GradCam(net(), layer="conv9")
 
 
-def tiny_vit() -> nn.Module:
-    """A torchvision ViT (class token, 4×4 patch grid) with a random, not zero-initialised, head."""
-    import torchvision
-
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2,
-                                                 hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
-    nn.init.normal_(model.heads.head.weight, 0, 0.5)
-    return model
-
-
 def test_grad_cam_on_a_vit_uses_the_last_attention_input_as_a_patch_grid():
-    model, x = tiny_vit(), torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    model, x = fakes.vit(), torch.randn(3, 3, 16, 16, dtype=torch.float64)   # class token, 4×4 patch grid
     classes = torch.tensor([[0], [1], [2]])
     maps = make_method("grad_cam", model).attribute(x, classes)
     # reference: the last block's ln_1 output by a plain hook, its gradient by autograd, reshaped by hand

@@ -4,7 +4,6 @@ the same maps as finite differences of Grad-Cos; an op with no composite names i
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from auditor.attribution.second_order import SecondOrderUnsupported, missing_op, twice_differentiable
@@ -12,11 +11,7 @@ from auditor.attribution import tfa as tfa_module
 from auditor.attribution.tfa import tfa
 from auditor.errors import CannotJudge
 
-
-def tiny_vit() -> nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
-                                                hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
+import fakes
 
 
 class SqueezeExcite(nn.Module):
@@ -31,19 +26,6 @@ class SqueezeExcite(nn.Module):
         h = F.hardswish(self.conv(x))
         h = h * nn.Hardsigmoid()(self.gate(h.mean((2, 3), keepdim=True)))
         return self.head(h.mean((2, 3)))
-
-
-class FusedAttention(nn.Module):
-    """Calls the fused CPU attention kernel directly: no composite replaces it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.proj(x.flatten(2)).unsqueeze(1)
-        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(t, t, t)[0]
-        return self.head(out.squeeze(1).mean(1))
 
 
 def grad_cos(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_test: torch.Tensor) -> torch.Tensor:
@@ -61,7 +43,7 @@ def finite_difference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_test
     return float((up - down) / (2 * h))
 
 
-@pytest.mark.parametrize("build,size", [(tiny_vit, 16), (lambda: SqueezeExcite().double().eval(), 12)],
+@pytest.mark.parametrize("build,size", [(fakes.vit, 16), (lambda: SqueezeExcite().double().eval(), 12)],
                          ids=["vit", "hardsigmoid"])
 @pytest.mark.parametrize("vmap_from", [1, 10**9], ids=["vmap", "one_by_one"])
 def test_tfa_matches_finite_differences_through_ops_without_double_backward(build, size, vmap_from, monkeypatch):
@@ -91,11 +73,11 @@ def test_hardsigmoid_composite_equals_the_kernel_in_value_and_gradient():
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
 def test_an_op_without_a_composite_names_itself_and_cannot_judge():
-    model = FusedAttention().eval()
+    model = fakes.fused_attention().eval()
     names = [n for n, _ in model.named_parameters()]
     g_test = F.normalize(torch.randn(1, sum(p.numel() for p in model.parameters())), dim=1)
     with pytest.raises(SecondOrderUnsupported, match="scaled_dot_product_flash_attention_for_cpu_backward") as info:
-        tfa(model, names, torch.randn(1, 3, 4, 4), torch.tensor([1]), g_test)
+        tfa(model, names, torch.randn(1, 1, 8, 8), torch.tensor([1]), g_test)
     assert isinstance(info.value, CannotJudge)
     assert info.value.field == "model" and "TFA" in info.value.message
 
