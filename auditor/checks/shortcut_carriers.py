@@ -1,8 +1,8 @@
 """`shortcut_carriers`: follow a flagged shortcut hotspot into the training data and name the
 training images that carry it.
 
-1. The hotspot is found exactly as `saliency_concentration` finds it: a spot where a class's
-   errors' maps peak far more often than its correct predictions' maps do.
+1. The hotspot is found by the judge `saliency_concentration` uses (`auditor.checks.hotspots`):
+   a spot where a class's errors' maps peak far more often than its correct predictions' maps do.
 2. Every training image of that class is a candidate. Its evidence is causal (DESIGN.md §7):
    fill the hotspot window with the image's own background (the median colour of its frame)
    and measure how much its own-label logit drops.
@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.checks.hotspots import Hotspot, Measured, densest_windows, find_hotspots
 from auditor.checks.occlusion import occlude
 from auditor.checks.robust import robust_z
-from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.sampling import seeded_draw
 from auditor.spec.checks import CarrierParams
 
@@ -53,29 +53,29 @@ class ShortcutCarriers(Check):
 
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         p = self.params
-        test_side = SaliencyConcentration(p).evaluate(engine, indices)
-        hotspots = [g for g in test_side.extra.get("hotspots", []) if g["flagged"]]
+        measured = densest_windows(engine, indices, p)
+        search = find_hotspots(engine, measured, p)
         failures: list[Finding] = []
         groups = []
-        for spot in hotspots:
-            found, group = self._carriers(engine, spot, test_side.failures)
+        for spot in search.flagged:
+            found, group = self._carriers(engine, spot, measured)
             failures += found
             groups.append(group)
         worst = max((g["carrier_share"] for g in groups), default=0.0)
         failures.sort(key=lambda f: -f.value)
-        extra = {"hotspots": test_side.extra.get("hotspots", []), "carriers": groups,
-                 "image_size": test_side.extra.get("image_size")}
-        if not hotspots:
+        extra = {"hotspots": [h.as_dict() for h in search.hotspots], "carriers": groups,
+                 "image_size": measured.image_size}
+        if not search.flagged:
             extra["note"] = "no shortcut hotspot flagged on the test side"
-        return CheckResult("carrier share of the class", worst, p.max_carrier_share, "<=", test_side.n_selected,
+        return CheckResult("carrier share of the class", worst, p.max_carrier_share, "<=", len(measured.indices),
                            failures, passed=worst <= p.max_carrier_share, extra=extra,
-                           inconclusive=test_side.inconclusive)     # no test-side hotspot could be judged
+                           inconclusive=search.too_few(p.min_group))     # no test-side hotspot could be judged
 
-    def _carriers(self, engine: AuditEngine, spot: dict, errors: list[Finding]) -> tuple[list[Finding], dict]:
+    def _carriers(self, engine: AuditEngine, spot: Hotspot, measured: Measured) -> tuple[list[Finding], dict]:
         """The training images of the hotspot's class whose own prediction depends on the spot."""
         p = self.params
-        c = engine.classes.index(spot["predicted"])
-        window = tuple(spot["window"])
+        c = engine.classes.index(spot.predicted)
+        window = spot.window
         labels = engine.train_labels
         candidates = (labels == c).nonzero().flatten()
         others = (labels != c).nonzero().flatten()
@@ -89,17 +89,17 @@ class ShortcutCarriers(Check):
         chosen = (z > p.min_z).nonzero().flatten()
         chosen = chosen[z[chosen].argsort(descending=True)]
         carriers = candidates[chosen]
-        related = tuple(("test", f.index, 1.0) for f in errors
-                        if f.details.get("predicted") == spot["predicted"] and f.details.get("window") == list(window))[:3]
+        errors = dict.fromkeys(int(measured.maps.test[row]) for row in spot.rows)   # its members, in order
+        related = tuple(("test", t, 1.0) for t in list(errors)[:3])
         maps = self._maps(engine, carriers[:MAPS_KEPT], c)
         found = [Finding(int(j), float(z[row]), kind="train", details={
             "label": engine.classes[c], "window": list(window), "logit_drop": round(float(drops[row]), 4),
-            "hotspot_of": spot["predicted"]},
+            "hotspot_of": spot.predicted},
             evidence=Evidence("occlusion", ("train", int(j)), MAP_METHOD, *maps.get(int(j), (None, None)),
                               window, None, related))
             for j, row in zip(carriers.tolist(), chosen.tolist())]
         share = len(carriers) / max(1, len(candidates))
-        return found, {"class": spot["predicted"], "window": list(window), "candidates": len(candidates),
+        return found, {"class": spot.predicted, "window": list(window), "candidates": len(candidates),
                        "carriers": len(carriers), "carrier_share": round(share, 4),
                        "reference_drop_median": float(ref_drops.median()) if len(ref_drops) else None}
 

@@ -3,7 +3,7 @@
 - `densest_window`: share of each map's mass inside its densest `side × side` window
   (box sums by pooling, i.e. an integral image). A uniform map scores `side² / (H·W)`:
   that is the floor of the share.
-- `hotspot`: the window position where a group's maps peak much more often than reference
+- `top_spot`: the window position where a group's maps peak much more often than reference
   maps do (excess recurrence): a spot the model looks at only when it errs.
 - `region_mask`: named regions (`border`, corners, a box in fractions) as boolean masks.
 """
@@ -26,7 +26,7 @@ class Windows:
 
 
 @dataclass(frozen=True)
-class Hotspot:
+class Spot:
     """The spot where a group's maps peak far more often than reference maps do.
 
     `members` marks maps whose window lies within half a window of (`row`, `col`);
@@ -87,7 +87,7 @@ def _recurrence(windows: Windows, rows: torch.Tensor, cols: torch.Tensor, side: 
     return close.float().mean(dim=1)
 
 
-def hotspot(windows: Windows, reference: Windows, side: int) -> Hotspot | None:
+def top_spot(windows: Windows, reference: Windows, side: int) -> Spot | None:
     """The spot with the largest excess recurrence: the share of the group's maps peaking
     there minus the share of `reference` maps (e.g. correctly classified examples of the same
     class) peaking there. Maps with NaN share are ignored; None when no map remains."""
@@ -99,13 +99,13 @@ def hotspot(windows: Windows, reference: Windows, side: int) -> Hotspot | None:
     baseline = _recurrence(reference, spots[:, 0], spots[:, 1], side)
     best = int((recurrence - baseline).argmax())
     row, col = int(spots[best, 0]), int(spots[best, 1])
-    return Hotspot(row, col, near(windows, row, col, side), float(recurrence[best]), float(baseline[best]))
+    return Spot(row, col, near(windows, row, col, side), float(recurrence[best]), float(baseline[best]))
 
 
-def hotspot_at(windows: Windows, reference: Windows, row: int, col: int, side: int) -> Hotspot:
+def spot_at(windows: Windows, reference: Windows, row: int, col: int, side: int) -> Spot:
     """The group's recurrence at one given spot, against `reference`."""
     at = (torch.tensor([row]), torch.tensor([col]))
-    return Hotspot(row, col, near(windows, row, col, side), float(_recurrence(windows, *at, side)[0]),
+    return Spot(row, col, near(windows, row, col, side), float(_recurrence(windows, *at, side)[0]),
                    float(_recurrence(reference, *at, side)[0]))
 
 

@@ -118,22 +118,30 @@ TRANSFER_HELP = ("when the class's own correct predictions need the spot too, th
                  "images that the spot, pasted onto them, must turn into the class (a mark transfers, a part does not)")
 
 
-@check_kind("saliency_concentration",
-            description="attribution mass in the densest window, and hotspots recurring off the object")
 @dataclass(frozen=True)
-class ConcentrationParams(UsesMaps):
+class HotspotParams(UsesMaps):
+    """What the hotspot judge reads (`auditor.checks.hotspots`), shared by both shortcut checks:
+    maps from `source`, each map's densest `window`, classes with at least `min_group` maps,
+    a `reference_size` of correct predictions per class, and the optional confirmation by filling."""
+
     source: Source = "tfa"
     method: str | None = choice(SALIENCY_METHODS, default=None)
     window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
-    max_mass: float = bounded(0.0, 1.0, default=1.0, help="largest mass share one window may hold per map")
     max_recurrence: float | None = bounded(0.0, 1.0, default=None,
                                            help="largest excess share of a class's maps peaking at one spot")
     min_group: int = bounded(1, None, default=10, help="classes with fewer maps are not judged for recurrence")
     min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
     min_transfer_share: float = bounded(0.0, 1.0, default=0.35, help=TRANSFER_HELP)
+    reference_size: int = bounded(1, None, default=300, help="correct examples per class in the reference")
     k: int = bounded(1, 1000, default=3)
     sample: int | None = bounded(1, None, default=None, help="measure at most this many selected examples")
-    reference_size: int = bounded(1, None, default=300, help="correct examples per class in the reference")
+
+
+@check_kind("saliency_concentration",
+            description="attribution mass in the densest window, and hotspots recurring off the object")
+@dataclass(frozen=True)
+class ConcentrationParams(HotspotParams):
+    max_mass: float = bounded(0.0, 1.0, default=1.0, help="largest mass share one window may hold per map")
 
 
 @check_kind("region_mass", description="attribution mass inside a declared region")
@@ -167,31 +175,20 @@ class RegionParams(UsesMaps):
 @check_kind("shortcut_carriers", per_example=False,
             description="training images that carry a flagged shortcut hotspot (occlusion of the spot)")
 @dataclass(frozen=True)
-class CarrierParams(UsesMaps):
-    """The hotspot is found as `saliency_concentration` finds it (same `source`, `window`,
+class CarrierParams(HotspotParams):
+    """The hotspot is found by the judge `saliency_concentration` uses (same `source`, `window`,
     `max_recurrence`, `min_group`, `reference_size`); then every training image of the
     hotspot's class is a candidate carrier."""
 
+    source: Source = "var"
     max_recurrence: float = bounded(0.0, 1.0, default=0.35,
                                     help="excess recurrence above which a class's hotspot is followed into the training data")
+    min_group: int = bounded(1, None, default=30, help="classes with fewer error maps are not judged")
     max_carrier_share: float = bounded(0.0, 1.0, default=0.0,
                                        help="largest share of the class's training images that may carry the spot")
     min_z: float = bounded(0.0, None, default=5.0, help="robust z-score of the occlusion drop that makes a carrier")
-    source: Source = "var"
-    method: str | None = choice(SALIENCY_METHODS, default=None)
-    window: float = bounded(0.01, 1.0, default=0.15, help="window side as a fraction of the image side")
-    min_group: int = bounded(1, None, default=30, help="classes with fewer error maps are not judged")
-    min_flip_share: float | None = bounded(0.0, 1.0, default=None, help=FLIP_HELP)
-    min_transfer_share: float = bounded(0.0, 1.0, default=0.35, help=TRANSFER_HELP)
-    reference_size: int = bounded(1, None, default=300, help="correct examples per class in the hotspot reference")
     carrier_reference: int = bounded(10, None, default=1000,
                                      help="training images of other classes whose occlusion drop is the reference")
-    k: int = bounded(1, 1000, default=3)
-    sample: int | None = bounded(1, None, default=None)
-
-    @property
-    def max_mass(self) -> float:
-        return 1.0  # the hotspot search judges recurrence only
 
 
 @check_kind("single_image_errors",

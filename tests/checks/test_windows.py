@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from auditor.checks.windows import Windows, densest_window, hotspot, region_mask, region_share, window_side
+from auditor.checks.windows import Windows, densest_window, region_mask, top_spot, region_share, window_side
 
 
 def brute_force_densest(maps: torch.Tensor, side: int):
@@ -50,11 +50,11 @@ def test_hotspot_excess_counts_only_what_the_reference_does_not_show():
 
     errors = at([(0, 0)] * 8 + [(10, 10), (12, 3)])
     centre_reference = at([(10, 10)] * 9 + [(0, 1)])
-    spot = hotspot(errors, centre_reference, side=4)
+    spot = top_spot(errors, centre_reference, side=4)
     assert (spot.row, spot.col) == (0, 0) and spot.recurrence == pytest.approx(0.8)
     assert spot.reference_recurrence == pytest.approx(0.1) and spot.excess == pytest.approx(0.7)
     assert spot.members.tolist() == [True] * 8 + [False, False]
-    same_as_reference = hotspot(at([(10, 10)] * 8 + [(0, 0)] * 2), centre_reference, side=4)
+    same_as_reference = top_spot(at([(10, 10)] * 8 + [(0, 0)] * 2), centre_reference, side=4)
     assert same_as_reference.excess < 0.25
 
 
