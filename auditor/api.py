@@ -103,7 +103,8 @@ class AuditResult:
         with held(self.model):
             self.model.eval().to(self.session.engine.device)
             index = write_report(Path(folder), self.session, self.session.outcomes.values(), max_panels)
-        write_step_summary(results_document(self.session.spec, self.session.outcomes.values()), index)
+        write_step_summary(results_document(self.session.spec, self.session.outcomes.values(), self.session.warnings),
+                           index)
         return index
 
     def __repr__(self) -> str:

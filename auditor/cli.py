@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\nstopped at rule '{rule.name}'; {done} before it: {index}", file=sys.stderr)
         raise
     print()
-    document = results_document(session.spec, outcomes)
+    document = results_document(session.spec, outcomes, session.warnings)
     print(summary_table(document["rules"]))
     print(f"all rules: {document['seconds']:.1f} s")
     for outcome, entry in zip(outcomes, document["rules"]):

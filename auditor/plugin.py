@@ -172,7 +172,8 @@ class RuleItem(pytest.Item):
         # (to the pytest-xdist controller too), which writes index.html from all items.
         self.audit_result = {"audit": self.audit.spec.name, "file": str(self.path), "order": self.audit_order,
                              "folder": str(report_folder(self.config, self.audit)) if self.config.option.audit_report
-                             else None, "entry": rule_entry(outcome), "panels": [str(p) for p in panels]}
+                             else None, "entry": rule_entry(outcome), "panels": [str(p) for p in panels],
+                             "warnings": list(self.audit.warnings)}
         if outcome.status == "failed" or (outcome.status == "inconclusive" and self.config.option.audit_strict):
             raise RuleFailed(outcome)
         if outcome.status == "inconclusive":
@@ -225,7 +226,8 @@ class ResultGatherer:
         if report.when != "call" or not result:
             return
         audits = self.config.stash[RESULTS]
-        audit = audits.setdefault(result["file"], {"audit": result["audit"], "folder": result["folder"], "rules": []})
+        audit = audits.setdefault(result["file"], {"audit": result["audit"], "folder": result["folder"], "rules": [],
+                                                   "warnings": result.get("warnings", [])})
         audit["rules"].append(result)
 
 
@@ -256,7 +258,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
     for file, audit in config.stash[RESULTS].items():
         rules = _ordered(audit)
-        document = audit_document(audit["audit"], file, [r["entry"] for r in rules])
+        document = audit_document(audit["audit"], file, [r["entry"] for r in rules], audit["warnings"])
         index = None
         if audit["folder"]:
             index = render_report(Path(audit["folder"]), document,

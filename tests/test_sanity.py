@@ -3,6 +3,9 @@ transformed unlike the test split, 0–255 floats, and no false warning on data 
 
 from __future__ import annotations
 
+import html
+import json
+
 import pytest
 import torch
 
@@ -36,11 +39,15 @@ rules:
 ])
 def test_what_the_model_is_fed_is_warned_about_before_the_rules(tmp_path, trained_checkpoint, capsys,
                                                                  case, train, test, expected):
-    assert main(["run", audit_of(tmp_path, trained_checkpoint, train, test), "--quiet"]) == 0
+    report = tmp_path / "report"
+    assert main(["run", audit_of(tmp_path, trained_checkpoint, train, test), "--quiet", "--report", str(report)]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) >= len(expected) and all(any(e in w for w in warnings) for e in expected), warnings
     if not expected:
         assert warnings == []
+    kept = json.loads((report / "results.json").read_text())["warnings"]           # the report keeps them too
+    assert [f"warning: {w}" for w in kept] == warnings
+    assert all(html.escape(w) in (report / "index.html").read_text() for w in kept)
 
 
 def test_thresholds_are_shares_and_standard_deviations():

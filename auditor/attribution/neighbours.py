@@ -53,6 +53,13 @@ class Neighbours:
         share, label = others.max(1)
         return label, share
 
+    @staticmethod
+    def averaged(parts: list[Neighbours]) -> Neighbours:
+        """The votes of several representations averaged (each depth one reader, equal weight);
+        the neighbours named are the first representation's."""
+        first = parts[0]
+        return Neighbours(first.indices, first.similarity, torch.stack([p.votes for p in parts]).mean(0))
+
 
 def nearest_neighbours(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int) -> Neighbours:
     """Each row's `k` nearest other rows of `features (n, D)` by cosine, and their label votes.
@@ -94,20 +101,19 @@ def feature_maps(model: nn.Module, images: torch.Tensor) -> list[str]:
     return names
 
 
-def representation_layer(model: nn.Module, images: torch.Tensor, name: str | None = None) -> tuple[str, bool] | None:
-    """Which module's output (or, for the head, input) is the representation, and whether it is an input.
+def representation_layers(model: nn.Module, images: torch.Tensor, name: str | None = None) -> list[tuple[str, bool]]:
+    """The modules whose output (or, for a head, input) vote on each image's label, and whether it is an input.
 
-    Default: the feature map halfway through the network (the early layers of a model that fits
-    a wrong label still read the image's true class; its last ones read the label it was given),
-    else the input of the last `nn.Linear`. A named module gives its output."""
+    Default: two depths, the feature map halfway through the network (the early layers of a model
+    that fits a wrong label still read the image's true class; its last ones read the label it was
+    given) and the input of the last `nn.Linear` (what the head separates); either alone when the
+    model lacks the other. A named module alone gives its output; none found gives []."""
     modules = dict(model.named_modules())
     if name is not None:
-        return (name, False) if name in modules else None
+        return [(name, False)] if name in modules else []
     maps = feature_maps(model, images)
-    if maps:
-        return maps[len(maps) // 2], False
     linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-    return (linears[-1], True) if linears else None
+    return ([(maps[len(maps) // 2], False)] if maps else []) + ([(linears[-1], True)] if linears else [])
 
 
 def pooled(value: torch.Tensor) -> torch.Tensor:

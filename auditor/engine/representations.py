@@ -1,6 +1,6 @@
-"""The training set in the model's own representation (a mid-depth feature map, pooled),
-computed in one forward pass and kept in the cache folder, and each image's nearest neighbours
-in it (`auditor.attribution.neighbours`): the label evidence of `mislabel_suspects`.
+"""The training set in the model's own representations (a mid-depth feature map, pooled, and the
+head's input), each computed in one forward pass and kept in the cache folder, and each image's
+nearest neighbours in them (`auditor.attribution.neighbours`): the label evidence of `mislabel_suspects`.
 
     CACHE_DIR/representations/KEY.pt    (n_train, D) float32, keyed by the weights, the data, the layer
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from auditor.attribution.feature_store import open_cache
-from auditor.attribution.neighbours import Neighbours, RecordRepresentation, nearest_neighbours, representation_layer
+from auditor.attribution.neighbours import Neighbours, RecordRepresentation, nearest_neighbours, representation_layers
 from auditor.engine.keys import CacheKeys, key_of
 from auditor.engine.located import located
 from auditor.errors import AttributionError
@@ -33,9 +33,10 @@ class Representations:
         self.settings = target.spec.settings
         self._found: dict[tuple[int, str | None], Neighbours] = {}
 
-    def train(self, layer: str | None = None) -> torch.Tensor:
-        """`(n_train, D)` representation at `layer` (default: mid-depth) of every training image."""
-        name, use_input = self.layer(layer)
+    def train(self, found: tuple[str, bool]) -> torch.Tensor:
+        """`(n_train, D)` representation of every training image at one of `layers()`: the output
+        of module `name`, or its input when `use_input`."""
+        name, use_input = found
         with located(self.target.spec, "cache_dir", section="settings"):
             root = open_cache(self.target.spec.base_dir / self.settings.cache_dir)
         path = root / "representations" / f"{key_of(self.keys().representation(name + (':input' if use_input else '')))}.pt"
@@ -52,17 +53,20 @@ class Representations:
         return features
 
     def neighbours(self, k: int, layer: str | None = None) -> Neighbours:
-        """Each training image's `k` nearest others in the representation, and their label votes (once per run)."""
+        """Each training image's `k` nearest others in each representation, their label votes
+        averaged over the representations (once per run)."""
         if (k, layer) not in self._found:
-            features = self.train(layer).to(self.target.device)
-            self._found[k, layer] = nearest_neighbours(features, self.labels(), k, len(self.target.classes))
+            parts = [nearest_neighbours(self.train(found).to(self.target.device), self.labels(), k,
+                                        len(self.target.classes)) for found in self.layers(layer)]
+            self._found[k, layer] = Neighbours.averaged(parts)
         return self._found[k, layer]
 
-    def layer(self, layer: str | None) -> tuple[str, bool]:
-        """The module whose output (or input, for a head) is the representation."""
+    def layers(self, layer: str | None = None) -> list[tuple[str, bool]]:
+        """The modules whose output (or input, for a head) are the representations: `layer` alone
+        when named, else the mid-depth feature map and the head's input."""
         images, _ = self.target.train_batch(torch.arange(min(2, len(self.target.train))))
-        found = representation_layer(self.target.model, images.to(self.target.device), layer)
-        if found is None:
+        found = representation_layers(self.target.model, images.to(self.target.device), layer)
+        if not found:
             what = f"no module named '{layer}'" if layer else "neither feature maps nor an nn.Linear head"
             raise AttributionError(f"the model has {what} to read a representation from",
                                    field="rules.layer",

@@ -28,7 +28,7 @@ def write_report(folder: Path, session, outcomes: Iterable[RuleOutcome], max_pan
     for outcome in outcomes:
         if outcome.status != "passed" and outcome.failures and outcome.rule.name not in panels:
             panels[outcome.rule.name] = write_panels(session.engine, outcome, folder / "panels", max_panels)
-    return render_report(folder, results_document(session.spec, outcomes), panels)
+    return render_report(folder, results_document(session.spec, outcomes, session.warnings), panels)
 
 
 def render_report(folder: Path, document: dict[str, Any], panels: dict[str, list[Path]]) -> Path:

@@ -40,6 +40,7 @@ def render_index(document: dict[str, Any], panels: dict[str, list[Path]], folder
              f"<h1>audit <code>{escape(document['audit'])}</code>: <span class='{status}'>{status.upper()}</span></h1>",
              f"<p>{escape(document['file'])} · {escape(document['created'])} · "
              f"<a href='results.json'>results.json</a> (full failing lists)</p>",
+             *(f"<p class='advice'>data warning: {escape(w)}</p>" for w in document.get("warnings", [])),
              _summary(by_urgency(document["rules"]))]
     for rule in by_urgency(document["rules"]):
         parts.append(_section(rule, panels.get(rule["name"], []), folder, budget))

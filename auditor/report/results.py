@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,15 @@ SCHEMA_VERSION = 1
 SCHEMA = Path(__file__).with_name("results.schema.json")
 
 
-def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome]) -> dict[str, Any]:
-    """A JSON-ready description of the audit's outcomes (no truncation)."""
-    return audit_document(spec.name, spec.path, [rule_entry(o) for o in outcomes])
+def results_document(spec: AuditSpec, outcomes: Iterable[RuleOutcome], warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON-ready description of the audit's outcomes (no truncation) and its data warnings."""
+    return audit_document(spec.name, spec.path, [rule_entry(o) for o in outcomes], warnings)
 
 
-def audit_document(name: str, file: str | Path, rules: list[dict[str, Any]]) -> dict[str, Any]:
+def audit_document(name: str, file: str | Path, rules: list[dict[str, Any]], warnings: Sequence[str] = ()
+                   ) -> dict[str, Any]:
     """The document of an audit from its rules' entries (a pytest run gathers them from the
-    items, also across pytest-xdist workers)."""
+    items, also across pytest-xdist workers) and what the sanity checks warned about the data."""
     return {
         "schema_version": SCHEMA_VERSION,
         "audit": name,
@@ -33,6 +34,7 @@ def audit_document(name: str, file: str | Path, rules: list[dict[str, Any]]) -> 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "passed": all(rule["status"] != "failed" for rule in rules),
         "seconds": round(sum(rule["seconds"] for rule in rules), 2),
+        "warnings": list(warnings),
         "rules": rules,
     }
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from auditor.attribution import neighbours as nb
-from auditor.attribution.neighbours import (RecordRepresentation, feature_maps, nearest_neighbours, pooled,
-                                            representation_layer)
+from auditor.attribution.neighbours import (Neighbours, RecordRepresentation, feature_maps, nearest_neighbours,
+                                            pooled, representation_layers)
 
 
 def reference(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int):
@@ -56,14 +56,25 @@ def cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(4 * 64, 3))
 
 
-def test_the_default_representation_is_the_mid_depth_feature_map_else_the_head_input():
+def test_the_default_representations_are_the_mid_depth_feature_map_and_the_head_input():
     model, images = cnn(), torch.rand(2, 1, 8, 8)
     assert feature_maps(model, images) == ["0", "1", "2", "3"]
-    assert representation_layer(model, images) == ("2", False)
+    assert representation_layers(model, images) == [("2", False), ("5", True)]
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 3))
-    assert representation_layer(mlp, images) == ("3", True)
-    assert representation_layer(mlp, images, "1") == ("1", False)
-    assert representation_layer(mlp, images, "nope") is None
+    assert representation_layers(mlp, images) == [("3", True)]               # no feature map: the head alone
+    assert representation_layers(mlp, images, "1") == [("1", False)]
+    assert representation_layers(mlp, images, "nope") == []
+
+
+def test_averaged_votes_are_the_mean_of_each_representations_votes_with_the_first_ones_neighbours():
+    labels = torch.tensor([0, 1, 1, 0])
+    first = nearest_neighbours(torch.randn(4, 3), labels, 2, 2)
+    second = nearest_neighbours(torch.randn(4, 5), labels, 2, 2)
+    both = Neighbours.averaged([first, second])
+    assert torch.equal(both.indices, first.indices) and torch.equal(both.similarity, first.similarity)
+    for i in range(4):
+        for c in range(2):
+            assert float(both.votes[i, c]) == (float(first.votes[i, c]) + float(second.votes[i, c])) / 2
 
 
 def test_the_recorded_representation_is_the_pooled_output_and_the_hook_is_removed():

@@ -245,17 +245,20 @@ def test_class_names_match_case_insensitively_unless_ambiguous():
 
 def test_representations_are_cached_and_a_changed_layer_or_weight_recomputes(fashion_audit):
     first = engine_for(fashion_audit, train_limit=300)
-    values = first.representations.train()
+    mid, head_input = first.representations.layers()
+    assert head_input == ("10", True) and not mid[1]                # the mid-depth map's output, the head's input
+    values = first.representations.train(mid)
     assert first.stats["represented"] == 300 and values.shape[0] == 300
     again = engine_for(fashion_audit, train_limit=300)
-    assert torch.equal(again.representations.train(), values) and again.stats["represented"] == 0
+    assert torch.equal(again.representations.train(mid), values) and again.stats["represented"] == 0
     other = engine_for(fashion_audit, train_limit=300)
-    head = other.representations.train("10")                    # the head's output: another layer, recomputed
+    head = other.representations.train(("10", False))             # the head's output: another layer, recomputed
     assert other.stats["represented"] == 300 and head.shape == (300, 10)
+    assert other.representations.train(head_input).shape == (300, 288) and other.stats["represented"] == 600
     changed = engine_for(fashion_audit, train_limit=300)
     with torch.no_grad():
         changed.target.model[0].bias.add_(0.01)
-    changed.representations.train()
+    changed.representations.train(mid)
     assert changed.stats["represented"] == 300
     votes = again.neighbours(5)
     assert votes.indices.shape == (300, 5) and torch.allclose(votes.votes.sum(1), torch.ones(300))
