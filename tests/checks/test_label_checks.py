@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
-from test_contract import N_TEST, N_TRAIN, NEIGHBOURS, FakeEngine
-
+from conftest import N_TEST, N_TRAIN, NEIGHBOURS, FakeEngine
 from auditor.checks.mislabel_suspects import MislabelSuspects
 from auditor.checks.robust import MAD_TO_SIGMA
 from auditor.checks.single_image_errors import SingleImageErrors

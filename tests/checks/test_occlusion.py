@@ -5,8 +5,7 @@ peaks at, with the prediction decided elsewhere, is not (the clean-model false a
 from __future__ import annotations
 
 import torch
-from test_contract import FakeEngine
-
+from conftest import FakeEngine
 from auditor.checks.occlusion import flip_share, grown, transfer_share
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import ConcentrationParams

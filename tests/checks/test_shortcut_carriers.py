@@ -9,8 +9,7 @@ from auditor.checks.occlusion import frame_median, occlude
 from auditor.checks.robust import robust_z
 from auditor.checks.shortcut_carriers import ShortcutCarriers
 from auditor.spec.checks import CarrierParams
-from test_contract import N_TRAIN, FakeEngine
-
+from conftest import N_TRAIN, FakeEngine
 PARAMS = CarrierParams(min_group=1, max_recurrence=0.1, carrier_reference=10, min_z=3.0)
 
 

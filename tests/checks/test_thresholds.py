@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_contract import N_TEST, FakeEngine  # the fake engine of the check contract (same folder)
+from conftest import N_TEST, FakeEngine
 
 from auditor.checks import CHECKS
 from auditor.session import judge
