@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
+import subprocess
+import sys
+import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,6 +50,15 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(module: str, arguments: list[str], out: Path) -> dict:
+    """Run `python -m module ARGUMENTS --out OUT` in a fresh process (cold imports, its own peak
+    memory, progress bars off) and load what it saved at `out`: the one way a benchmark runs a
+    tool apart from the others."""
+    subprocess.run([sys.executable, "-m", module, *arguments, "--out", str(out)], check=True,
+                   env={**os.environ, "TQDM_DISABLE": "1"})
+    return torch.load(out, weights_only=False)
 
 
 def environment(device: torch.device) -> dict:
@@ -92,3 +106,53 @@ def timed_call(fn, device: torch.device) -> tuple[float, torch.Tensor]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, out.detach()
+
+
+# --- audits of the sample CNN (or a ResNet head) on Fashion-MNIST, and score agreement: what the
+# peer comparisons (tda_vs_peers, tda_all_layers, featurize, scaling) share ---
+
+TOP_K = 10
+#: model name → (factory in sample_audits.models, `layers:` whose gradients every tool uses)
+MODELS = {"small_cnn": ("small_cnn", None), "resnet18_head": ("resnet18_28", ["fc"])}
+
+
+def audit_yaml(work: Path, n_train: int, n_test: int, cache: str, projection_dim: int = 1000000,
+               model: str = "small_cnn") -> Path:
+    factory, layers = MODELS[model]
+    path = work / f"audit_{cache}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        audit: peers
+        model: {{factory: sample_audits.models:{factory}, checkpoint: {work / 'model.pt'}}}
+        data:
+          train: {{fashion_mnist: {{split: train, channels: 3}}, limit: {n_train}}}
+          test: {{fashion_mnist: {{split: test, channels: 3}}, limit: {n_test}}}
+        settings:
+          device: cpu
+          cache_dir: {cache}
+          attribution: {{test_label: true, projection_dim: {projection_dim}, top_k: {TOP_K}, layers: {layers}}}
+        """).replace("layers: None", "layers: null"))
+    return path
+
+
+def load(audit: Path):
+    from auditor.engine import Engine
+    from auditor.spec import load_spec
+    from auditor.target import load_target
+
+    return Engine(load_target(load_spec(audit)))
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Spearman ρ of each row of `a` with the same row of `b` (ranks, then Pearson)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a.double().numpy(), axis=1), rankdata(b.double().numpy(), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    return (ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+
+
+def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
+    """Mean share of our top-k that is also in the peer's top-k."""
+    theirs = scores.topk(top.shape[1], dim=1).indices
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / top.shape[1] for a, b in zip(top, theirs)]))

@@ -57,7 +57,7 @@ def half_precision_agreement(model, dataset, device, projection_dim: int, precis
     """Autocast `precision` vs float32 features of the same images (first 1,050 training images:
     50 as queries over 1,000): per-image feature cosine, and Spearman ρ of the queries' Grad-Cos
     rankings; with the time of each pass."""
-    from benchmarks.tda_vs_peers import spearman_rows
+    from benchmarks.common import spearman_rows
 
     hooks = HookGradients(model, select_parameters(model))
     project = projector(hooks, dataset, device, projection_dim, "factored")

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import environment, trained_small_cnn, write_json
-from benchmarks.tda_vs_peers import audit_yaml, load
+from benchmarks.common import audit_yaml, environment, load, trained_small_cnn, write_json
 
 
 def rss_mb() -> float:

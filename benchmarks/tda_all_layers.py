@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -38,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import RESULTS, environment, peak_memory_mb
-from benchmarks.tda_vs_peers import spearman_rows, top_overlap
+from benchmarks.common import RESULTS, environment, in_fresh_process, peak_memory_mb, spearman_rows, top_overlap
 
 KEY = "tda_resnet18_all_layers"
 PEER_BATCH = 32
@@ -187,9 +184,7 @@ def run_worker(tool: str, work: Path, args, **extra) -> dict:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**vars(args), **extra}.items()
              if k in ("n_train", "n_test", "exact_train", "exact_test", "threads", "peer_train", "peer_test", "projection")
              and v is not None]
-    subprocess.run([sys.executable, "-m", "benchmarks.tda_all_layers", "--worker", tool, "--work", str(work),
-                    "--out", str(out), *flags], check=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    result = torch.load(out, weights_only=False)
+    result = in_fresh_process("benchmarks.tda_all_layers", ["--worker", tool, "--work", str(work), *flags], out)
     print(f"  {tool:8s} {extra or ''} {result.get('seconds', 0):8.1f} s  peak {result.get('peak_mb', 0):.0f} MB", flush=True)
     return result
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.tda_vs_peers [--model small_cnn|resnet18_head] [--n-train 5000] [--n-test 500]
                                       [--default-train 300] [--threads 2] [--repeats 3]
-    python -m benchmarks.tda_vs_peers --model resnet18 [...]     # ALL layers: benchmarks/tda_all_layers.py
+    python -m benchmarks.tda_all_layers [...]     # a ResNet-18 with ALL its layers, against TRAK and dattri
 
 Each tool runs in its own fresh process (cold imports, its own peak memory), on a model trained
 one epoch on real Fashion-MNIST, with the true labels and unprojected gradients: the sample
@@ -30,12 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -43,38 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, environment, peak_memory_mb, trained_model
-
-TOP_K = 10
-#: model name → (factory in sample_audits.models, `layers:` whose gradients every tool uses)
-MODELS = {"small_cnn": ("small_cnn", None), "resnet18_head": ("resnet18_28", ["fc"])}
-
-
-def audit_yaml(work: Path, n_train: int, n_test: int, cache: str, projection_dim: int = 1000000,
-               model: str = "small_cnn") -> Path:
-    factory, layers = MODELS[model]
-    path = work / f"audit_{cache}.yaml"
-    path.write_text(textwrap.dedent(f"""
-        audit: peers
-        model: {{factory: sample_audits.models:{factory}, checkpoint: {work / 'model.pt'}}}
-        data:
-          train: {{fashion_mnist: {{split: train, channels: 3}}, limit: {n_train}}}
-          test: {{fashion_mnist: {{split: test, channels: 3}}, limit: {n_test}}}
-        settings:
-          device: cpu
-          cache_dir: {cache}
-          attribution: {{test_label: true, projection_dim: {projection_dim}, top_k: {TOP_K}, layers: {layers}}}
-        """).replace("layers: None", "layers: null"))
-    return path
-
-
-def load(audit: Path):
-    from auditor.engine import Engine
-    from auditor.spec import load_spec
-    from auditor.target import load_target
-
-    return Engine(load_target(load_spec(audit)))
-
+from benchmarks.common import (MODELS, RESULTS, TOP_K, audit_yaml, environment, in_fresh_process, load,
+                               peak_memory_mb, spearman_rows, top_overlap, trained_model)
 
 def test_tensors(engine) -> tuple[torch.Tensor, torch.Tensor]:
     indices = torch.arange(len(engine.target.test))
@@ -149,34 +115,15 @@ WORKERS = {
 
 def run_worker(tool: str, audit: Path, threads: int) -> dict:
     """Run one tool in a fresh process; its timing, peak memory and scores."""
-    out = audit.parent / f"{tool}-{audit.stem}.pt"
-    subprocess.run([sys.executable, "-m", "benchmarks.tda_vs_peers", "--worker", tool, "--audit", str(audit),
-                    "--threads", str(threads), "--out", str(out)], check=True,
-                   env={**os.environ, "TQDM_DISABLE": "1"})
-    result = torch.load(out, weights_only=True)
+    result = in_fresh_process("benchmarks.tda_vs_peers", ["--worker", tool, "--audit", str(audit),
+                                                          "--threads", str(threads)], audit.parent / f"{tool}-{audit.stem}.pt")
     print(f"  {tool:15s} {audit.stem:18s} {result['seconds']:8.2f} s  peak {result['peak_mb']:.0f} MB", flush=True)
     return result
 
 
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Spearman ρ of each row of `a` with the same row of `b` (ranks, then Pearson)."""
-    from scipy.stats import rankdata
-
-    ra, rb = rankdata(a.double().numpy(), axis=1), rankdata(b.double().numpy(), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    return (ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
-
-
-def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
-    """Mean share of our top-k that is also in the peer's top-k."""
-    theirs = scores.topk(top.shape[1], dim=1).indices
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / top.shape[1] for a, b in zip(top, theirs)]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted([*MODELS, "resnet18"]), default="small_cnn")
+    parser.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--default-train", type=int, default=300)
@@ -186,10 +133,6 @@ def main() -> None:
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--audit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    if sys.argv[1:3] == ["--model", "resnet18"]:      # all layers, against TRAK and dattri: its own script
-        from benchmarks.tda_all_layers import main as all_layers
-
-        return all_layers(sys.argv[3:])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:

@@ -58,8 +58,8 @@ def layer(module: str) -> int:
     return max(i for i, prefix in enumerate(LAYERS) if module == prefix or module.startswith(prefix + "."))
 
 
-def test_no_import_cycle_among_auditor_modules():
-    edges = graph()
+def assert_acyclic(edges: dict[str, set[str]]) -> None:
+    """Depth-first search; an import cycle fails with its path."""
     state: dict[str, int] = {}
 
     def walk(node: str, path: list[str]) -> None:
@@ -74,6 +74,24 @@ def test_no_import_cycle_among_auditor_modules():
     for node in sorted(edges):
         if node not in state:
             walk(node, [node])
+
+
+def test_no_import_cycle_among_auditor_modules():
+    assert_acyclic(graph())
+
+
+def test_no_import_cycle_among_benchmarks_even_inside_functions():
+    """The benchmarks import each other inside functions too (a worker, a shared helper): any cycle counts."""
+    folder = PACKAGE.parent / "benchmarks"
+    modules = {f"benchmarks.{p.stem}": p for p in folder.glob("*.py") if p.stem != "__init__"}
+    edges = {}
+    for name, path in modules.items():
+        nodes = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        named = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        named |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+        edges[name] = {m for m in named if m in modules and m != name}
+    assert "benchmarks.common" in edges and edges["benchmarks.common"] == set()      # the library imports no benchmark
+    assert_acyclic(edges)
 
 
 def test_imports_flow_one_way():
