@@ -3,7 +3,8 @@
 - training features: the weights, the training data, the parameters, the projection (and its
   layout: the factored kind sizes its blocks from the gradients), the precision, the seed;
 - the factored projection's gradient shares: the weights, the training data, the parameters;
-- influence top-k: the features' key + the test data, the test label mode and top_k;
+- influence top-k: the features' key + the test data, the test label mode and top_k (and, for
+  `influence: kernel`, its damping);
 - TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed;
 - representations (a mid-depth feature map of every training image): the weights, the training data, the layer.
 """
@@ -62,7 +63,9 @@ class CacheKeys:
     @cached_property
     def influence(self) -> dict:
         a = self.attribution
-        return {"features": self.features, "test": self.test_data, "test_label": a.test_label, "top_k": a.top_k}
+        kernel = {"influence": "kernel", "damping": a.damping} if a.influence == "kernel" else {}
+        return {"features": self.features, "test": self.test_data, "test_label": a.test_label, "top_k": a.top_k,
+                **kernel}
 
     @cached_property
     def tfa(self) -> dict:

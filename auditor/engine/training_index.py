@@ -25,7 +25,7 @@ from auditor.attribution.features import (Featurizer, default_chunk_size, featur
 from auditor.attribution.factored import gradient_shares
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
 from auditor.attribution.memory import rows_within
-from auditor.attribution.influence import Influence, TopK, grad_cos_topk
+from auditor.attribution.influence import Influence, TopK, grad_cos_topk, kernel_factor, kernel_queries
 from auditor.attribution.projection import make_projector
 from auditor.attribution.result_store import ResultStore
 from auditor.engine.keys import PROBE, CacheKeys, key_of
@@ -203,11 +203,20 @@ class TrainingIndex:
         """Per test example: proponent indices and scores, opponent indices and scores."""
         return self.results.load()
 
+    @cached_property
+    def kernel(self) -> torch.Tensor:
+        """Cholesky factor of UᵀU + λI over the whole feature store (`influence: kernel`), once per run."""
+        store = self.feature_store
+        chunks = store.chunks(self.attribution.score_chunk, "cpu", fill=lambda todo: self.featurized(store, todo))
+        return kernel_factor(chunks, store.dim, self.attribution.damping)
+
     def influence(self, indices: torch.Tensor) -> Influence:
         """Top-k proponents and opponents of each selected test example (computed once each)."""
         missing = torch.tensor([i for i in indices.tolist() if i not in self._rows], dtype=torch.long)
         if len(missing):
             queries = self.test_features(missing)
+            if self.attribution.influence == "kernel":
+                queries = kernel_queries(queries, self.kernel)
             store = self.feature_store
             chunks = store.chunks(self.attribution.score_chunk, self.target.device,
                                   fill=lambda todo: self.featurized(store, todo))

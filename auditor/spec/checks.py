@@ -205,6 +205,13 @@ class SingleImageParams(UsesInfluence):
                               help="(top-1 − top-2) / (1 − top-2): share of the way to a perfect match the driver leads")
     k: int = bounded(2, 1000, default=5)
 
+    def against(self, settings: Any, where: Where) -> None:
+        super().against(settings, where)
+        if settings.attribution.influence != "grad_cos":
+            raise where.error("`single_image_errors` judges Grad-Cos scores (its lead assumes scores of at most 1), "
+                              f"and this audit scores influence with `{settings.attribution.influence}`",
+                              fix="remove `settings.attribution.influence` (Grad-Cos, the default) or this rule")
+
 
 @check_kind("mislabel_suspects", per_example=False,
             description="training images whose neighbours in the model's representation carry another label")
