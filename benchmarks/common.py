@@ -61,6 +61,27 @@ def in_fresh_process(module: str, arguments: list[str], out: Path) -> dict:
     return torch.load(out, weights_only=False)
 
 
+def kronfluence_task():
+    """Kronfluence's task for a classifier, as its examples write it: summed cross-entropy as the
+    training loss (labels sampled from the model for the Fisher) and as the measurement."""
+    import torch.nn.functional as F
+    from kronfluence.task import Task
+
+    class Classification(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            x, y = batch
+            logits = model(x)
+            if sample:
+                with torch.no_grad():
+                    y = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
+            return F.cross_entropy(logits, y, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return F.cross_entropy(model(batch[0]), batch[1], reduction="sum")
+
+    return Classification()
+
+
 def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": f"{device.type} ({name})", "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 import yaml
 
 from auditor.attribution.influence import kernel_queries
-from benchmarks.common import environment, in_fresh_process, peak_memory_mb, write_json
+from benchmarks.common import environment, in_fresh_process, kronfluence_task, peak_memory_mb, write_json
 
 N_TRAIN = 5000
 WIDTH = 16
@@ -252,23 +252,10 @@ def worker_trak(rec: dict, work: Path) -> dict:
 
 def worker_kronfluence(rec: dict, work: Path) -> dict:
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.task import Task
-
-    class Classification(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            x, y = batch
-            logits = model(x)
-            if sample:
-                with torch.no_grad():
-                    y = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            return F.cross_entropy(model(batch[0]), batch[1], reduction="sum")
 
     model, images, labels, test_images, test_labels = model_and_tensors(rec, work)
     start = time.perf_counter()
-    task = Classification()
+    task = kronfluence_task()
     train = torch.utils.data.TensorDataset(images, labels)
     test = torch.utils.data.TensorDataset(test_images, test_labels)
     analyzer = Analyzer(analysis_name="lds", model=prepare_model(model, task), task=task, cpu=True,

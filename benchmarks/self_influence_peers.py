@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from benchmarks.common import peak_memory_mb
+from benchmarks.common import kronfluence_task, peak_memory_mb
 
 PROJECTION_DIM = 2048
 GRADIENT_BYTES = 2**30      # per-example gradients held per batch: fewer batches, fewer regenerated projections
@@ -73,21 +72,8 @@ def trak_self(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 def kronfluence_self(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, work: Path) -> np.ndarray:
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.task import Task
 
-    class Classification(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            x, y = batch
-            logits = model(x)
-            if sample:
-                with torch.no_grad():
-                    y = torch.multinomial(F.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, y, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            return F.cross_entropy(model(batch[0]), batch[1], reduction="sum")
-
-    task = Classification()
+    task = kronfluence_task()
     dataset = torch.utils.data.TensorDataset(images, labels)
     analyzer = Analyzer(analysis_name="self", model=prepare_model(model, task), task=task, cpu=True,
                         output_dir=str(work), disable_tqdm=True)
