@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register, worst_first
 from auditor.spec.checks import AccuracyParams
 
 
@@ -27,7 +27,7 @@ class AccuracyCheck(Check):
             Finding(int(i), float(c), details={"label": engine.classes[int(y)], "predicted": engine.classes[int(q)]},
                     evidence=Evidence("prediction", ("test", int(i))))
             for i, c, y, q, ok in zip(indices, confidence, labels, predicted, correct) if not ok]
-        failures.sort(key=lambda f: -f.value)
+        failures = worst_first(failures)
         return CheckResult("accuracy", accuracy, threshold, ">=", len(indices), failures,
                            passed=accuracy >= threshold, extra={"value_meaning": "confidence of the wrong prediction"})
 
@@ -41,6 +41,6 @@ class AccuracyCheck(Check):
             worst = min(worst, accuracy)
             if accuracy < threshold:
                 failures.append(Finding(c, accuracy, kind="class", details={"name": name, "n": int(mask.sum())}))
-        failures.sort(key=lambda f: f.value)
+        failures = worst_first(failures, lowest=True)
         return CheckResult("worst class accuracy", worst, threshold, ">=", len(labels), failures,
                            passed=worst >= threshold)

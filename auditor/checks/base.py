@@ -12,6 +12,7 @@ Checks read the engine through the `AuditEngine` protocol, never by importing it
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -161,6 +162,15 @@ CHECKS: Registry[type[Check]] = Registry("check", names=lambda: CHECK_KINDS.name
 def register(cls: type[Check]) -> type[Check]:
     """Class decorator: the computation of the check kind its `Params` declare."""
     return CHECKS.register(cls.Params.check)(cls)
+
+
+def worst_first(findings: Iterable[Finding], lowest: bool = False) -> list[Finding]:
+    """Findings most severe first: those whose value is NaN (nothing could be measured: the most
+    urgent), then the highest value (the lowest when `lowest`), ties in the order given. The one
+    order every check's failing list uses."""
+    findings = list(findings)
+    measured = sorted((f for f in findings if f.value == f.value), key=lambda f: f.value if lowest else -f.value)
+    return [f for f in findings if f.value != f.value] + measured
 
 
 def example_details(engine: AuditEngine, index: int) -> dict[str, str]:

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, ranked, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, ranked, register, worst_first
 from auditor.spec.checks import HarmfulParams
 
 
@@ -48,7 +48,7 @@ class HarmfulTrainingImages(Check):
             "predicted": sorted({engine.classes[int(predicted[t])] for t in tests[j]})},
             evidence=Evidence(f"influence {p.mode}", ("train", j),
                               related=tuple(("test", t, 1.0) for t in tests[j][:20]))) for j in flagged]
-        failures.sort(key=lambda f: (-f.value, f.index))
+        failures = worst_first(sorted(failures, key=lambda f: f.index))
         return CheckResult("flagged training images", float(len(failures)), p.max_count, "<=", len(chosen),
                            failures, passed=len(failures) <= p.max_count,
                            extra={"mode": p.mode, "max_count_observed": float(counts.max()) if len(counts) else 0.0})

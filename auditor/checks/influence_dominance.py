@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
 from auditor.checks.base import related_train
 from auditor.spec.checks import DominanceParams
 
@@ -37,7 +37,7 @@ class InfluenceDominance(Check):
                     **example_details(engine, index), "top1_train": int(train[row, 0]),
                     "top1_score": round(float(scores[row, 0]), 6), "gap": round(gap, 6), "reason": reason},
                     evidence=Evidence("influence", ("test", index), related=related_train(train[row], scores[row]))))
-        failures.sort(key=lambda f: -f.value if f.value == f.value else float("-inf"))
+        failures = worst_first(failures)
         finite = shares[~shares.isnan()]
         value = float(finite.max()) if len(finite) else float("nan")
         return CheckResult("max top-1 proponent share", value, self.params.max_top1_share, "<=",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
 from auditor.checks.base import related_train
 from auditor.spec.checks import AgreementParams
 
@@ -30,6 +30,6 @@ class ProponentLabelAgreement(Check):
                 "proponents": ",".join(map(str, train[row].tolist()))},
                 evidence=Evidence("influence", ("test", index), related=related_train(train[row], scores[row])))
             for row, index in enumerate(indices.tolist()) if agreement[row] < self.params.min_agreement]
-        failures.sort(key=lambda f: f.value)
+        failures = worst_first(failures, lowest=True)
         return CheckResult("min proponent label agreement", float(agreement.min()), self.params.min_agreement, ">=",
                            len(indices), failures, extra={"mean_agreement": float(agreement.mean())})

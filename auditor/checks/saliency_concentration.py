@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first
 from auditor.checks.hotspots import densest_windows, find_hotspots
 from auditor.checks.maps import add_finding, over_threshold
 from auditor.spec.checks import ConcentrationParams
@@ -44,16 +44,12 @@ class SaliencyConcentration(Check):
         n = len(measured.indices)
         if p.max_recurrence is None:
             return CheckResult("max densest-window share", extra["max_share"] or 0.0, p.max_mass, "<=", n,
-                               _worst_first(failures), extra=extra)
+                               worst_first(failures.values()), extra=extra)
         search = find_hotspots(engine, measured, p)
         for spot in search.flagged:
             for row in spot.rows:
                 add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot", spot.window)
         extra |= {"hotspots": [h.as_dict() for h in search.hotspots], "unjudged": search.unjudged,
                   "judged_classes": search.judged}
-        return CheckResult("excess hotspot recurrence", search.worst, p.max_recurrence, "<=", n, _worst_first(failures),
+        return CheckResult("excess hotspot recurrence", search.worst, p.max_recurrence, "<=", n, worst_first(failures.values()),
                            passed=not search.flagged, extra=extra, inconclusive=search.too_few(p.min_group))
-
-
-def _worst_first(failures: dict) -> list:
-    return sorted(failures.values(), key=lambda f: -f.value)

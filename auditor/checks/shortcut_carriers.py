@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, register, worst_first
 from auditor.checks.hotspots import Hotspot, Measured, densest_windows, find_hotspots
 from auditor.checks.occlusion import occlude
 from auditor.checks.robust import robust_z
@@ -62,7 +62,7 @@ class ShortcutCarriers(Check):
             failures += found
             groups.append(group)
         worst = max((g["carrier_share"] for g in groups), default=0.0)
-        failures.sort(key=lambda f: -f.value)
+        failures = worst_first(failures)
         extra = {"hotspots": [h.as_dict() for h in search.hotspots], "carriers": groups,
                  "image_size": measured.image_size}
         if not search.flagged:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register
+from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
 from auditor.checks.base import related_train
 from auditor.checks.robust import robust_z
 from auditor.spec.checks import SingleImageParams
@@ -53,7 +53,7 @@ class SingleImageErrors(Check):
         maps = {r.test_index: r.maps for r in engine.tfa(indices[flagged], 1)} if len(flagged) else {}
         failures = [self._finding(engine, int(indices[row]), train[row], scores[row], float(z[row]),
                                   float(leads[row]), maps[int(indices[row])]) for row in flagged.tolist()]
-        failures.sort(key=lambda f: -f.value if f.value == f.value else float("-inf"))
+        failures = worst_first(failures)
         strong = z[torch.isfinite(z) & (leads >= p.min_lead)]
         return CheckResult("max driver z-score", float(strong.max()) if len(strong) else 0.0,
                            p.min_z, "<=", len(indices), failures,

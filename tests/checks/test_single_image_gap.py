@@ -37,3 +37,11 @@ def test_a_lead_exactly_at_min_lead_is_flagged_and_a_z_exactly_at_min_z_is_not()
     assert top in [f.index for f in at_lead.failures]
     at_z = SingleImageErrors(SingleImageParams(min_z=float(z[top]), min_lead=0.0, k=3)).run(engine, indices)
     assert top not in [f.index for f in at_z.failures]
+
+
+def test_worst_first_puts_unmeasured_findings_first_then_the_most_severe():
+    from auditor.checks.base import Finding, worst_first
+
+    found = [Finding(1, 0.2), Finding(2, float("nan")), Finding(3, 0.9), Finding(4, 0.2)]
+    assert [f.index for f in worst_first(found)] == [2, 3, 1, 4]
+    assert [f.index for f in worst_first(found, lowest=True)] == [2, 1, 4, 3]
