@@ -7,10 +7,15 @@ Regimes (each: planted errors of two kinds, a systematic class swap and random r
 - memorising: a width-64 CNN trained 30 epochs on 5,000 images until it fits every label,
   relabels included (30 swapped, 30 random);
 - second_dataset: scikit-learn's digits (1,400 training images, 32×32) on a stock torchvision
-  ResNet-18 trained 40 epochs (20 ones → 7, 20 random): nothing was tuned on it.
+  ResNet-18 trained 40 epochs (20 ones → 7, 20 random);
+- held_out: added after the two-depth vote was chosen on the three above, to check it on what
+  it was not chosen on: a small ViT (torchvision `VisionTransformer`, 4 blocks of width 64) on
+  the first 3,000 Fashion-MNIST images, seed 1, 30 epochs, 20 Coats → Pullover
+  and 20 random relabels.
 Rows: `ours` (the shipped rule: its ranking and what it lists), `loss`, candidates
-(`neighbours_gradient`: the same vote among Grad-Cos neighbours of the stored gradient features;
-`neighbours_head_input`: the same vote in the input of the classifier head;
+(`neighbours_mid_depth`: the vote of the mid-depth feature map alone, the rule before the two-depth
+vote; `neighbours_gradient`: the same vote among Grad-Cos neighbours of the stored gradient features;
+`neighbours_head_input`: the same vote in the input of the classifier head alone;
 `self_influence_loss` / `self_influence_margin`: φᵀ(ΦᵀΦ + λI)⁻¹φ on exact last-layer gradient
 features of the loss / the margin log p − log(1 − p), λ = 1e-3 · mean diagonal, dense float64;
 `rank_average`: mean rank of loss and ours), `cleanlab_in_sample` (find_label_issues on the
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, in_fresh_process, write_json
 from benchmarks.efficacy import auc
 
 SWAP = {"from": "Sneaker", "to": "Sandal", "count": 30}
@@ -53,6 +59,9 @@ REGIMES = {
                                                               "mislabel": SWAP, "relabel": {"count": 30}}},
     "second_dataset": {"data": "digits", "recipe": {"epochs": 40, "seed": 0, "mislabel": {"from": 1, "to": 7, "count": 20},
                                                     "relabel": {"count": 20}}},
+    "held_out": {"data": "fashion", "model": "small_vit",
+                 "recipe": {"n_train": 3000, "n_test": 2000, "epochs": 30, "seed": 1,
+                            "mislabel": {"from": "Coat", "to": "Pullover", "count": 20}, "relabel": {"count": 20}}},
 }
 RULE = "no-mislabel-suspects"
 FOLDS = 5
@@ -67,15 +76,19 @@ def data_module(regime: dict):
 
 
 def build_model(regime: dict) -> torch.nn.Module:
+    from sample_audits import models
     from sample_audits.digits import resnet18
-    from sample_audits.models import small_cnn
 
-    return resnet18() if regime["data"] == "digits" else small_cnn(width=regime["width"])
+    if regime["data"] == "digits":
+        return resnet18()
+    return getattr(models, regime["model"])() if "model" in regime else models.small_cnn(width=regime["width"])
 
 
 def factory(regime: dict) -> dict:
     if regime["data"] == "digits":
         return {"factory": "sample_audits.digits:resnet18"}
+    if "model" in regime:
+        return {"factory": f"sample_audits.models:{regime['model']}"}
     return {"factory": "sample_audits.models:small_cnn", "kwargs": {"width": regime["width"]}}
 
 
@@ -84,9 +97,10 @@ def trained(regime: dict, recipe: dict, folder: Path, subset: np.ndarray | None 
     from benchmarks.efficacy import train_model
     from sample_audits.train import train
 
-    if regime["data"] == "fashion" and subset is None:
+    if regime["data"] == "fashion" and subset is None and "model" not in regime:
         return train_model(recipe, folder, regime["width"])
-    digest = hashlib.sha256(json.dumps([regime["data"], regime.get("width"), recipe, tag], sort_keys=True)
+    named = [regime["model"]] if "model" in regime else []      # (older regimes' digests unchanged)
+    digest = hashlib.sha256(json.dumps([regime["data"], regime.get("width"), recipe, tag, *named], sort_keys=True)
                             .encode()).hexdigest()[:12]
     path = folder / f"model-{digest}.pt"
     if not path.exists():
@@ -94,9 +108,17 @@ def trained(regime: dict, recipe: dict, folder: Path, subset: np.ndarray | None 
         if subset is not None:
             dataset = type(dataset)(dataset.images[subset], dataset.targets[subset], dataset.classes)
         torch.manual_seed(recipe["seed"])
+        start = time.perf_counter()
         model = train(build_model(regime), dataset, recipe["epochs"], recipe["seed"])
+        path.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
         torch.save(model.state_dict(), path)
     return path
+
+
+def training_seconds(path: Path) -> float | None:
+    """How long the model at `path` took to train, when it was trained (recorded beside it)."""
+    record = path.with_suffix(".seconds")
+    return float(record.read_text()) if record.is_file() else None
 
 
 def session_for(regime: dict, recipe: dict, checkpoint: Path, folder: Path):
@@ -174,33 +196,37 @@ def cleanlab_rows(labels: np.ndarray, probs: np.ndarray, positive: np.ndarray) -
 
 
 def cross_validated_probs(regime: dict, recipe: dict, folder: Path, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """Out-of-fold probabilities from `FOLDS` models, each trained on the other folds; and their seconds."""
+    """Out-of-fold probabilities from `FOLDS` models, each trained on the other folds; and their
+    seconds: training each (as recorded when it was trained, in this run or an earlier one) and
+    predicting. NaN when a fold model's training time was not recorded."""
     from sklearn.model_selection import StratifiedKFold
 
     from auditor.data import gather
 
-    start = time.perf_counter()
     dataset = data_module(regime).train_set(recipe=recipe)
     probs = np.zeros((len(labels), int(labels.max()) + 1), dtype=np.float32)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=recipe["seed"]).split(np.zeros(len(labels)), labels)
+    seconds = 0.0
     for fold, (keep, held) in enumerate(folds):
+        path = trained(regime, recipe, folder, keep, tag=f"fold{fold}")
+        recorded = training_seconds(path)
+        seconds += float("nan") if recorded is None else recorded
+        start = time.perf_counter()
         model = build_model(regime)
-        model.load_state_dict(torch.load(trained(regime, recipe, folder, keep, tag=f"fold{fold}"), weights_only=True))
+        model.load_state_dict(torch.load(path, weights_only=True))
         images, _ = gather(dataset, torch.as_tensor(held))
         with torch.no_grad():
             probs[held] = torch.cat([model.eval()(images[i:i + 512]).softmax(1) for i in range(0, len(held), 512)]).numpy()
-    return probs, time.perf_counter() - start
+        seconds += time.perf_counter() - start
+    return probs, seconds
 
 
 def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
-    from auditor.checks.mislabel_suspects import strongest_first
-
     recipe = regime["recipe"]
     planted = data_module(regime).defects(recipe)
     swap, random = list(planted["relabelled_train"]), [int(j) for j in planted["random_relabels"]]
-    start = time.perf_counter()
     checkpoint = trained(regime, recipe, folder)
-    train_seconds = time.perf_counter() - start
+    train_seconds = training_seconds(checkpoint)        # None: trained before its time was recorded
     session = session_for(regime, recipe, checkpoint, folder)
     start = time.perf_counter()
     session.run_all()
@@ -214,13 +240,16 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     own = neighbours.own_share(labels)
     support = neighbours.suggested(labels)[1]
     losses = engine.train_losses
-    order = strongest_first(own, support, losses)
-    ours = np.empty(n)
-    ours[order.numpy()] = np.arange(n, 0, -1)
+    ours = strongest_score(neighbours, labels, losses)
     listed = np.array([f.index for f in outcome.failures], dtype=int)
     rows = {"ours": {**ranking_metrics(ours, positive), **listed_metrics(listed, positive),
                      "seconds": round(rule_seconds, 2)},
             "loss": {**ranking_metrics(losses.numpy(), positive), "seconds": 0.0}}
+    mid = [found for found in engine.representations.layers(rule.layer) if not found[1]]
+    if mid and len(engine.representations.layers(rule.layer)) > 1:     # the mid-depth map's vote alone
+        alone = engine.neighbours(rule.neighbours, mid[0][0])
+        rows["neighbours_mid_depth"] = {**ranking_metrics(strongest_score(alone, labels, losses), positive),
+                                        "seconds": 0.0}
     start = time.perf_counter()
     images = engine.train_batch(torch.arange(n))[0]
     hidden, logits = head_input(engine.target.model, images, engine.device)
@@ -248,16 +277,27 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     if cv:
         cv_probs, cv_seconds = cross_validated_probs(regime, recipe, folder, y)
         rows["cleanlab_cv"] = cleanlab_rows(y, cv_probs, positive)
-        rows["cleanlab_cv"]["seconds"] = round(rows["cleanlab_cv"]["seconds"] + cv_seconds, 1)
+        total = rows["cleanlab_cv"]["seconds"] + cv_seconds          # NaN: a fold's training time was not recorded
+        rows["cleanlab_cv"]["seconds"] = None if math.isnan(total) else round(total, 1)
     fitted = int((logits.argmax(1)[torch.as_tensor(positive)] == labels[torch.as_tensor(positive)]).sum())
     out = {"n_train": n, "planted": {"swap": len(swap), "random": len(random)},
            "train_accuracy": round(float((logits.argmax(1) == labels).float().mean()), 4),
-           "planted_fitted": fitted, "train_seconds": round(train_seconds, 1), "rows": rows,
+           "planted_fitted": fitted, "train_seconds": train_seconds, "rows": rows,
            "by_kind": {kind: ranking_metrics(ours, mask) | {"loss_auc": round(auc(mask, losses.numpy()), 4)}
                        for kind, mask in (("swap", _mask(n, swap)), ("random", _mask(n, random)))},
            "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random))}
     out |= clean_twin(regime, folder)
     return out
+
+
+def strongest_score(neighbours, labels: torch.Tensor, losses: torch.Tensor) -> np.ndarray:
+    """The rule's order (`strongest_first`) of one vote as a score: higher = more suspect."""
+    from auditor.checks.mislabel_suspects import strongest_first
+
+    order = strongest_first(neighbours.own_share(labels), neighbours.suggested(labels)[1], losses)
+    score = np.empty(len(labels))
+    score[order.numpy()] = np.arange(len(labels), 0, -1)
+    return score
 
 
 def vote_scores(own: np.ndarray, support: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -305,21 +345,36 @@ def clean_twin(regime: dict, folder: Path) -> dict:
 
 def peer_row(peer: str, name: str, folder: Path) -> dict:
     """A peer library's self-influence row on the regime's trained model (its own process)."""
-    import subprocess
-    import sys
-
     regime = REGIMES[name]
     recipe = regime["recipe"]
     trained(regime, recipe, folder)
     planted = data_module(regime).defects(recipe)
-    out = folder / f"{peer}-{name}.pt"
-    subprocess.run([sys.executable, "-m", "benchmarks.self_influence_peers", "--peer", peer, "--regime", name,
-                    "--work", str(folder), "--out", str(out)], check=True)
-    result = torch.load(out, weights_only=False)
+    result = in_fresh_process("benchmarks.self_influence_peers", ["--peer", peer, "--regime", name, "--work", str(folder)],
+                              folder / f"{peer}-{name}.pt")
     scores = result["scores"].numpy()
     positive = _mask(len(scores), list(planted["relabelled_train"]) + [int(j) for j in planted["random_relabels"]])
     return {**ranking_metrics(scores, positive), "seconds": round(result["seconds"], 1),
             "peak_rss_mb": round(result["peak_mb"]), **({"notes": result["notes"]} if result.get("notes") else {})}
+
+
+COLUMNS = ("auc", "recall_at_2x", "recall_at_1pct", "listed", "recall_listed", "precision_listed", "seconds")
+
+
+def markdown(document: dict) -> str:
+    """The regimes' tables as RESULTS.md shows them."""
+    out = []
+    for name, regime in document["regimes"].items():
+        planted = regime["planted"]
+        out.append(f"**{name}** — {regime['n_train']:,} training images, training accuracy {regime['train_accuracy']}, "
+                   f"planted {planted['swap']} swapped + {planted['random']} random, {regime['planted_fitted']} of them "
+                   f"fitted; clean twin: {regime['clean_listed']} listed (share {regime['clean_share']})\n")
+        out.append("| row | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |")
+        out.append("|---" * (len(COLUMNS) + 1) + "|")
+        for row, values in regime["rows"].items():
+            cells = ["" if values.get(c) is None else str(values[c]) for c in COLUMNS]
+            out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -333,7 +388,11 @@ def main() -> None:
                         help="add the peers' self-influence rows (trak_self, kronfluence_self)")
     parser.add_argument("--only-peers", action="store_true",
                         help="keep each regime's other rows from the results file and add only the peers' rows")
+    parser.add_argument("--table", action="store_true", help="print the results file's tables (Markdown) and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

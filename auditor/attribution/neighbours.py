@@ -1,9 +1,8 @@
 """Label evidence from an image's neighbours in the model's own representation (deep k-NN).
 
-For training image i with representation h_i (by default the feature map halfway through the
-network, average-pooled to 2×2; the input of the classifier head for a model without feature
-maps), let N_k(i) be
-its k nearest other training images by cosine similarity. The neighbours' vote
+For training image i with representation h_i (the feature map halfway through the network,
+average-pooled to 2×2, or the input of the classifier head), let N_k(i) be its k nearest other
+training images by cosine similarity. The neighbours' vote
 
     v_i(c) = |{j ∈ N_k(i) : y_j = c}| / k
 
@@ -16,10 +15,13 @@ so `v_i(y_i)` stays low and the majority of the other classes names the label it
 issues use the same neighbours). Measured in `benchmarks/label_errors.py` against the loss,
 curvature-weighted self-influence and cleanlab (RESULTS.md).
 
-Choices: mid-depth, not the head's input: on a ResNet-18 that fit 40 relabelled digits the head's
-input ranked them at AUC 0.87, the half-way feature map at 0.9997; cosine similarity (scale-free
-across layers); the image itself excluded; ties in the top-k broken by index (`torch.topk`); similarities in chunks of rows, so memory is
-`chunk × n` whatever the training set's size.
+Choices: two depths by default, each one reader (`representation_layers`, `Neighbours.averaged`):
+the mid-depth map, which memorisation does not corrupt (on a ResNet-18 that fit 40 relabelled
+digits the head's input ranked them at AUC 0.87, the half-way feature map at 0.9997), and the
+head's input, which separates best on under-fit models (benchmarks/label_errors.py); cosine
+similarity (scale-free across layers); the image itself excluded; ties in the top-k broken by
+index (`torch.topk`); similarities in chunks of rows, so memory is `chunk × n` whatever the
+training set's size.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ POOLED = 2                         # feature maps are average-pooled to POOLED �
 @dataclass(frozen=True)
 class Neighbours:
     """`indices (n, k)` nearest other training images, `similarity (n, k)` their cosines,
-    `votes (n, C)` each class's share among them."""
+    `votes (n, C)` each class's share among them; `parts`, when the votes average several
+    representations, each one's own neighbours."""
 
     indices: torch.Tensor
     similarity: torch.Tensor
     votes: torch.Tensor
+    parts: tuple[Neighbours, ...] = ()
 
     def own_share(self, labels: torch.Tensor) -> torch.Tensor:
         """`(n,)` share of each image's neighbours that carry its own label."""
@@ -53,12 +57,22 @@ class Neighbours:
         share, label = others.max(1)
         return label, share
 
+    def contradicted(self, labels: torch.Tensor, max_own: float, min_support: float) -> torch.Tensor:
+        """`(n,)` whether, in at least one representation, at most `max_own` of an image's
+        neighbours carry its label and at least `min_support` agree on one other."""
+        found = torch.zeros(len(labels), dtype=torch.bool)
+        for part in self.parts or (self,):
+            found |= (part.own_share(labels) <= max_own) & (part.suggested(labels)[1] >= min_support)
+        return found
+
     @staticmethod
     def averaged(parts: list[Neighbours]) -> Neighbours:
         """The votes of several representations averaged (each depth one reader, equal weight);
-        the neighbours named are the first representation's."""
+        the neighbours named are the first representation's. One alone is returned as it is."""
+        if len(parts) == 1:
+            return parts[0]
         first = parts[0]
-        return Neighbours(first.indices, first.similarity, torch.stack([p.votes for p in parts]).mean(0))
+        return Neighbours(first.indices, first.similarity, torch.stack([p.votes for p in parts]).mean(0), tuple(parts))
 
 
 def nearest_neighbours(features: torch.Tensor, labels: torch.Tensor, k: int, n_classes: int) -> Neighbours:

@@ -1,20 +1,20 @@
 """`mislabel_suspects`: training images whose label their neighbours in the model's own
-representation contradict, each with the label they suggest and the test predictions it moves.
+representations contradict, each with the label they suggest and the test predictions it moves.
 
-Signal: the label vote of each image's `neighbours` nearest training images in the model's
-mid-depth representation (`auditor.attribution.neighbours`). Chosen by measurement
-(benchmarks/label_errors.py, RESULTS.md): a model that fits its training labels drives the loss
-of a memorised mislabel toward 0 — the loss ranked planted relabels at AUC 0.876 on a memorising
-CNN (0.935 on a ResNet-18 fitting digits) — while the neighbours still read the true class
-(AUC 0.980 and 0.9997); on an under-fit model the loss stays slightly ahead (0.989 vs 0.985).
-Curvature-weighted self-influence (last layer) and Grad-Cos neighbours ranked worse. The cut is
-two shares of the neighbours (its own label at most `max_own_share`, one other label at least
-`min_suggested_share`): scale-free, the same on 1.4k, 5k and 20k images, on under-fit and fitted
-models. Suspects are ranked by their own-label share,
-then the suggested label's share, then their loss. The first `explain` are explained: the
-training images they most resemble (with their labels), the errors they drive (predicted as their
-label, highest Grad-Cos), the correct predictions they oppose (lowest Grad-Cos), and the TFA map
-of the strongest of those links.
+Signal: the label vote of each image's `neighbours` nearest training images, read at two depths
+of the model (`auditor.attribution.neighbours`): the feature map halfway through the network and
+the input of the classifier head. A model that fits its training labels drives the loss of a
+memorised mislabel toward 0, so the loss ranks planted relabels poorly on fitted models
+(benchmarks/label_errors.py, RESULTS.md); the mid-depth map keeps resembling the true class
+(the reader memorisation does not corrupt: on a ResNet-18 that fit relabelled digits it ranks them
+at AUC 0.9997, the head's input at 0.87), and the head's input separates best where the model
+is under-fit. An image is listed when, at either depth, at most `max_own_share` of its neighbours
+carry its label and at least `min_suggested_share` agree on one other (shares of the
+neighbours: scale-free, the same on 1.4k, 3k, 5k and 20k images, under-fit and fitted); suspects
+are ranked by the two depths' votes averaged: own-label share, then the suggested label's share,
+then the loss. The first `explain` are explained: the training images they most resemble (with
+their labels), the errors they drive (predicted as their label, highest Grad-Cos), the correct
+predictions they oppose (lowest Grad-Cos), and the TFA map of the strongest of those links.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MislabelSuspects(Check):
         own = neighbours.own_share(labels)
         suggested, support = neighbours.suggested(labels)
         losses = engine.train_losses
-        suspects = ((own <= p.max_own_share) & (support >= p.min_suggested_share)).nonzero().flatten()
+        suspects = neighbours.contradicted(labels, p.max_own_share, p.min_suggested_share).nonzero().flatten()
         suspects = suspects[strongest_first(own[suspects], support[suspects], losses[suspects])]
         links = self._links(engine, suspects[:p.explain], indices)
         failures = []

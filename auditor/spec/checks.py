@@ -217,12 +217,13 @@ class SingleImageParams(UsesInfluence):
             description="training images whose neighbours in the model's representation carry another label")
 @dataclass(frozen=True)
 class MislabelParams(Params):
-    """Suspects: training images of which at most `max_own_share` of their `neighbours` nearest
-    training images (in the model's mid-depth representation, or `layer:`'s output) carry their label while at least
-    `min_suggested_share` agree on one other label, the suggested one. A model that fits a wrong
-    label hides it from its loss; its representation still resembles the true class
-    (benchmarks/label_errors.py). The rule fails when suspects are more than `max_share` of the
-    training set."""
+    """Suspects: training images of which, in one of the model's representations (its mid-depth
+    feature map and its head's input; `layer:` names one module instead), at most `max_own_share`
+    of their `neighbours` nearest training images carry their label while at least
+    `min_suggested_share` agree on one other label; ranked by the two depths' votes averaged, the
+    suggested label the averaged vote's. A model that fits a wrong label hides it from its loss;
+    its representations still resemble the true class (benchmarks/label_errors.py). The rule fails
+    when suspects are more than `max_share` of the training set."""
 
     max_own_share: float = bounded(0.0, 1.0, default=0.1,
                                    help="share of an image's neighbours with its own label at or below which it is a suspect")
