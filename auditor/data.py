@@ -101,6 +101,26 @@ def limited(dataset: Dataset, limit: int | None) -> Dataset:
     return subset
 
 
+def readable_only(dataset: Dataset) -> tuple[Dataset, list[str]]:
+    """`dataset` without the examples that cannot be read (truncated, corrupt, not an image), and
+    their files (or `example N`): one pass over every example (`data.skip_unreadable: true`)."""
+    if hasattr(dataset, "batch"):           # in-memory tensors: nothing to decode
+        return dataset, []
+    keep, skipped = [], []
+    for index in range(len(dataset)):
+        try:
+            dataset[index]
+            keep.append(index)
+        except (OSError, SyntaxError):      # as `Readable`: PIL's truncated (OSError) and broken PNG (SyntaxError)
+            skipped.append(image_path(dataset, index) or f"example {index}")
+    if not skipped:
+        return dataset, []
+    subset = Subset(dataset, keep)
+    if hasattr(dataset, "classes"):
+        subset.classes = dataset.classes
+    return subset, skipped
+
+
 def image_path(dataset: Dataset, index: int) -> str | None:
     """The file behind example `index`, when the dataset knows it: `paths[index]` (the way a
     factory dataset gives its files), torchvision's `samples[index][0]` (ImageFolder), through
@@ -153,7 +173,8 @@ class Readable(Dataset):
         except (OSError, SyntaxError) as exc:       # PIL: truncated (OSError), broken PNG (SyntaxError)
             path = image_path(self.dataset, index)
             raise TargetError(f"cannot read {'this image' if path else f'example {index}'}: {exc}",
-                              path=path, fix="replace or delete the file (it is truncated or not an image)"
+                              path=path, fix="replace or delete the file (it is truncated or not an image), or set "
+                                            "`data.skip_unreadable: true` to leave such files out, listed"
                               if path else "check the dataset's __getitem__") from None
 
 

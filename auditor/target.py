@@ -43,6 +43,7 @@ class Target:
     device: torch.device
     spec: AuditSpec
     where: dict[str, Where] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)     # split → unreadable files left out
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images `(m, C, H, W)` and labels `(m,)` of `indices`, in that order."""
@@ -71,9 +72,15 @@ def load_target(spec: AuditSpec) -> Target:
         model = load_model(spec.model, spec.base_dir)
         train = load_dataset(spec.data.train, spec.base_dir)
         test = load_dataset(spec.data.test, spec.base_dir)
+    skipped = {}
+    if spec.data.skip_unreadable:
+        train, skipped["train"] = data_module.readable_only(train)
+        test, skipped["test"] = data_module.readable_only(test)
     where = {"train": spec.data.train.where, "test": spec.data.test.where, "model": spec.model.where,
              "classes": spec.data.where}
-    return bind_target(spec, model, train, test, where, spec.data.classes, device, spec.model.num_classes)
+    target = bind_target(spec, model, train, test, where, spec.data.classes, device, spec.model.num_classes)
+    target.skipped = {split: files for split, files in skipped.items() if files}
+    return target
 
 
 def bind_target(spec: AuditSpec, model: nn.Module, train: Dataset, test: Dataset, where: dict[str, Where],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from auditor.engine import Engine
@@ -44,10 +46,9 @@ def test_target_restores_sys_path_and_leaves_user_datasets_untouched(tmp_path):
     assert target.where["train"].field == "data.train" and target.where["test"].line == 5
 
 
-def test_a_truncated_image_is_one_error_naming_its_file_and_exit_2(tmp_path, capsys):
+def folder_with_a_truncated_png(tmp_path) -> tuple[Path, Path]:
+    """Three classes of two PNGs each, one of them cut short; an audit over it (train = test)."""
     from PIL import Image
-
-    from auditor.cli import main
 
     for c, name in enumerate(["cat", "dog", "fox"]):
         folder = tmp_path / "imgs" / name
@@ -60,7 +61,29 @@ def test_a_truncated_image_is_one_error_naming_its_file_and_exit_2(tmp_path, cap
     folder = "{image_folder: imgs, transform: {resize: 8, grayscale: true}}"
     path = spec_file(tmp_path, train=folder, test=folder)
     path.write_text(path.read_text() + "rules:\n  - {name: fine, check: accuracy, min_accuracy: 0.0}\n")
+    return path, broken
+
+
+def test_a_truncated_image_is_one_error_naming_its_file_and_exit_2(tmp_path, capsys):
+    from auditor.cli import main
+
+    path, broken = folder_with_a_truncated_png(tmp_path)
     assert main(["run", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {broken}: cannot read this image: ") and "Traceback" not in err
-    assert "fix: replace or delete the file" in err and len(err.strip().splitlines()) == 2
+    assert "fix: replace or delete the file" in err and "skip_unreadable" in err and len(err.strip().splitlines()) == 2
+
+
+def test_skip_unreadable_leaves_the_file_out_and_lists_it_in_the_report(tmp_path, capsys):
+    import json
+
+    from auditor.cli import main
+
+    path, broken = folder_with_a_truncated_png(tmp_path)
+    path.write_text(path.read_text().replace("data:\n", "data:\n  skip_unreadable: true\n"))
+    assert main(["run", str(path), "--quiet", "--report", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert f"left out 1 unreadable train image (data.skip_unreadable): {broken}" in err
+    warnings = json.loads((tmp_path / "report" / "results.json").read_text())["warnings"]
+    assert any(str(broken) in w and "test image" in w for w in warnings)
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["rules"][0]["n_selected"] == 5

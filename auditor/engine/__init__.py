@@ -131,4 +131,6 @@ class Engine:
         train_correct = float((self.logits(images).argmax(1) == labels).float().mean()) if len(labels) else 1.0
         test_correct = float(self.predictions.correct.float().mean())
         test = self.test_images(sample(len(self.target.test), seed))
-        return accuracy_warnings(train_correct, test_correct, len(self.classes)) + pixel_warnings(images, test)
+        skipped = [f"left out {len(files)} unreadable {split} image{'s' * (len(files) != 1)} "
+                   f"(data.skip_unreadable): {', '.join(files)}" for split, files in self.target.skipped.items()]
+        return skipped + accuracy_warnings(train_correct, test_correct, len(self.classes)) + pixel_warnings(images, test)

@@ -81,6 +81,7 @@ class DataSpec:
     train: DatasetSpec
     test: DatasetSpec
     classes: tuple[str, ...] | None = None
+    skip_unreadable: bool = False         # leave out images that cannot be read, listing them, instead of failing
     where: Where | None = located()
 
 
