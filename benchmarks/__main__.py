@@ -24,7 +24,8 @@ def benchmarks() -> dict[str, str]:
     found = {}
     for path in sorted(HERE.glob("*.py")):
         tree = ast.parse(path.read_text())
-        if path.stem in WORKERS or path.stem.startswith("_") or not any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+        has_main = any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+        if path.stem in WORKERS or path.stem.startswith("_") or not has_main:
             continue
         doc = (ast.get_docstring(tree) or "").strip()
         found[path.stem] = doc.splitlines()[0] if doc else ""

@@ -5,8 +5,9 @@
 Reference style (as the VAR paper's code and captum's `attribute(target=c)` calls are used):
 one base-method call per class in K (a forward and a backward pass each), the K maps stacked,
 then the VAR formula. Ours: one call for all K classes (`SaliencyMethod.attribute(images, (b, K))`:
-one forward pass, the K classes' gradients from it), then the same formula. Both on the sample audits' CNN and real Fashion-MNIST test images; the
-maps must agree (max abs difference reported). Min of `--repeats` interleaved runs.
+one forward pass, the K classes' gradients from it), then the same formula. Both on the sample
+audits' CNN and real Fashion-MNIST test images; the maps must agree (max abs difference
+reported). Min of `--repeats` interleaved runs.
 Also times, at K = 4, the two ways of taking the K classes' gradients from one forward pass
 (`batched_backward`: one vmapped backward vs K passes over the retained graph), the figure
 behind `batched_backward_default`. Adds `var_time_over_reference_k4`, a `var` table and

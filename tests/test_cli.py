@@ -28,7 +28,8 @@ def test_run_exit_codes_and_report(fashion_audit, tmp_path, capsys):
 
 
 def test_bad_input_exits_2_with_location(tmp_path, capsys):
-    path = write(tmp_path / "audit_bad.yaml", "audit: x\nmodel: {factory: a.b}\ndata: {train: {factory: a:b}, test: {factory: a:b}}\n")
+    path = write(tmp_path / "audit_bad.yaml",
+                 "audit: x\nmodel: {factory: a.b}\ndata: {train: {factory: a:b}, test: {factory: a:b}}\n")
     assert main(["run", str(path)]) == 2
     assert f"{path}:2: model.factory" in capsys.readouterr().err
     assert main(["validate", str(path)]) == 2

@@ -78,7 +78,8 @@ class Representations:
         model, device = self.target.model, self.target.device
         n, size = len(self.target.train), self.target.rows(self.settings.batch_size)
         parts = []
-        with RecordRepresentation(module, use_input) as record, torch.no_grad(), progress_bar(n, "representing training images") as bar:
+        with (RecordRepresentation(module, use_input) as record, torch.no_grad(),
+              progress_bar(n, "representing training images") as bar):
             for start in range(0, n, size):
                 images, _ = self.target.train_batch(torch.arange(start, min(n, start + size)))
                 model(images.to(device))

@@ -14,7 +14,8 @@ import auditor
 PACKAGE = Path(auditor.__file__).parent
 #: Lower layers may not import higher ones at module level (TYPE_CHECKING and function-level imports excepted).
 LAYERS = ["auditor.errors", "auditor.suggest", "auditor.files", "auditor.progress", "auditor.registry",
-          "auditor.sampling", "auditor.spec", "auditor.baseline", "auditor.session", "auditor.data", "auditor.fingerprint", "auditor.attribution",
+          "auditor.sampling", "auditor.spec", "auditor.baseline", "auditor.session", "auditor.data", "auditor.fingerprint",
+          "auditor.attribution",
           "auditor.target", "auditor.engine", "auditor.distributed", "auditor.checks", "auditor.report",
           "auditor.cli", "auditor.plugin", "auditor.api", "auditor.__main__"]
 TORCH_FREE = ["auditor.errors", "auditor.suggest", "auditor.files", "auditor.registry", "auditor.spec",
