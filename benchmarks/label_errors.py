@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import math
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -372,7 +373,8 @@ def markdown(document: dict) -> str:
         out.append("|---" * (len(COLUMNS) + 1) + "|")
         for row, values in regime["rows"].items():
             cells = ["" if values.get(c) is None else str(values[c]) for c in COLUMNS]
-            out.append(f"| {row} | " + " | ".join(cells) + " |")
+            failed = f" (failed: {values['failed']})" if "failed" in values else ""
+            out.append(f"| {row}{failed} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -412,9 +414,14 @@ def main() -> None:
             document["command"] = "python -m benchmarks.label_errors " + " ".join(
                 ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
         for peer in args.peers:
-            document["regimes"][name]["rows"][f"{peer}_self"] = peer_row(peer, name, work)
+            try:
+                row = peer_row(peer, name, work)
+            except subprocess.CalledProcessError as exc:        # its traceback is on stderr above
+                row = {"failed": f"the peer's process exited with status {exc.returncode}"}
+            document["regimes"][name]["rows"][f"{peer}_self"] = row
             document.setdefault("peer_commands", {})[f"{name}/{peer}"] = (
                 f"python -m benchmarks.label_errors --regimes {name} --peers {peer} --only-peers")
+            write_json(args.out, document)
         write_json(args.out, document)
         print(json.dumps({name: document["regimes"][name]["rows"]}), flush=True)
 
