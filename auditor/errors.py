@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
 
 class AuditError(ValueError):
@@ -61,3 +62,13 @@ class CacheError(AuditError):
 
 class MemoryWarning(UserWarning):
     """The auditor ran out of memory and carried on with a smaller chunk."""
+
+
+Kind = TypeVar("Kind", bound=AuditError)
+
+
+def error_at(kind: type[Kind], where: Any, message: str, fix: str | None = None, field: str | None = None) -> Kind:
+    """A `kind` error located at `where` (a spec `Where`: file, line, field; or None for values
+    given in Python), `field` overriding its field: the one way every layer makes a located error."""
+    return kind(message, path=getattr(where, "path", None), line=getattr(where, "line", None),
+                field=field or getattr(where, "field", None) or None, fix=fix)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from auditor import data as data_module
 from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, example_bytes, rows_within
-from auditor.errors import TargetError
+from auditor.errors import TargetError, error_at
 from auditor.spec import AuditSpec, DatasetSpec, ModelSpec, Where
 from auditor.suggest import did_you_mean
 
@@ -106,17 +106,16 @@ def resolve_device(name: str, where: Where | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TargetError(f"unknown device '{name}'", path=_path(where), line=_line(where),
-                          field="settings.device", fix="use auto, cpu, cuda or cuda:N") from None
+        raise error_at(TargetError, where, f"unknown device '{name}'", "use auto, cpu, cuda or cuda:N",
+                       field="settings.device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise TargetError(f"device '{name}' requested but CUDA is not available on this machine",
-                              path=_path(where), line=_line(where), field="settings.device",
-                              fix="use `device: auto` (CUDA when present) or `cpu`; or override it on the "
-                                  "command line: `auditor run --device cpu`, `pytest --audit-device cpu`")
+            raise error_at(TargetError, where, f"device '{name}' requested but CUDA is not available on this machine",
+                           "use `device: auto` (CUDA when present) or `cpu`; or override it on the command line: "
+                           "`auditor run --device cpu`, `pytest --audit-device cpu`", field="settings.device")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TargetError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs)",
-                              path=_path(where), line=_line(where), field="settings.device")
+            raise error_at(TargetError, where, f"device '{name}' does not exist ({torch.cuda.device_count()} GPUs)",
+                           field="settings.device")
     return device
 
 
@@ -126,16 +125,16 @@ def import_callable(reference: str, where: Where) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise _error(where, f"cannot import module '{module_name}' ({exc})",
-                     "check the module path; it is looked up next to the audit file and in the working directory") from None
+        raise error_at(TargetError, where, f"cannot import module '{module_name}' ({exc})",
+                       "check the module path; it is looked up next to the audit file and in the working directory") from None
     except Exception as exc:
-        raise _error(where, f"importing '{module_name}' raised {type(exc).__name__}: {exc}",
-                     "fix the error in that module") from None
+        raise error_at(TargetError, where, f"importing '{module_name}' raised {type(exc).__name__}: {exc}",
+                       "fix the error in that module") from None
     function = getattr(module, attr, None)
     if not callable(function):
         names = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-        raise _error(where, f"module '{module_name}' has no function '{attr}'",
-                     f"callables there: {', '.join(names[:10]) or 'none'}")
+        raise error_at(TargetError, where, f"module '{module_name}' has no function '{attr}'",
+                       f"callables there: {', '.join(names[:10]) or 'none'}")
     return function
 
 
@@ -159,8 +158,8 @@ def load_model(spec: ModelSpec, base_dir: Path) -> nn.Module:
     else:
         model = _torchvision_model(spec, where)
     if not isinstance(model, nn.Module):
-        raise _error(where, f"the factory returned {type(model).__name__}, not a torch.nn.Module",
-                     "return the model instance from the factory")
+        raise error_at(TargetError, where, f"the factory returned {type(model).__name__}, not a torch.nn.Module",
+                       "return the model instance from the factory")
     if spec.checkpoint is not None:
         load_checkpoint(model, base_dir / spec.checkpoint, spec.where.child("checkpoint"), spec.checkpoint_key)
     return model
@@ -174,8 +173,8 @@ def _torchvision_model(spec: ModelSpec, where: Where) -> nn.Module:
     name = spec.arch.removeprefix("torchvision.models.")
     builder = getattr(torchvision.models, name, None)
     if builder is None or not callable(builder):
-        raise _error(where, f"torchvision has no model '{name}'",
-                     did_you_mean(name, torchvision.models.list_models(), "torchvision.models", "torchvision.models."))
+        raise error_at(TargetError, where, f"torchvision has no model '{name}'",
+                       did_you_mean(name, torchvision.models.list_models(), "torchvision.models", "torchvision.models."))
     _no_download(spec, "weights", lambda value: value is not None)
     accepted = _arguments(builder)
     kwargs = {"num_classes": spec.num_classes, **spec.kwargs}
@@ -189,11 +188,11 @@ def _timm_model(spec: ModelSpec, where: Where) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise _error(where, f"`arch: {spec.arch}` needs timm, which is not installed",
-                     "pip install 'auditor[models]' (or pip install timm)") from None
+        raise error_at(TargetError, where, f"`arch: {spec.arch}` needs timm, which is not installed",
+                       "pip install 'auditor[models]' (or pip install timm)") from None
     name = spec.arch.removeprefix("timm:")
     if not timm.is_model(name):
-        raise _error(where, f"timm has no model '{name}'", did_you_mean(name, timm.list_models(), "timm", "timm:"))
+        raise error_at(TargetError, where, f"timm has no model '{name}'", did_you_mean(name, timm.list_models(), "timm", "timm:"))
     _no_download(spec, "pretrained", bool)
     return _call(timm.create_model, {"model_name": name, "pretrained": False, "num_classes": spec.num_classes,
                                      **spec.kwargs}, where, f"timm model '{name}'",
@@ -203,9 +202,9 @@ def _timm_model(spec: ModelSpec, where: Where) -> nn.Module:
 def _no_download(spec: ModelSpec, key: str, asks: Callable[[Any], bool]) -> None:
     """Pretrained weights would be downloaded (no network in CI, and not the audited weights)."""
     if key in spec.kwargs and asks(spec.kwargs[key]):
-        raise _error(spec.where.child("kwargs"),
-                     f"`kwargs.{key}` asks for downloaded weights; the audited weights come from `checkpoint:`",
-                     f"remove `{key}` and point `checkpoint:` at the trained model's weights")
+        raise error_at(TargetError, spec.where.child("kwargs"),
+                       f"`kwargs.{key}` asks for downloaded weights; the audited weights come from `checkpoint:`",
+                       f"remove `{key}` and point `checkpoint:` at the trained model's weights")
 
 
 def _arguments(builder: Callable[..., Any]) -> set[str] | None:
@@ -235,31 +234,31 @@ def load_checkpoint(model: nn.Module, path: Path, where: Where, key: str | None 
     `model_state_dict`, ... or `checkpoint_key:`), keys prefixed by a wrapper (`module.`,
     Lightning's `model.`) or not. Never unpickles code."""
     if not path.is_file():
-        raise _error(where, f"checkpoint '{path}' not found",
-                     "train the model first or fix the path (relative to the audit file)")
+        raise error_at(TargetError, where, f"checkpoint '{path}' not found",
+                       "train the model first or fix the path (relative to the audit file)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise _error(where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
-                     "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
+        raise error_at(TargetError, where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
+                       "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
     except Exception as exc:
-        raise _error(where, f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}",
-                     "the file is damaged or not a torch checkpoint; re-save it") from None
+        raise error_at(TargetError, where, f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}",
+                       "the file is damaged or not a torch checkpoint; re-save it") from None
     state = strip_prefix(weights_of(loaded, path, where, key), set(model.state_dict()), path)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
-        raise _error(where, f"checkpoint '{path}' does not fit the model: {detail}",
-                     "use the checkpoint that was saved from this architecture and num_classes") from None
+        raise error_at(TargetError, where, f"checkpoint '{path}' does not fit the model: {detail}",
+                       "use the checkpoint that was saved from this architecture and num_classes") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
             parts.append(f"missing {_few(result.missing_keys)}")
         if result.unexpected_keys:
             parts.append(f"unexpected {_few(result.unexpected_keys)}")
-        raise _error(where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
-                     "use the checkpoint that was saved from this architecture")
+        raise error_at(TargetError, where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
+                       "use the checkpoint that was saved from this architecture")
 
 
 def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dict[str, torch.Tensor]:
@@ -270,8 +269,8 @@ def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dic
     if key is not None:
         if not isinstance(loaded, dict) or key not in loaded:
             keys = sorted(map(str, loaded)) if isinstance(loaded, dict) else []
-            raise _error(where, f"checkpoint '{path}' has no entry '{key}' (top-level keys: {_few(keys)})",
-                         "set `checkpoint_key:` to the entry that holds the weights")
+            raise error_at(TargetError, where, f"checkpoint '{path}' has no entry '{key}' (top-level keys: {_few(keys)})",
+                           "set `checkpoint_key:` to the entry that holds the weights")
         loaded = loaded[key]
     if is_state(loaded):
         return loaded
@@ -280,12 +279,12 @@ def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dic
             if is_state(loaded.get(name)):
                 return loaded[name]
         keys = sorted(map(str, loaded))
-        raise _error(where, f"checkpoint '{path}' holds no state dict the auditor knows where to find "
+        raise error_at(TargetError, where, f"checkpoint '{path}' holds no state dict the auditor knows where to find "
                             f"(top-level keys: {_few(keys)})",
                      "set `checkpoint_key:` to the entry that holds the weights, or save "
                      "torch.save(model.state_dict(), PATH)")
-    raise _error(where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
-                 "save it with torch.save(model.state_dict(), PATH)")
+    raise error_at(TargetError, where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
+                   "save it with torch.save(model.state_dict(), PATH)")
 
 
 def strip_prefix(state: dict[str, torch.Tensor], expected: set[str], path: Path) -> dict[str, torch.Tensor]:
@@ -315,13 +314,13 @@ def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:
         try:
             dataset = data_module.fashion_mnist(options.split, root, options.channels)
         except (FileNotFoundError, RuntimeError) as exc:
-            raise _error(where.child("fashion_mnist"), str(exc),
-                         "apt-get install dataset-fashion-mnist, or set `root:`") from None
+            raise error_at(TargetError, where.child("fashion_mnist"), str(exc),
+                           "apt-get install dataset-fashion-mnist, or set `root:`") from None
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise _error(where, f"the data source returned {type(dataset).__name__}, not a Dataset",
-                     "return a torch Dataset of (image_tensor, label) pairs")
+        raise error_at(TargetError, where, f"the data source returned {type(dataset).__name__}, not a Dataset",
+                       "return a torch Dataset of (image_tensor, label) pairs")
     if len(dataset) == 0:
-        raise _error(where, "the dataset is empty", "point the data source at a non-empty dataset")
+        raise error_at(TargetError, where, "the dataset is empty", "point the data source at a non-empty dataset")
     return data_module.limited(dataset, spec.limit)
 
 
@@ -329,7 +328,7 @@ def _image_folder(root: Path, spec: DatasetSpec, where: Where) -> Dataset:
     from torchvision import datasets, transforms
 
     if not root.is_dir():
-        raise _error(where, f"folder '{root}' not found", "fix the path (relative to the audit file)")
+        raise error_at(TargetError, where, f"folder '{root}' not found", "fix the path (relative to the audit file)")
     steps: list[Any] = []
     t = spec.transform
     if t is not None and t.grayscale:
@@ -342,8 +341,8 @@ def _image_folder(root: Path, spec: DatasetSpec, where: Where) -> Dataset:
     try:
         return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
     except (FileNotFoundError, OSError) as exc:
-        raise _error(where, f"cannot read image folder '{root}': {exc}",
-                     "use one sub-folder of images per class") from None
+        raise error_at(TargetError, where, f"cannot read image folder '{root}': {exc}",
+                       "use one sub-folder of images per class") from None
 
 
 def _check_example(dataset: Dataset, where: Where) -> torch.Tensor:
@@ -351,27 +350,27 @@ def _check_example(dataset: Dataset, where: Where) -> torch.Tensor:
     try:
         item = dataset[0]
     except Exception as exc:
-        raise _error(where, f"reading example 0 raised {type(exc).__name__}: {exc}", "fix the dataset") from None
+        raise error_at(TargetError, where, f"reading example 0 raised {type(exc).__name__}: {exc}", "fix the dataset") from None
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise _error(where, f"examples must be (image, label) pairs, got {type(item).__name__}",
-                     "make __getitem__ return (image_tensor, label)")
+        raise error_at(TargetError, where, f"examples must be (image, label) pairs, got {type(item).__name__}",
+                       "make __getitem__ return (image_tensor, label)")
     image, label = item
     if not isinstance(image, torch.Tensor):
-        raise _error(where, f"images must be tensors, got {type(image).__name__}",
-                     "add transforms.ToTensor() to the dataset")
+        raise error_at(TargetError, where, f"images must be tensors, got {type(image).__name__}",
+                       "add transforms.ToTensor() to the dataset")
     if image.dim() != 3:
-        raise _error(where, f"images must be (C, H, W), got shape {tuple(image.shape)}",
-                     "add the channel dimension, e.g. image.unsqueeze(0)")
+        raise error_at(TargetError, where, f"images must be (C, H, W), got shape {tuple(image.shape)}",
+                       "add the channel dimension, e.g. image.unsqueeze(0)")
     if not image.is_floating_point():
-        raise _error(where, f"images must be float tensors, got {image.dtype}",
-                     "convert with image.float() / 255 or transforms.ToTensor()")
+        raise error_at(TargetError, where, f"images must be float tensors, got {image.dtype}",
+                       "convert with image.float() / 255 or transforms.ToTensor()")
     if isinstance(label, torch.Tensor):
         if label.numel() != 1 or label.is_floating_point():
-            raise _error(where, f"labels must be integer class indices, got a {label.dtype} tensor of shape {tuple(label.shape)}",
-                         "return an int label")
+            raise error_at(TargetError, where, "labels must be integer class indices, got a "
+                           f"{label.dtype} tensor of shape {tuple(label.shape)}", "return an int label")
     elif isinstance(label, bool) or not isinstance(label, int):
-        raise _error(where, f"labels must be integer class indices, got {type(label).__name__}",
-                     "return an int label")
+        raise error_at(TargetError, where, f"labels must be integer class indices, got {type(label).__name__}",
+                       "return an int label")
     return image
 
 
@@ -386,7 +385,7 @@ def _check_same_shape(train_image: torch.Tensor, test_image: torch.Tensor, where
             else f"size {h2}×{w2} but the training images {h1}×{w1}")
     fix = ("convert both alike (e.g. `transform: {grayscale: true}`, or `channels:` of fashion_mnist)" if c1 != c2
            else "resize both alike (e.g. `transform: {resize: N}`)")
-    raise _error(where, f"the test images have {what}", fix)
+    raise error_at(TargetError, where, f"the test images have {what}", fix)
 
 
 def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
@@ -400,8 +399,8 @@ def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
     only_test = [n for n in test_names if n not in train_names]
     difference = (f"only in train: {_few(only_train)}; only in test: {_few(only_test)}"
                   if only_train or only_test else f"same names in another order: train {_few(train_names, 10)}")
-    raise _error(where, f"train and test have different class lists ({difference})",
-                 "give both the same classes (e.g. the same class folder names): labels are indices into them")
+    raise error_at(TargetError, where, f"train and test have different class lists ({difference})",
+                   "give both the same classes (e.g. the same class folder names): labels are indices into them")
 
 
 def _class_names(given: tuple[str, ...] | None, train: Dataset, test: Dataset, where: Where,
@@ -415,8 +414,8 @@ def _class_names(given: tuple[str, ...] | None, train: Dataset, test: Dataset, w
             return tuple(str(n) for n in names)
     if count:
         return tuple(str(i) for i in range(count))
-    raise _error(where, "cannot tell the class names",
-                 "add `classes: [...]` under `data:` (classes= in Python) or give the dataset a `classes` attribute")
+    raise error_at(TargetError, where, "cannot tell the class names",
+                   "add `classes: [...]` under `data:` (classes= in Python) or give the dataset a `classes` attribute")
 
 
 def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tuple[str, ...], where: Where,
@@ -427,16 +426,16 @@ def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tup
         with torch.no_grad():
             output = model(image)
     except Exception as exc:
-        raise _error(where, f"the model fails on a test image of shape {tuple(image.shape)}: "
-                     f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                     "make the model accept the dataset's images (channels, size)") from None
+        raise error_at(TargetError, where, f"the model fails on a test image of shape {tuple(image.shape)}: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                       "make the model accept the dataset's images (channels, size)") from None
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise _error(where, f"the model must return logits of shape (batch, classes), got {shape}",
-                     "return a (batch, classes) tensor from forward()")
+        raise error_at(TargetError, where, f"the model must return logits of shape (batch, classes), got {shape}",
+                       "return a (batch, classes) tensor from forward()")
     if output.shape[1] != len(classes):
-        raise _error(where, f"the model outputs {output.shape[1]} logits but the data has {len(classes)} classes",
-                     "match the model's last layer to the class count, or fix `data.classes`")
+        raise error_at(TargetError, where, f"the model outputs {output.shape[1]} logits but the data has {len(classes)} classes",
+                       "match the model's last layer to the class count, or fix `data.classes`")
 
 
 def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str,
@@ -444,20 +443,7 @@ def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str,
     try:
         return function(**kwargs)
     except Exception as exc:
-        raise _error(where, f"the {what} raised {type(exc).__name__}: {exc}", fix) from None
-
-
-def _error(where: Where | None, message: str, fix: str | None = None) -> TargetError:
-    return TargetError(message, path=_path(where), line=_line(where),
-                       field=where.field if where else None, fix=fix)
-
-
-def _path(where: Where | None) -> Path | None:
-    return where.path if where else None
-
-
-def _line(where: Where | None) -> int | None:
-    return where.line if where else None
+        raise error_at(TargetError, where, f"the {what} raised {type(exc).__name__}: {exc}", fix) from None
 
 
 def _few(keys: list[str], n: int = 4) -> str:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from auditor import data as data_module
-from auditor.errors import TargetError
+from auditor.errors import TargetError, error_at
 from auditor.sampling import seeded_draw
 from auditor.spec import Selection, Where
 from auditor.suggest import did_you_mean
@@ -45,10 +45,9 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
             bad = ~torch.isfinite(out).all(dim=1)
             if bad.any():
                 first = int(indices[bad.nonzero()[0, 0]])
-                raise TargetError(f"the model's output contains NaN or Inf (first at example {first})",
-                                  path=model_where.path if model_where else None,
-                                  line=model_where.line if model_where else None, field="model",
-                                  fix="check the checkpoint for NaN weights and the inputs' normalisation")
+                raise error_at(TargetError, model_where,
+                               f"the model's output contains NaN or Inf (first at example {first})",
+                               "check the checkpoint for NaN weights and the inputs' normalisation", field="model")
             logits.append(out)
             labels.append(targets)
     all_labels = torch.cat(labels)
@@ -61,10 +60,9 @@ def check_labels(labels: torch.Tensor, n_classes: int, where: Where | None) -> N
     bad = (labels < 0) | (labels >= n_classes)
     if bad.any():
         first = int(bad.nonzero()[0, 0])
-        raise TargetError(f"label {int(labels[first])} of example {first} is outside 0..{n_classes - 1}",
-                          path=where.path if where else None, line=where.line if where else None,
-                          field=where.field if where else "data",
-                          fix="labels must be class indices; check the dataset or `data.classes`")
+        raise error_at(TargetError, where, f"label {int(labels[first])} of example {first} is outside 0..{n_classes - 1}",
+                       "labels must be class indices; check the dataset or `data.classes`",
+                       field=where.field if where else "data")
 
 
 def class_index(name: str | int, classes: tuple[str, ...], where: Where) -> int:

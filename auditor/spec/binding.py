@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from auditor.errors import SpecError
+from auditor.errors import AuditError, SpecError, error_at
 from auditor.spec.yaml_source import LocatedDict, LocatedList
 from auditor.suggest import did_you_mean
 
@@ -47,8 +47,9 @@ class Where:
         """This position, remembering the key lines of `mapping` (a `LocatedDict`)."""
         return dataclasses.replace(self, lines=dict(getattr(mapping, "key_lines", {})))
 
-    def error(self, message: str, fix: str | None = None) -> SpecError:
-        return SpecError(message, path=self.path, line=self.line, field=self.field or None, fix=fix)
+    def error(self, message: str, fix: str | None = None, kind: type[AuditError] = SpecError) -> AuditError:
+        """A `kind` error (a spec error unless told) at this position."""
+        return error_at(kind, self, message, fix)
 
 
 def bounded(lo: float | None = None, hi: float | None = None, *, default: Any = dataclasses.MISSING,

@@ -55,3 +55,14 @@ def test_a_value_at_a_bound_passes_and_one_beyond_is_rejected_with_the_range(kin
 
 def test_every_check_kind_has_its_bounds_pinned():
     assert {kind for kind, *_ in bounded_fields()} == set(CHECK_KINDS.names)
+
+
+def test_one_way_to_locate_an_error_from_a_position_or_none():
+    from auditor.errors import TargetError, error_at
+
+    where = Where(Path("audit.yaml"), 4, "data.train")
+    error = error_at(TargetError, where, "cannot read", "fix it")
+    assert isinstance(error, TargetError) and str(error) == "audit.yaml:4: data.train: cannot read\n  fix: fix it"
+    assert str(error_at(TargetError, where, "bad", field="model")).startswith("audit.yaml:4: model: bad")
+    assert str(error_at(TargetError, None, "bad", "fix")) == "bad\n  fix: fix"                 # values given in Python
+    assert isinstance(where.error("x"), SpecError) and isinstance(where.error("x", kind=TargetError), TargetError)
