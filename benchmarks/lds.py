@@ -12,15 +12,15 @@ margins are cached in the work folder (re-runs take minutes).
 
 Rows (each group in a process of its own: its seconds are featurizing and scoring the 5,000 × 200
 matrix from the loaded model, its peak RSS its own):
-- `ours`: the shipped option `settings.attribution.influence: kernel` (damping 0.1) through the
-  audit engine from an empty cache: the kernel on the stored unit-norm features (= `kernel_unit_0.1`).
+- `ours`: the shipped option `settings.attribution.influence: kernel` (its default damping, 1) through the
+  audit engine from an empty cache: the kernel on the stored unit-norm features (= `kernel_unit_1`).
 - `grad_cos`: what every influence rule reads today: cosine of projected loss gradients
   (4,096 dimensions, the audit's default projection, true labels).
 - `grad_dot`: the same features unnormalised (one-checkpoint TracIn on projected gradients).
 - `kernel_loss_<λ>`, `kernel_margin_<λ>`: the curvature-aware kernel of DESIGN.md §1.4 on the
   same projected features, τ(z, i) = φ_zᵀ(ΦᵀΦ + λI)⁻¹φ_i, with Φ of loss gradients, or of margin
   gradients (φ_f = −φ_ℓ / (1 − p_y), TRAK's choice, with its Q_i = 1 − p_i on the training side);
-  λ = damping × mean diagonal of ΦᵀΦ, damping in {1e-4, 1e-3, 1e-2, 1e-1}; dense float64 solve.
+  λ = damping × mean diagonal of ΦᵀΦ, damping in {1e-4, 1e-3, 1e-2, 1e-1, 1, 10}; dense float64 solve.
 - `kernel_unit_<λ>`: the same kernel on the unit-norm features the audit's feature store holds
   (what an `influence: kernel` option could score without storing the norms).
 - `trak`: traker 0.3.2, one checkpoint, the same projection dimension.
@@ -55,26 +55,28 @@ from benchmarks.common import environment, in_fresh_process, kronfluence_task, p
 
 N_TRAIN = 5000
 WIDTH = 16
-DAMPINGS = (1e-4, 1e-3, 1e-2, 1e-1)
+DAMPINGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 GROUPS = ("ours", "trak", "kronfluence", "dattri_tracin")
 
 
 def recipe(args: argparse.Namespace) -> dict:
-    return {"n_train": N_TRAIN, "n_test": args.n_test, "epochs": args.epochs, "seed": 0}
+    """The setting: data, epochs, seed, and the CNN's width when it is not the default."""
+    rec = {"n_train": N_TRAIN, "n_test": args.n_test, "epochs": args.epochs, "seed": args.seed}
+    return rec | ({"width": args.width} if args.width != WIDTH else {})    # (the default's cache keys unchanged)
 
 
 def digest(document: object) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def quiet_train(dataset, epochs: int, seed: int) -> torch.nn.Module:
-    """The sample CNN trained on `dataset` (its per-epoch lines swallowed)."""
+def quiet_train(dataset, rec: dict, seed: int) -> torch.nn.Module:
+    """The sample CNN trained on `dataset` as `rec` says (its per-epoch lines swallowed)."""
     from sample_audits.models import small_cnn
     from sample_audits.train import train
 
     torch.manual_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()):
-        return train(small_cnn(width=WIDTH), dataset, epochs, seed)
+        return train(small_cnn(width=rec.get("width", WIDTH)), dataset, rec["epochs"], seed)
 
 
 def subset_masks(n: int, count: int, seed: int = 0) -> np.ndarray:
@@ -108,7 +110,7 @@ def trained(rec: dict, work: Path) -> Path:
     path = work / f"model-{digest(rec)}.pt"
     if not path.exists():
         train, _ = data(rec)
-        torch.save(quiet_train(train, rec["epochs"], rec["seed"]).state_dict(), path)
+        torch.save(quiet_train(train, rec, rec["seed"]).state_dict(), path)
     return path
 
 
@@ -128,7 +130,7 @@ def retrained_margins(rec: dict, masks: np.ndarray, work: Path) -> tuple[np.ndar
             keep = torch.as_tensor(np.flatnonzero(mask))
             subset = ImageTensorDataset(train.images[keep], train.targets[keep], train.classes)
             began = time.perf_counter()
-            model = quiet_train(subset, rec["epochs"], rec["seed"] + 1 + m)
+            model = quiet_train(subset, rec, rec["seed"] + 1 + m)
             torch.save({"margins": margins(model, images, labels), "seconds": time.perf_counter() - began}, path)
             print(f"  retrained {m + 1}/{len(masks)} ({time.perf_counter() - start:.0f} s)", flush=True)
         saved = torch.load(path, weights_only=True)
@@ -154,7 +156,7 @@ def model_and_tensors(rec: dict, work: Path):
     from sample_audits.models import small_cnn
 
     train, (test_images, test_labels) = data(rec)
-    model = small_cnn(width=WIDTH)
+    model = small_cnn(width=rec.get("width", WIDTH))
     model.load_state_dict(torch.load(trained(rec, work), weights_only=True))
     images, labels = gather(train, torch.arange(len(train)))
     return model.eval(), images, labels, test_images, test_labels
@@ -165,7 +167,7 @@ def audit_engine(rec: dict, work: Path, cache: Path, **attribution):
     from auditor.spec import load_spec
     from auditor.target import load_target
 
-    doc = {"audit": "lds", "model": {"factory": "sample_audits.models:small_cnn", "kwargs": {"width": WIDTH},
+    doc = {"audit": "lds", "model": {"factory": "sample_audits.models:small_cnn", "kwargs": {"width": rec.get("width", WIDTH)},
                                      "checkpoint": str(trained(rec, work))},
            "data": {"train": {"factory": "sample_audits.fashion:train_set", "kwargs": {"recipe": rec}},
                     "test": {"factory": "sample_audits.fashion:test_set", "kwargs": {"recipe": rec}}},
@@ -233,12 +235,17 @@ def worker_ours(rec: dict, work: Path) -> dict:
 
 
 def worker_trak(rec: dict, work: Path) -> dict:
+    model, images, labels, test_images, test_labels = model_and_tensors(rec, work)
+    with tempfile.TemporaryDirectory(dir=work) as save_dir:        # TRAK reuses a save_dir's features: start empty
+        return {"trak": trak_scores(model, images, labels, test_images, test_labels, Path(save_dir))}
+
+
+def trak_scores(model, images, labels, test_images, test_labels, save_dir: Path) -> tuple[torch.Tensor, float]:
     from trak import TRAKer
 
-    model, images, labels, test_images, test_labels = model_and_tensors(rec, work)
     start = time.perf_counter()
     traker = TRAKer(model=model, task="image_classification", train_set_size=len(images),
-                    save_dir=str(work / "trak"), device="cpu", proj_dim=4096, use_half_precision=False)
+                    save_dir=str(save_dir), device="cpu", proj_dim=4096, use_half_precision=False)
     traker.load_checkpoint(model.state_dict(), model_id=0)
     for i in range(0, len(images), 500):
         traker.featurize(batch=(images[i:i + 500], labels[i:i + 500]), num_samples=len(images[i:i + 500]))
@@ -247,7 +254,7 @@ def worker_trak(rec: dict, work: Path) -> dict:
                                     num_targets=len(test_images))
     traker.score(batch=(test_images, test_labels), num_samples=len(test_images))
     scores = torch.as_tensor(np.asarray(traker.finalize_scores(exp_name="lds"))).T      # (n_test, n_train)
-    return {"trak": (scores, time.perf_counter() - start)}
+    return scores, time.perf_counter() - start
 
 
 def worker_kronfluence(rec: dict, work: Path) -> dict:
@@ -304,6 +311,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--width", type=int, default=WIDTH, help="the CNN's width (a second model: --width 32)")
+    parser.add_argument("--seed", type=int, default=0, help="the full model's seed (the subsets' are seed + 1 + m)")
+    parser.add_argument("--results", default="lds.json", help="results file under benchmarks/results/")
     parser.add_argument("--work", type=Path, default=Path("/tmp/auditor-lds"))
     parser.add_argument("--rows", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--worker", choices=GROUPS)
@@ -319,9 +329,9 @@ def main() -> None:
         return
     rec = recipe(args)
     trained(rec, args.work)
-    masks = subset_masks(N_TRAIN, args.subsets)
+    masks = subset_masks(N_TRAIN, args.subsets, rec["seed"])
     actual, retrain_seconds = retrained_margins(rec, masks, args.work)
-    path = Path(__file__).resolve().parent / "results" / "lds.json"
+    path = Path(__file__).resolve().parent / "results" / args.results
     document = json.loads(path.read_text()) if path.exists() else {}
     previous = document.get("rows", {})
     rows = {name: row for name, row in previous.items() if name not in expand(args.rows, previous)}
@@ -334,7 +344,7 @@ def main() -> None:
                           "peak_rss_mb": round(result["peak_rss_mb"])}
             print(f"  {name:24s} LDS {rows[name]['lds']:.4f}  {seconds:7.1f} s  peak {result['peak_rss_mb']:.0f} MB",
                   flush=True)
-    write_json("lds.json", {"rows": rows, "recipe": rec, "width": WIDTH, "subsets": args.subsets,
+    write_json(args.results, {"rows": rows, "recipe": rec, "width": rec.get("width", WIDTH), "subsets": args.subsets,
                             "retrain_seconds": retrain_seconds, "environment": environment(torch.device("cpu")),
                             "commands": commands})
 

@@ -5,8 +5,9 @@ The curvature-aware kernel (DESIGN.md §1.4, `settings.attribution.influence: ke
 S(z, z_i) = u_zᵀ (UᵀU + λI)⁻¹ u_i on the same unit-norm stored features U (n × d): a d × d
 matrix summed over the store's chunks (never the n × n one), factored once, and applied to the
 queries, which are then scored against the store as Grad-Cos queries are. λ = damping × the
-mean diagonal of UᵀU (= damping · n / d for unit rows). benchmarks/lds.py: on the sample CNN
-its LDS is 0.118 at damping 0.1 where Grad-Cos has 0.088 (RESULTS.md).
+mean diagonal of UᵀU (= damping · n / d for unit rows). benchmarks/lds.py: at the default
+damping 1 its LDS is 0.164 / 0.139 on two sample CNNs, where Grad-Cos has 0.088 / 0.068 and
+Kronfluence's EK-FAC 0.135 / 0.122 (RESULTS.md).
 
 Positive scores are proponents (helpful), negative ones opponents (harmful).
 """

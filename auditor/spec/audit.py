@@ -98,7 +98,7 @@ class AttributionSettings:
                                      "the training set, 64 to 64 MB of features: an interrupt loses little)")
     test_label: Literal["predicted", "true"] = "predicted"
     influence: Literal["grad_cos", "kernel"] = "grad_cos"      # how proponents are scored (DESIGN.md §1.4)
-    damping: float = bounded(0.0, default=0.1, help="`influence: kernel`: λ = damping × the mean diagonal of ΦᵀΦ")
+    damping: float = bounded(0.0, default=1.0, help="`influence: kernel`: λ = damping × the mean diagonal of ΦᵀΦ")
     top_k: int = bounded(1, 1000, default=5)
     chunk_size: int | None = bounded(1, default=None, help="examples per per-example-gradient chunk "
                                      "(default: as many as fit in 512 MB of gradients, at most batch_size)")
