@@ -1,4 +1,5 @@
-"""The one "did you mean" helper: the nearest valid name to a typo, phrased as a fix."""
+"""The one "did you mean" helper: the nearest valid name to a typo, phrased as a fix; and `few`,
+a list cut short for an error line."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ def did_you_mean(name: str, choices: Iterable[str], listing: str = "use one of",
         return f"did you mean '{prefix}{close[0]}'?"
     shown = ", ".join(map(str, choices[:12])) + (" ..." if len(choices) > 12 else "")
     return f"{listing}: {shown or 'none'}"
+
+
+def few(names: list[str], n: int = 4) -> str:
+    """The first `n` names, and how many more: a list short enough for one error line."""
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pickle
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +24,8 @@ from auditor import data as data_module
 from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, example_bytes, rows_within
 from auditor.errors import TargetError, error_at
 from auditor.spec import AuditSpec, DatasetSpec, ModelSpec, Where
-from auditor.suggest import did_you_mean
+from auditor.checkpoint import load_checkpoint
+from auditor.suggest import did_you_mean, few
 
 
 @dataclass
@@ -224,83 +223,6 @@ def _arguments_fix(name: str, accepted: set[str] | None) -> str:
     return f"torchvision.models.{name} takes: {', '.join(sorted(accepted))}; fix `kwargs` to match"
 
 
-WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights")   # where trainers keep the weights
-PREFIXES = ("module.", "model.", "_orig_mod.")   # DataParallel/DDP, Lightning, torch.compile
-
-
-def load_checkpoint(model: nn.Module, path: Path, where: Where, key: str | None = None) -> None:
-    """Load the weights of a checkpoint as users have them: a state dict saved with
-    `torch.save(model.state_dict(), path)`, or one inside a trainer's dict (`state_dict`,
-    `model_state_dict`, ... or `checkpoint_key:`), keys prefixed by a wrapper (`module.`,
-    Lightning's `model.`) or not. Never unpickles code."""
-    if not path.is_file():
-        raise error_at(TargetError, where, f"checkpoint '{path}' not found",
-                       "train the model first or fix the path (relative to the audit file)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise error_at(TargetError, where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
-                       "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
-    except Exception as exc:
-        raise error_at(TargetError, where, f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}",
-                       "the file is damaged or not a torch checkpoint; re-save it") from None
-    state = strip_prefix(weights_of(loaded, path, where, key), set(model.state_dict()), path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
-        raise error_at(TargetError, where, f"checkpoint '{path}' does not fit the model: {detail}",
-                       "use the checkpoint that was saved from this architecture and num_classes") from None
-    if result.missing_keys or result.unexpected_keys:
-        parts = []
-        if result.missing_keys:
-            parts.append(f"missing {_few(result.missing_keys)}")
-        if result.unexpected_keys:
-            parts.append(f"unexpected {_few(result.unexpected_keys)}")
-        raise error_at(TargetError, where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
-                       "use the checkpoint that was saved from this architecture")
-
-
-def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dict[str, torch.Tensor]:
-    """The state dict in a loaded checkpoint: itself, `loaded[key]`, or the first known wrapper entry."""
-    def is_state(value: object) -> bool:
-        return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
-
-    if key is not None:
-        if not isinstance(loaded, dict) or key not in loaded:
-            keys = sorted(map(str, loaded)) if isinstance(loaded, dict) else []
-            raise error_at(TargetError, where, f"checkpoint '{path}' has no entry '{key}' (top-level keys: {_few(keys)})",
-                           "set `checkpoint_key:` to the entry that holds the weights")
-        loaded = loaded[key]
-    if is_state(loaded):
-        return loaded
-    if isinstance(loaded, dict):
-        for name in WRAPPERS:
-            if is_state(loaded.get(name)):
-                return loaded[name]
-        keys = sorted(map(str, loaded))
-        raise error_at(TargetError, where, f"checkpoint '{path}' holds no state dict the auditor knows where to find "
-                            f"(top-level keys: {_few(keys)})",
-                     "set `checkpoint_key:` to the entry that holds the weights, or save "
-                     "torch.save(model.state_dict(), PATH)")
-    raise error_at(TargetError, where, f"checkpoint '{path}' is not a state dict (a mapping of names to tensors)",
-                   "save it with torch.save(model.state_dict(), PATH)")
-
-
-def strip_prefix(state: dict[str, torch.Tensor], expected: set[str], path: Path) -> dict[str, torch.Tensor]:
-    """Keys without a wrapper's prefix when that makes them the model's (and say so)."""
-    if set(state) & expected:
-        return state
-    for prefix in PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            stripped = {k[len(prefix):]: v for k, v in state.items()}
-            if set(stripped) & expected:
-                warnings.warn(f"checkpoint '{path}': keys start with '{prefix}' (a wrapper such as "
-                              f"DataParallel or Lightning); loaded without it", stacklevel=2)
-                return stripped
-    return state
-
-
 def load_dataset(spec: DatasetSpec, base_dir: Path) -> Dataset:
     where = spec.where
     if spec.factory:
@@ -397,8 +319,8 @@ def _check_same_classes(train: Dataset, test: Dataset, where: Where) -> None:
     train_names, test_names = (list(map(str, n)) for n in names)
     only_train = [n for n in train_names if n not in test_names]
     only_test = [n for n in test_names if n not in train_names]
-    difference = (f"only in train: {_few(only_train)}; only in test: {_few(only_test)}"
-                  if only_train or only_test else f"same names in another order: train {_few(train_names, 10)}")
+    difference = (f"only in train: {few(only_train)}; only in test: {few(only_test)}"
+                  if only_train or only_test else f"same names in another order: train {few(train_names, 10)}")
     raise error_at(TargetError, where, f"train and test have different class lists ({difference})",
                    "give both the same classes (e.g. the same class folder names): labels are indices into them")
 
@@ -444,7 +366,3 @@ def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str,
         return function(**kwargs)
     except Exception as exc:
         raise error_at(TargetError, where, f"the {what} raised {type(exc).__name__}: {exc}", fix) from None
-
-
-def _few(keys: list[str], n: int = 4) -> str:
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")

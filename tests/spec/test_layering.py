@@ -16,7 +16,7 @@ PACKAGE = Path(auditor.__file__).parent
 LAYERS = ["auditor.errors", "auditor.suggest", "auditor.files", "auditor.progress", "auditor.registry",
           "auditor.sampling", "auditor.spec", "auditor.baseline", "auditor.session", "auditor.data", "auditor.fingerprint",
           "auditor.attribution",
-          "auditor.target", "auditor.engine", "auditor.distributed", "auditor.checks", "auditor.report",
+          "auditor.checkpoint", "auditor.target", "auditor.engine", "auditor.distributed", "auditor.checks", "auditor.report",
           "auditor.cli", "auditor.plugin", "auditor.api", "auditor.__main__"]
 TORCH_FREE = ["auditor.errors", "auditor.suggest", "auditor.files", "auditor.registry", "auditor.spec",
               "auditor.baseline", "auditor.session", "auditor.plugin", "auditor.api"]
