@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from auditor.session import FAILED, INCONCLUSIVE, AuditSession
     from auditor.spec import load_spec
 
-    progress.QUIET = args.quiet
+    progress.set_quiet(args.quiet)
     session = AuditSession(load_spec(args.audit), device=args.device, update_baseline=args.update_baseline)
     if args.report is not None:
         check_writable(args.report, "--report")
@@ -111,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 def _featurize(args: argparse.Namespace) -> int:
     import time
 
+    from auditor import progress
     from auditor.distributed import featurize_sharded, process_group, rank_device, rank_from_env
     from auditor.session import AuditSession
     from auditor.spec import load_spec
@@ -120,8 +121,8 @@ def _featurize(args: argparse.Namespace) -> int:
     session = AuditSession(spec, device=rank_device(args.device or spec.settings.device, rank))
     engine = session.engine
     start = time.perf_counter()
-    with process_group(rank, engine.device):
-        store, missing = featurize_sharded(engine, rank, progress=not args.no_progress)
+    with process_group(rank, engine.device), progress.quiet(args.no_progress):
+        store, missing = featurize_sharded(engine, rank)
     if rank.is_main:
         cached = store.n_shards - len(missing)
         print(f"features of {store.n} training images ({store.n_shards} shards, {cached} already cached, "

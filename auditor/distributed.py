@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from auditor.errors import AuditError
+from auditor.progress import quiet
 
 if TYPE_CHECKING:
     from auditor.attribution.feature_store import FeatureStore
@@ -80,7 +81,7 @@ def share(shards: list[int], rank: Rank) -> list[int]:
     return shards[rank.rank::rank.world]
 
 
-def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tuple[FeatureStore, list[int]]:
+def featurize_sharded(engine: Engine, rank: Rank) -> tuple[FeatureStore, list[int]]:
     """Fill the training store with this job's ranks; returns the store and the shards that were missing.
 
     Rank 0 opens (and if stale, resets) the store before the others touch it, and its list of
@@ -99,7 +100,8 @@ def featurize_sharded(engine: Engine, rank: Rank, progress: bool = True) -> tupl
         raise AuditError(f"rank {rank.rank} built a different model or dataset than rank 0 "
                          f"(cache key {store.key} vs {key})", field="model",
                          fix="give `model.checkpoint`, and make the model and data factories deterministic")
-    engine.index.featurize(store, shards=share(missing, rank), progress=progress and rank.is_main)
+    with quiet(not rank.is_main):                       # one rank reports
+        engine.index.featurize(store, shards=share(missing, rank))
     if rank.world > 1:
         torch.distributed.barrier()
     if rank.is_main and not store.complete():

@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.verbose < 0:          # pytest -q: no progress bars or plan notes
         from auditor import progress
 
-        progress.QUIET = True
+        progress.set_quiet(True)
     config.stash[SESSIONS] = {}
     config.stash[RESULTS] = {}
     config.pluginmanager.register(ResultGatherer(config), "auditor-results")

@@ -7,17 +7,36 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
 
-QUIET = False     # set by `auditor run --quiet` and `pytest -q`
+QUIET = False     # the one switch: `set_quiet` (`auditor run --quiet`, `pytest -q`), `quiet()` for a step
 LOG_SECONDS = 30.0
 
 
-def bar(total: int, desc: str, unit: str = "img", enabled: bool = True) -> Any:
+def set_quiet(value: bool) -> None:
+    """Print nothing from now on (`value`), or print again."""
+    global QUIET
+    QUIET = value
+
+
+@contextmanager
+def quiet(when: bool = True) -> Iterator[None]:
+    """Nothing printed inside when `when` (a rank other than the first, `--no-progress`); the switch restored after."""
+    before = QUIET
+    set_quiet(before or when)
+    try:
+        yield
+    finally:
+        set_quiet(before)
+
+
+def bar(total: int, desc: str, unit: str = "img") -> Any:
     """A progress bar with an ETA on a terminal; `LogLines` where stderr is not one; nothing when quiet."""
-    if QUIET or not enabled:
+    if QUIET:
         return tqdm(total=total, disable=True)
     if not sys.stderr.isatty():
         return LogLines(total, desc, unit)

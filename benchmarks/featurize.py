@@ -24,6 +24,7 @@ from auditor.attribution.projection import make_projector
 from auditor.attribution.feature_store import FeatureStore
 from auditor.data import batches
 from auditor.target import resolve_device
+from auditor.progress import quiet
 from benchmarks.common import RESULTS, environment, peak_memory_mb, timer, trained_small_cnn, write_json
 
 
@@ -41,7 +42,8 @@ def run_featurize(model, dataset, device, computer, projection_dim, batch_size, 
     featurizer = Featurizer(gradients, projector(gradients, dataset, device, projection_dim, kind), chunk)
     with tempfile.TemporaryDirectory() as root:
         store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
-        featurize(store, dataset, featurizer, device, batch_size, progress=False)
+        with quiet():
+            featurize(store, dataset, featurizer, device, batch_size)
 
 
 def projector(gradients, dataset, device, projection_dim: int, kind: str):

@@ -57,7 +57,12 @@ def test_bars_on_a_terminal_log_lines_elsewhere_and_nothing_when_quiet(monkeypat
     assert not progress.bar(10, "x").disable
     monkeypatch.setattr(progress, "QUIET", True)
     assert progress.bar(10, "x").disable
-    assert progress.bar(10, "x", enabled=False).disable
+    monkeypatch.setattr(progress, "QUIET", False)
+    with progress.quiet():                                            # one step silenced (a non-main rank)
+        assert progress.bar(10, "x").disable
+    with progress.quiet(False):
+        assert not progress.bar(10, "x").disable
+    assert not progress.QUIET                                         # the switch restored
 
 
 def test_a_log_gets_a_line_at_most_every_30_seconds_with_how_far_and_the_eta(monkeypatch, capsys):

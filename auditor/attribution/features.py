@@ -85,9 +85,9 @@ def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> 
 
 
 def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
-              batch_size: int = 256, shards: list[int] | None = None, progress: bool = True) -> None:
+              batch_size: int = 256, shards: list[int] | None = None) -> None:
     """Compute and write the store's missing shards (or only `shards`, for one rank's share)."""
-    for _ in featurized_shards(store, dataset, featurizer, device, missing(store, shards), batch_size, progress):
+    for _ in featurized_shards(store, dataset, featurizer, device, missing(store, shards), batch_size):
         pass
 
 
@@ -97,12 +97,11 @@ def missing(store: FeatureStore, shards: list[int] | None = None) -> list[int]:
 
 
 def featurized_shards(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
-                      todo: list[int], batch_size: int = 256, progress: bool = True,
-                      ) -> Iterator[tuple[int, torch.Tensor]]:
+                      todo: list[int], batch_size: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
     """Compute the shards `todo` (see `missing`) in order; yield `(index, features)` of each as it
     is handed to the store's background writer, so a caller can score it at once."""
     total = sum(stop - start for start, stop in map(store.shard_range, todo))
-    with progress_bar(total, "featurizing training set", enabled=progress) as bar:
+    with progress_bar(total, "featurizing training set") as bar:
         try:
             for index in todo:
                 start, stop = store.shard_range(index)

@@ -145,23 +145,22 @@ class TrainingIndex:
                      f"(its last layer) featurizes about {p / max(1, parameter_count(self.target.model, head)):.0f}x less")
         return text
 
-    def featurize(self, store: FeatureStore, shards: list[int] | None = None, progress: bool = True) -> None:
+    def featurize(self, store: FeatureStore, shards: list[int] | None = None) -> None:
         """Compute the store's missing shards (or only `shards`: one rank's share)."""
-        for _ in self.featurized(store, shards, progress):
+        for _ in self.featurized(store, shards):
             pass
 
-    def featurized(self, store: FeatureStore, shards: list[int] | None = None,
-                   progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    def featurized(self, store: FeatureStore, shards: list[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """The store's missing shards (or `shards`), computed and written one at a time, as they come."""
         todo = missing(store, shards)
         total = sum(stop - start for start, stop in map(store.shard_range, todo))
-        if todo and progress:
+        if todo:
             note(self.plan(total))
         start, done = time.perf_counter(), 0
         with located(self.spec, "chunk_size"):
             for index, shard in featurized_shards(store, self.target.train, self.featurizer, self.target.device,
-                                                  todo, self.settings.batch_size, progress=progress):
-                if progress and done == 0 and len(todo) > 1:
+                                                  todo, self.settings.batch_size):
+                if done == 0 and len(todo) > 1:
                     note(time_estimate(len(shard), time.perf_counter() - start, total))
                 done += len(shard)
                 yield index, shard

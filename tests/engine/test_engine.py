@@ -221,9 +221,9 @@ def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_
     whole = engine.index.store.matrix()
     parts = FeatureStore(tmp_path / "ranks", "k", 300, engine.index.featurizer.dim, shard_size=128)
     assert parts.n_shards == 3
-    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[1], progress=False)
+    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[1])
     assert parts.missing_shards() == [0, 2]           # "rank 1" wrote only its shard
-    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[0, 2], progress=False)
+    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[0, 2])
     assert parts.complete() and torch.allclose(parts.matrix(), whole, atol=1e-6)
 
 
