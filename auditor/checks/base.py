@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -73,6 +73,7 @@ class Evidence:
 
     source: str
     image: tuple[str, int]
+    _: KW_ONLY                                      # the rest by keyword: what each value is stays readable
     method: str | None = None
     map: torch.Tensor | None = field(default=None, repr=False)
     signed: torch.Tensor | None = field(default=None, repr=False)

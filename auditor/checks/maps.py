@@ -34,7 +34,8 @@ class Maps:
         """What map `row` shows, on which image, with the window or region measured on it."""
         image = ("test", int(self.test[row])) if self.train is None else ("train", int(self.train[row]))
         related = () if self.train is None else (("test", int(self.test[row]), 1.0),)
-        return Evidence(self.source, image, self.method, self.values[row], self.signed[row], window, region, related)
+        return Evidence(self.source, image, method=self.method, map=self.values[row], signed=self.signed[row],
+                        window=window, region=region, related=related)
 
 
 def attribution_maps(engine: AuditEngine, indices: torch.Tensor, source: str, method: str | None, k: int) -> Maps:

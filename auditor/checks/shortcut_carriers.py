@@ -92,12 +92,14 @@ class ShortcutCarriers(Check):
         errors = dict.fromkeys(int(measured.maps.test[row]) for row in spot.rows)   # its members, in order
         related = tuple(("test", t, 1.0) for t in list(errors)[:3])
         maps = self._maps(engine, carriers[:MAPS_KEPT], c)
-        found = [Finding(int(j), float(z[row]), kind="train", details={
-            "label": engine.classes[c], "window": list(window), "logit_drop": round(float(drops[row]), 4),
-            "hotspot_of": spot.predicted},
-            evidence=Evidence("occlusion", ("train", int(j)), MAP_METHOD, *maps.get(int(j), (None, None)),
-                              window, None, related))
-            for j, row in zip(carriers.tolist(), chosen.tolist())]
+        found = []
+        for j, row in zip(carriers.tolist(), chosen.tolist()):
+            magnitude, signed = maps.get(int(j), (None, None))
+            found.append(Finding(int(j), float(z[row]), kind="train", details={
+                "label": engine.classes[c], "window": list(window), "logit_drop": round(float(drops[row]), 4),
+                "hotspot_of": spot.predicted}, evidence=Evidence("occlusion", ("train", int(j)), method=MAP_METHOD,
+                                                                 map=magnitude, signed=signed, window=window,
+                                                                 related=related)))
         share = len(carriers) / max(1, len(candidates))
         return found, {"class": spot.predicted, "window": list(window), "candidates": len(candidates),
                        "carriers": len(carriers), "carrier_share": round(share, 4),

@@ -38,7 +38,8 @@ class ImagesOnly:
 def test_tfa_panel_shows_the_judged_training_image_its_map_and_window():
     engine = ImagesOnly()
     signed = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(3))
-    evidence = Evidence("tfa", ("train", 7), None, signed.abs().sum(0), signed, (2, 3, 4), None, (("test", 1, 1.0),))
+    evidence = Evidence("tfa", ("train", 7), map=signed.abs().sum(0), signed=signed, window=(2, 3, 4),
+                        related=(("test", 1, 1.0),))
     tiles = evidence_tiles(engine, Finding(1, 0.8, details={"train": 7, "window": [2, 3, 4]}, evidence=evidence))
     assert [t.caption[0] for t in tiles] == ["test #1 measured for", "train #7 value 0.8", "tfa map"]
     assert np.array_equal(tiles[1].rgb, to_rgb(engine.train[7]))
@@ -50,7 +51,7 @@ def test_saliency_panel_uses_the_rules_method_and_outlines_the_region():
     engine = ImagesOnly()
     values = torch.zeros(8, 8)
     values[0] = 1.0
-    evidence = Evidence("var", ("test", 2), "grad_cam", values, values[None], None, "border")
+    evidence = Evidence("var", ("test", 2), method="grad_cam", map=values, signed=values[None], region="border")
     tiles = evidence_tiles(engine, Finding(2, 0.9, evidence=evidence))
     assert tiles[1].caption[0] == "var (grad_cam) map" and tiles[1].window is None
     plain = blend(to_rgb(engine.test[2]), heat(values))
@@ -85,8 +86,8 @@ def test_a_tfa_rules_panel_shows_the_pair_it_judged(fashion_audit, tmp_path):
 def test_a_carriers_own_map_is_not_captioned_as_measured_for_a_test_example():
     engine = ImagesOnly()
     signed = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(4))
-    evidence = Evidence("occlusion", ("train", 5), "gradient", signed.abs().sum(0), signed, (0, 0, 2), None,
-                        (("test", 1, 1.0), ("test", 3, 1.0)))
+    evidence = Evidence("occlusion", ("train", 5), method="gradient", map=signed.abs().sum(0), signed=signed,
+                        window=(0, 0, 2), related=(("test", 1, 1.0), ("test", 3, 1.0)))
     tiles = evidence_tiles(engine, Finding(5, 7.5, kind="train", evidence=evidence))
     assert [t.caption[0] for t in tiles] == ["train #5 value 7.5", "occlusion (gradient) map", "test #1", "test #3"]
     assert tiles[1].window == (0, 0, 2)
