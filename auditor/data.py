@@ -101,6 +101,9 @@ def limited(dataset: Dataset, limit: int | None) -> Dataset:
     return subset
 
 
+UNREADABLE = (OSError, SyntaxError)     # what PIL raises for a truncated image, and for a broken PNG
+
+
 def readable_only(dataset: Dataset) -> tuple[Dataset, list[str]]:
     """`dataset` without the examples that cannot be read (truncated, corrupt, not an image), and
     their files (or `example N`): one pass over every example (`data.skip_unreadable: true`)."""
@@ -111,7 +114,7 @@ def readable_only(dataset: Dataset) -> tuple[Dataset, list[str]]:
         try:
             dataset[index]
             keep.append(index)
-        except (OSError, SyntaxError):      # as `Readable`: PIL's truncated (OSError) and broken PNG (SyntaxError)
+        except UNREADABLE:
             skipped.append(image_path(dataset, index) or f"example {index}")
     if not skipped:
         return dataset, []
@@ -170,7 +173,7 @@ class Readable(Dataset):
         index = self.indices[i]
         try:
             return self.dataset[index]
-        except (OSError, SyntaxError) as exc:       # PIL: truncated (OSError), broken PNG (SyntaxError)
+        except UNREADABLE as exc:
             path = image_path(self.dataset, index)
             raise TargetError(f"cannot read {'this image' if path else f'example {index}'}: {exc}",
                               path=path, fix="replace or delete the file (it is truncated or not an image), or set "
