@@ -246,8 +246,9 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     rows = {"ours": {**ranking_metrics(ours, positive), **listed_metrics(listed, positive),
                      "seconds": round(rule_seconds, 2)},
             "loss": {**ranking_metrics(losses.numpy(), positive), "seconds": 0.0}}
-    mid = [found for found in engine.representations.layers(rule.layer) if not found[1]]
-    if mid and len(engine.representations.layers(rule.layer)) > 1:     # the mid-depth map's vote alone
+    layers = engine.representations.layers(rule.layer)
+    mid = [found for found in layers if not found[1]]
+    if mid and len(layers) > 1:                                          # the mid-depth map's vote alone
         alone = engine.neighbours(rule.neighbours, mid[0][0])
         rows["neighbours_mid_depth"] = {**ranking_metrics(strongest_score(alone, labels, losses), positive),
                                         "seconds": 0.0}
