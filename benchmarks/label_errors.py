@@ -12,7 +12,9 @@ Regimes (each: planted errors of two kinds, a systematic class swap and random r
   it was not chosen on: a small ViT (torchvision `VisionTransformer`, 4 blocks of width 64) on
   the first 3,000 Fashion-MNIST images, seed 1, 30 epochs, 20 Coats → Pullover
   and 20 random relabels.
-Rows: `ours` (the shipped rule: its ranking and what it lists), `loss`, candidates
+Rows: `ours` (the shipped rule: its ranking and what it lists), `ours_without_class_z` (what it
+lists with the absolute share cut alone, `max_own_z: null`: the rule before the class-relative
+cut; the same ranking), `loss`, candidates
 (`neighbours_mid_depth`: the vote of the mid-depth feature map alone, the rule before the two-depth
 vote; `neighbours_gradient`: the same vote among Grad-Cos neighbours of the stored gradient features;
 `neighbours_head_input`: the same vote in the input of the classifier head alone;
@@ -25,7 +27,7 @@ Kronfluence EK-FAC's self-influence of each training image on the same trained m
 process of its own: benchmarks/self_influence_peers.py). Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted
 among the first 2 × planted), `recall_at_1pct`, and for the rows that list: `recall_listed`,
 `precision_listed`, `listed`; `seconds`. Each regime's clean twin (same data, no relabels) is
-audited too: `clean_listed` and the share.
+audited too: `clean_listed` and the share (and the share the absolute cut alone lists).
 
     python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
@@ -34,6 +36,7 @@ audited too: `clean_listed` and the share.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -245,6 +248,8 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     listed = np.array([f.index for f in outcome.failures], dtype=int)
     rows = {"ours": {**ranking_metrics(ours, positive), **listed_metrics(listed, positive),
                      "seconds": round(rule_seconds, 2)},
+            "ours_without_class_z": {**ranking_metrics(ours, positive),
+                                     **listed_metrics(share_cut_alone(engine, rule), positive), "seconds": 0.0},
             "loss": {**ranking_metrics(losses.numpy(), positive), "seconds": 0.0}}
     layers = engine.representations.layers(rule.layer)
     mid = [found for found in layers if not found[1]]
@@ -285,11 +290,22 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     out = {"n_train": n, "planted": {"swap": len(swap), "random": len(random)},
            "train_accuracy": round(float((logits.argmax(1) == labels).float().mean()), 4),
            "planted_fitted": fitted, "train_seconds": train_seconds, "rows": rows,
-           "by_kind": {kind: ranking_metrics(ours, mask) | {"loss_auc": round(auc(mask, losses.numpy()), 4)}
+           "by_kind": {kind: ranking_metrics(ours, mask) | {"loss_auc": round(auc(mask, losses.numpy()), 4),
+                                                            "recall_listed": listed_metrics(listed, mask)["recall_listed"]}
                        for kind, mask in (("swap", _mask(n, swap)), ("random", _mask(n, random)))},
            "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random))}
     out |= clean_twin(regime, folder)
     return out
+
+
+def share_cut_alone(engine, rule) -> np.ndarray:
+    """What the rule lists with its absolute share cut alone (`max_own_z: null`, the rule before
+    the class-relative cut)."""
+    from auditor.checks.mislabel_suspects import contradicted
+
+    neighbours = engine.neighbours(rule.neighbours, rule.layer)
+    found = contradicted(neighbours, engine.train_labels, dataclasses.replace(rule, max_own_z=None))[0]
+    return found.nonzero().flatten().numpy()
 
 
 def strongest_score(neighbours, labels: torch.Tensor, losses: torch.Tensor) -> np.ndarray:
@@ -339,7 +355,10 @@ def clean_twin(regime: dict, folder: Path) -> dict:
     session.run_all()
     outcome = session.outcomes[RULE]
     failures = outcome.failures
+    rule = next(r for r in session.spec.rules if r.name == RULE).params
+    alone = share_cut_alone(session.engine, rule)
     return {"clean_listed": len(failures), "clean_share": round(outcome.result.value, 5),
+            "clean_share_without_class_z": round(len(alone) / len(session.engine.train_labels), 5),
             "clean_examples": [{"index": f.index, **{k: f.details[k] for k in ("label", "suggested", "own_share")}}
                                for f in failures[:10]],
             "clean_pairs": outcome.result.extra.get("suggested", [])[:8]}
@@ -369,7 +388,8 @@ def markdown(document: dict) -> str:
         planted = regime["planted"]
         out.append(f"**{name}** — {regime['n_train']:,} training images, training accuracy {regime['train_accuracy']}, "
                    f"planted {planted['swap']} swapped + {planted['random']} random, {regime['planted_fitted']} of them "
-                   f"fitted; clean twin: {regime['clean_listed']} listed (share {regime['clean_share']})\n")
+                   f"fitted; clean twin: {regime['clean_listed']} listed (share {regime['clean_share']}; "
+                   f"{regime.get('clean_share_without_class_z')} with the share cut alone)\n")
         out.append("| row | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |")
         out.append("|---" * (len(COLUMNS) + 1) + "|")
         for row, values in regime["rows"].items():

@@ -57,14 +57,6 @@ class Neighbours:
         share, label = others.max(1)
         return label, share
 
-    def contradicted(self, labels: torch.Tensor, max_own: float, min_support: float) -> torch.Tensor:
-        """`(n,)` whether, in at least one representation, at most `max_own` of an image's
-        neighbours carry its label and at least `min_support` agree on one other."""
-        found = torch.zeros(len(labels), dtype=torch.bool)
-        for part in self.parts or (self,):
-            found |= (part.own_share(labels) <= max_own) & (part.suggested(labels)[1] >= min_support)
-        return found
-
     @staticmethod
     def averaged(parts: list[Neighbours]) -> Neighbours:
         """The votes of several representations averaged (each depth one reader, equal weight);

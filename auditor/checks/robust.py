@@ -13,3 +13,13 @@ def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float) -> tor
     centre = reference.median()
     scale = max(MAD_TO_SIGMA * float((reference - centre).abs().median()), floor)
     return (values - centre) / scale
+
+
+def within_class_z(values: torch.Tensor, labels: torch.Tensor, floor: float) -> torch.Tensor:
+    """`(n,)` each value's `robust_z` against the values of its own class (a Shirt among shirts,
+    not among all images: classes differ in how tightly their images agree)."""
+    z = torch.zeros_like(values, dtype=torch.float32)
+    for c in labels.unique():
+        members = labels == c
+        z[members] = robust_z(values[members].float(), values[members].float(), floor)
+    return z

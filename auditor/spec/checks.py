@@ -218,15 +218,19 @@ class SingleImageParams(UsesInfluence):
 @dataclass(frozen=True)
 class MislabelParams(Params):
     """Suspects: training images of which, in one of the model's representations (its mid-depth
-    feature map and its head's input; `layer:` names one module instead), at most `max_own_share`
-    of their `neighbours` nearest training images carry their label while at least
-    `min_suggested_share` agree on one other label; ranked by the two depths' votes averaged, the
+    feature map and its head's input; `layer:` names one module instead), at least
+    `min_suggested_share` of their `neighbours` nearest training images agree on one other label
+    while few carry their own: at most `max_own_share`, or a share `max_own_z` robust standard
+    deviations (or more) below its class's median; ranked by the two depths' votes averaged, the
     suggested label the averaged vote's. A model that fits a wrong label hides it from its loss;
     its representations still resemble the true class (benchmarks/label_errors.py). The rule fails
     when suspects are more than `max_share` of the training set."""
 
     max_own_share: float = bounded(0.0, 1.0, default=0.1,
                                    help="share of an image's neighbours with its own label at or below which it is a suspect")
+    max_own_z: float | None = bounded(hi=0.0, default=-4.0,
+                                      help="robust z-score of the own-label share within its class at or below "
+                                           "which it is a suspect too (null: the share alone)")
     min_suggested_share: float = bounded(0.0, 1.0, default=0.5,
                                          help="share of its neighbours that must agree on one other label")
     neighbours: int = bounded(1, 1000, default=25, help="nearest training images that vote on each image's label")

@@ -78,20 +78,6 @@ def test_averaged_votes_are_the_mean_of_each_representations_votes_with_the_firs
     assert Neighbours.averaged([first]) is first
 
 
-def test_an_image_is_contradicted_when_either_representation_contradicts_its_label():
-    labels = torch.tensor([0, 0, 1])
-    votes = lambda rows: torch.tensor(rows, dtype=torch.float32)  # noqa: E731
-    index = torch.zeros(3, 1, dtype=torch.long)
-    mid = Neighbours(index, index.float(), votes([[0.0, 1.0], [0.5, 0.5], [0.0, 1.0]]))
-    head = Neighbours(index, index.float(), votes([[1.0, 0.0], [0.05, 0.95], [0.0, 1.0]]))
-    both = Neighbours.averaged([mid, head])
-    # 0: the mid-depth vote contradicts it (the head, having memorised it, does not); 1: the head's
-    # vote does; 2: its label agrees with both. The averaged vote alone would list neither 0 nor 1.
-    assert both.contradicted(labels, 0.1, 0.5).tolist() == [True, True, False]
-    assert mid.contradicted(labels, 0.1, 0.5).tolist() == [True, False, False]
-    assert ((both.own_share(labels) <= 0.1) & (both.suggested(labels)[1] >= 0.5)).tolist() == [False, False, False]
-
-
 def test_the_recorded_representation_is_the_pooled_output_and_the_hook_is_removed():
     model, images = cnn(), torch.rand(3, 1, 8, 8)
     with RecordRepresentation(model[2]) as record, torch.no_grad():

@@ -8,7 +8,8 @@ import math
 
 import torch
 from conftest import N_TEST, N_TRAIN, NEIGHBOURS, FakeEngine
-from auditor.checks.mislabel_suspects import MislabelSuspects
+from auditor.attribution.neighbours import Neighbours
+from auditor.checks.mislabel_suspects import OWN_SCALE_FLOOR, MislabelSuspects, contradicted
 from auditor.checks.robust import MAD_TO_SIGMA
 from auditor.checks.single_image_errors import SingleImageErrors
 from auditor.spec.checks import MislabelParams, SingleImageParams
@@ -129,3 +130,52 @@ def test_gaps_below_the_projection_noise_do_not_make_a_driver():
     engine.scores[7] = torch.tensor([0.95, 0.90, 0.89])
     result = SingleImageErrors(SingleImageParams(min_z=5.0, min_lead=0.0)).evaluate(engine, ALL)
     assert 7 not in {f.index for f in result.failures}
+
+
+def votes_of(rows: list[list[float]]) -> Neighbours:
+    index = torch.zeros(len(rows), 1, dtype=torch.long)
+    return Neighbours(index, index.float(), torch.tensor(rows, dtype=torch.float32))
+
+
+def test_an_image_is_contradicted_when_either_representation_contradicts_its_label():
+    labels = torch.tensor([0, 0, 1])
+    mid = votes_of([[0.0, 1.0], [0.5, 0.5], [0.0, 1.0]])
+    head = votes_of([[1.0, 0.0], [0.05, 0.95], [0.0, 1.0]])
+    both = Neighbours.averaged([mid, head])
+    shares = MislabelParams(max_own_share=0.1, max_own_z=None)
+    # 0: the mid-depth vote contradicts it (the head, having memorised it, does not); 1: the head's
+    # vote does; 2: its label agrees with both. The averaged vote alone would list neither 0 nor 1.
+    assert contradicted(both, labels, shares)[0].tolist() == [True, True, False]
+    assert contradicted(mid, labels, shares)[0].tolist() == [True, False, False]
+    assert ((both.own_share(labels) <= 0.1) & (both.suggested(labels)[1] >= 0.5)).tolist() == [False, False, False]
+
+
+def lower_median(values: list[float]) -> float:
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def reference_z(own: list[float], labels: list[int]) -> list[float]:
+    """Each own share against its class's median and MAD, one image at a time (floored scale)."""
+    out = []
+    for value, label in zip(own, labels):
+        members = [o for o, c in zip(own, labels) if c == label]
+        centre = lower_median(members)
+        scale = max(MAD_TO_SIGMA * lower_median([abs(o - centre) for o in members]), OWN_SCALE_FLOOR)
+        out.append((value - centre) / scale)
+    return out
+
+
+def test_a_relabelled_cluster_in_a_tight_class_is_listed_by_its_class_z_not_a_broad_class_member():
+    """Class 0 agrees tightly (own share 1.0), so three of its images at 0.4 (a cluster of relabels
+    that vouch for one another) stand 4 spreads below it; class 1 is broad (shares 0.2-1.0), so
+    its member at 0.4 is ordinary there. Only the absolute cut would list neither."""
+    own = [1.0] * 12 + [0.4] * 3 + [0.2, 0.4, 0.6, 0.8, 1.0, 0.3, 0.5, 0.7, 0.9, 1.0]
+    labels = [0] * 15 + [1] * 10
+    rows = [[o, 1 - o] if c == 0 else [1 - o, o] for o, c in zip(own, labels)]
+    neighbours, y = votes_of(rows), torch.tensor(labels)
+    found, z = contradicted(neighbours, y, MislabelParams(max_own_share=0.1, max_own_z=-4.0))
+    assert torch.allclose(z, torch.tensor(reference_z(own, labels)), atol=1e-5)
+    assert found.nonzero().flatten().tolist() == [12, 13, 14]
+    assert z[12] == -4.0                                          # at the bound: listed
+    assert not contradicted(neighbours, y, MislabelParams(max_own_share=0.1, max_own_z=-4.01))[0].any()
+    assert not contradicted(neighbours, y, MislabelParams(max_own_share=0.1, max_own_z=None))[0].any()
