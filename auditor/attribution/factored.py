@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.attribution.gradients import GradientComputer, HookGradients, bias_gradient, layer_gradients
-from auditor.attribution.projection import Projector, make_projector
+from auditor.attribution.projection import Projector, make_projector, rademacher
 from auditor.registry import PROJECTIONS
 
 
@@ -99,13 +99,6 @@ def gradient_shares(computer: GradientComputer, images: torch.Tensor, labels: to
     return (totals / totals.sum().clamp_min(1e-300)).tolist()
 
 
-def rademacher(rows: int, cols: int, seed: int) -> torch.Tensor:
-    """`(rows, cols)` of ±1/√cols from its own generator (on the CPU: the same on any device)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    signs = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
-    return (signs.float() * 2 - 1) / cols ** 0.5
-
-
 @PROJECTIONS.register("factored")
 class FactoredProjector(Projector):
     """`P_out ⊗ P_in` per weight, exact-then-sparse for the 1-D parameters; with `HookGradients`,
@@ -168,6 +161,9 @@ class FactoredProjector(Projector):
     def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """Per-parameter `(b, numel)` blocks (or any column split of their concatenation) → `(b, d)`."""
         if [block.shape[1] for block in blocks] != self.sizes:
+            width = sum(block.shape[1] for block in blocks)
+            if width != self.in_dim:
+                raise ValueError(f"projector expects {self.in_dim} inputs, got {width}")
             blocks = list(torch.cat(blocks, dim=1).split(self.sizes, dim=1))
         out = self._empty(blocks[0])
         for block in self.blocks:
@@ -183,9 +179,6 @@ class FactoredProjector(Projector):
         if p_in is not None:
             grad = grad @ p_in
         return grad if p_out is None else torch.einsum("boi,ok->bki", grad, p_out)
-
-    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError("FactoredProjector projects whole parameters (project_blocks)")
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
         return torch.zeros(like.shape[0], self.out_dim, device=like.device, dtype=torch.float32)

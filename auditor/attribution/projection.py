@@ -27,7 +27,8 @@ BLOCK_ROWS = 8192
 
 
 class Projector(abc.ABC):
-    """Maps `(b, P)` gradients to `(b, d)`; `project_blocks` takes P in column blocks."""
+    """Maps `(b, P)` gradients to `(b, d)`. The contract every kind honours: `project_blocks`
+    (the concatenation of column blocks, projected without concatenating them)."""
 
     def __init__(self, in_dim: int, out_dim: int, seed: int = 0) -> None:
         self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
@@ -56,8 +57,15 @@ class Projector(abc.ABC):
         """`(b, P)` → `(b, d)`."""
         return self.project_blocks([grads])
 
+    @abc.abstractmethod
     def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        """Project the concatenation of `(b, P_l)` blocks without concatenating them."""
+        """The concatenation of `(b, P_l)` blocks (P_l summing to P), projected to `(b, d)`."""
+
+
+class ColumnProjector(Projector):
+    """A projection that is a sum over input columns: each block's contribution computed alone."""
+
+    def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         out = None
         offset = 0
         for block in blocks:
@@ -74,18 +82,27 @@ class Projector(abc.ABC):
 
 
 class IdentityProjector(Projector):
+    """The exact gradients (P ≤ d): the blocks side by side."""
+
     def __init__(self, in_dim: int, seed: int = 0) -> None:
         super().__init__(in_dim, in_dim, seed)
 
     def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(blocks, dim=1)
+        out = torch.cat(blocks, dim=1)
+        if out.shape[1] != self.in_dim:
+            raise ValueError(f"projector expects {self.in_dim} inputs, got {out.shape[1]}")
+        return out
 
-    def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+
+def rademacher(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """`(rows, cols)` of ±1/√cols from its own generator (on the CPU: the same on any device)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    signs = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
+    return (signs.float() * 2 - 1) / cols ** 0.5
 
 
 @PROJECTIONS.register("rademacher")
-class RademacherProjector(Projector):
+class RademacherProjector(ColumnProjector):
     """Dense ±1/√d matrix; rows generated in blocks of `BLOCK_ROWS` from `(seed, block index)`."""
 
     def _project_block(self, block: torch.Tensor, offset: int) -> torch.Tensor:
@@ -102,13 +119,11 @@ class RademacherProjector(Projector):
 
     def rows(self, index: int, device: torch.device) -> torch.Tensor:
         """Rows `[index·BLOCK_ROWS, (index+1)·BLOCK_ROWS)` of the projection matrix, `(BLOCK_ROWS, d)`."""
-        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + index)
-        signs = torch.randint(0, 2, (BLOCK_ROWS, self.out_dim), generator=generator, dtype=torch.int8)
-        return (signs.to(device=device, dtype=torch.float32) * 2 - 1) / self.out_dim ** 0.5
+        return rademacher(BLOCK_ROWS, self.out_dim, self.seed * 1_000_003 + index).to(device)
 
 
 @PROJECTIONS.register("sparse")
-class SparseProjector(Projector):
+class SparseProjector(ColumnProjector):
     """Sparse JL: coordinate j adds `sign·x_j/√s` to `s` buckets chosen by a seeded hash."""
 
     def __init__(self, in_dim: int, out_dim: int, seed: int = 0, nonzeros: int = 1) -> None:

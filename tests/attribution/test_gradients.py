@@ -9,8 +9,9 @@ import torchvision
 from torch import nn
 
 from auditor.attribution.gradients import FuncGradients, HookGradients, make_gradient_computer, select_parameters
-from auditor.attribution.projection import RademacherProjector, SparseProjector, make_projector
+from auditor.attribution.projection import BLOCK_ROWS, RademacherProjector, SparseProjector, make_projector, rademacher
 from auditor.errors import AttributionError
+from auditor.registry import PROJECTIONS
 
 
 class Residual(nn.Module):
@@ -123,3 +124,22 @@ def test_projection_is_seeded_blockwise_and_preserves_inner_products(kind):
 def test_no_projection_when_parameters_fit():
     g = torch.randn(3, 100)
     assert torch.equal(make_projector(100, 128).project(g), g)
+
+
+def test_every_projection_kind_honours_the_block_contract():
+    """Per-parameter blocks and the whole gradient give the same features; a wrong width is refused."""
+    shapes = [torch.Size([30, 20]), torch.Size([30]), torch.Size([10, 30])]
+    g = torch.randn(4, 930, generator=torch.Generator().manual_seed(0))
+    projectors = [make_projector(930, 64, kind, seed=1, shapes=shapes) for kind in PROJECTIONS.names]
+    for projector in projectors + [make_projector(930, 1024)]:
+        blocks = list(g.split([600, 30, 300], dim=1))
+        assert torch.allclose(projector.project_blocks(blocks), projector.project(g), atol=1e-5)
+        with pytest.raises(ValueError, match="expects 930 inputs, got 900"):
+            projector.project_blocks([g[:, :900]])
+
+
+def test_dense_projection_is_the_product_with_the_seeded_rademacher_matrix():
+    g = torch.randn(3, BLOCK_ROWS + 100, generator=torch.Generator().manual_seed(0))
+    matrix = torch.cat([rademacher(BLOCK_ROWS, 64, 5 * 1_000_003 + i) for i in range(2)])[:g.shape[1]]
+    assert set(matrix.unique().tolist()) == {-1 / 8, 1 / 8}
+    assert torch.allclose(RademacherProjector(g.shape[1], 64, seed=5).project(g), g @ matrix, atol=1e-4)
