@@ -44,7 +44,7 @@ def test_the_time_of_the_rest_is_extrapolated_from_the_first_shard(tmp_path, cap
 
 def test_a_large_model_on_cpu_is_told_the_cheaper_layers(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(progress, "QUIET", False)
-    monkeypatch.setattr("auditor.engine.training_index.LARGE_ON_CPU", 10)     # the fake's 195 parameters
+    monkeypatch.setattr("auditor.engine.plan.LARGE_ON_CPU", 10)     # the fake's 195 parameters
     path = audit(tmp_path, RULES)
     assert main(["run", str(path)]) == 0
     assert "`settings.attribution.layers: [1]` (its last layer) featurizes about 1x less" in capsys.readouterr().err

@@ -6,8 +6,6 @@ test example's top-k Grad-Cos proponents and opponents (DESIGN.md §1.1), scored
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 import time
@@ -22,16 +20,15 @@ from auditor.progress import bar as progress_bar, note
 from auditor.attribution.feature_store import FeatureStore, default_shard_size, open_cache
 from auditor.attribution.features import (Featurizer, default_chunk_size, featurized_shards, missing,
                                           require_finite)
-from auditor.attribution.factored import gradient_shares
 from auditor.attribution.gradients import GradientComputer, make_gradient_computer, select_parameters
-from auditor.attribution.memory import rows_within
 from auditor.attribution.influence import Influence, TopK, grad_cos_topk, kernel_factor, kernel_queries
 from auditor.attribution.projection import make_projector
 from auditor.attribution.result_store import ResultStore
-from auditor.engine.keys import PROBE, CacheKeys, key_of
+from auditor.engine.keys import CacheKeys, key_of
 from auditor.engine.located import located
-from auditor.files import atomic_write
+from auditor.engine.plan import featurize_plan, time_estimate
 from auditor.engine.predictions import check_labels
+from auditor.engine.probe import probed_shares
 from auditor.target import Target
 
 Row = tuple[torch.Tensor, ...]
@@ -75,22 +72,11 @@ class TrainingIndex:
         return Featurizer(self.gradients, projector, chunk, self.stats, a.precision)
 
     def gradient_shares(self) -> list[float] | None:
-        """Each parameter's share of the squared gradient norm over the first `PROBE` training
-        images: the factored projection gives its dimensions to the layers carrying the Grad-Cos.
-        Kept in the cache folder: a warm re-run finds its features without probing again, and
-        every device reads the same shares, so the same layout."""
+        """Each parameter's share of the squared gradient norm (the probe, `auditor.engine.probe`):
+        the factored projection gives its dimensions to the layers carrying the Grad-Cos."""
         with located(self.spec, "cache_dir", section="settings"):
             path = open_cache(self.cache_root) / "probes" / f"{key_of(self.keys.probe)}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        images, labels = self.target.train_batch(torch.arange(min(PROBE, len(self.target.train))))
-        device = self.target.device
-        shares = gradient_shares(self.gradients, images.to(device), labels.to(device),
-                                 rows_within(8 * self.gradients.dim, PROBE))
-        if shares is not None:
-            with contextlib.suppress(OSError):     # only a cache: featurizing names an unwritable folder
-                atomic_write(path, json.dumps(shares))
-        return shares
+        return probed_shares(self.target, self.gradients, path)
 
     @cached_property
     def labels(self) -> torch.Tensor:
@@ -126,24 +112,13 @@ class TrainingIndex:
         return store
 
     def plan(self, n_rows: int) -> str:
-        """What featurizing will cost: gradient size, memory per chunk, features on disk, and for a
-        model whose whole per-example gradients are formed on the CPU, the cheaper `layers:` choice."""
-        p, chunk = self.gradients.dim, min(self.featurizer.chunk_size, n_rows)
-        held = self.featurizer.projector.working_size(self.gradients)
-        per_row = 8 * held + self.target.example_bytes
-        size = f"{p / 1e6:.1f}M" if p >= 1e6 else f"{p:,}"
-        projected = (f", projected ({self.attribution.projection}) to {self.featurizer.dim:,} dimensions"
-                     if self.featurizer.dim < p else "")
-        text = (f"featurizing {n_rows:,} training images: gradients of {size} parameters "
-                f"({'layers ' + ', '.join(self.attribution.layers) if self.attribution.layers else 'all trainable'}), "
-                f"{chunk} at a time (~{per_row * chunk / 2**20:,.0f} MB with activations){projected}, "
-                f"features {4 * n_rows * self.featurizer.dim / 2**20:,.0f} MB "
-                f"in {self.cache_root}; an interrupted run resumes from its finished shards")
-        head = last_linear(self.target.model)
-        if self.target.device.type == "cpu" and held > LARGE_ON_CPU and head and not self.attribution.layers:
-            text += (f"\n  this model is large for a CPU: expect minutes; `settings.attribution.layers: [{head}]` "
-                     f"(its last layer) featurizes about {p / max(1, parameter_count(self.target.model, head)):.0f}x less")
-        return text
+        """What featurizing `n_rows` training images will cost (`auditor.engine.plan`)."""
+        return featurize_plan(self.target.model, n_rows=n_rows, parameters=self.gradients.dim,
+                              layers=self.attribution.layers, chunk=min(self.featurizer.chunk_size, n_rows),
+                              held=self.featurizer.projector.working_size(self.gradients),
+                              example_bytes=self.target.example_bytes, dim=self.featurizer.dim,
+                              projection=self.attribution.projection, cache_root=self.cache_root,
+                              on_cpu=self.target.device.type == "cpu")
 
     def featurize(self, store: FeatureStore, shards: list[int] | None = None) -> None:
         """Compute the store's missing shards (or only `shards`: one rank's share)."""
@@ -231,29 +206,8 @@ class TrainingIndex:
         return Influence(indices.clone(), TopK(stack(0), stack(1)), TopK(stack(2), stack(3)))
 
 
-LARGE_ON_CPU = 2_000_000        # values per example (whole gradients) above which featurizing on a CPU takes minutes
-
-
-def time_estimate(done: int, seconds: float, total: int) -> str:
-    """The rest of the featurization, extrapolated from its first shard."""
-    rest = (total - done) * seconds / max(1, done)
-    when = f"{rest / 60:.1f} min" if rest >= 90 else f"{rest:.0f} s"
-    return (f"  first {done:,} images in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f}/s): "
-            f"about {when} for the other {total - done:,}")
-
-
 def counted(chunks: Iterator[tuple[int, torch.Tensor]], bar) -> Iterator[tuple[int, torch.Tensor]]:
     """`chunks` unchanged, advancing `bar` by each chunk's rows."""
     for start, block in chunks:
         bar.update(len(block))
         yield start, block
-
-
-def last_linear(model: torch.nn.Module) -> str | None:
-    """The name of the model's last `Linear` module (usually its classifier head)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    return names[-1] if names else None
-
-
-def parameter_count(model: torch.nn.Module, prefix: str) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefix + "."))

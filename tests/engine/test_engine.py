@@ -61,7 +61,7 @@ def test_a_warm_rerun_finds_its_features_without_probing_the_gradients_again(fas
     first = engine_for(fashion_audit, train_limit=200)
     first.index.store
     assert len(list((first.index.cache_root / "probes").glob("*.json"))) == 1
-    monkeypatch.setattr("auditor.engine.training_index.gradient_shares",
+    monkeypatch.setattr("auditor.engine.probe.gradient_shares",
                         lambda *a, **k: pytest.fail("probed again"))
     second = engine_for(fashion_audit, train_limit=200)
     assert torch.equal(second.index.store.matrix(), first.index.store.matrix())
