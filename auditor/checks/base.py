@@ -165,6 +165,16 @@ def register(cls: type[Check]) -> type[Check]:
     return CHECKS.register(cls.Params.check)(cls)
 
 
+def worst_measured(values: torch.Tensor, lowest: bool = False) -> float:
+    """A rule's metric: the highest finite value of `values` (the lowest when `lowest`), NaN when
+    none could be measured (an empty map, a NaN score). The one NaN policy every check's metric
+    follows; the NaN items themselves are findings (`worst_first` puts them first)."""
+    finite = values[torch.isfinite(values)]
+    if len(finite) == 0:
+        return float("nan")
+    return float(finite.min() if lowest else finite.max())
+
+
 def worst_first(findings: Iterable[Finding], lowest: bool = False) -> list[Finding]:
     """Findings most severe first: those whose value is NaN (nothing could be measured: the most
     urgent), then the highest value (the lowest when `lowest`), ties in the order given. The one

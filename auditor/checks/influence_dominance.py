@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
+from auditor.checks.base import worst_measured
 from auditor.checks.base import related_train
 from auditor.spec.checks import DominanceParams
 
@@ -39,6 +40,5 @@ class InfluenceDominance(Check):
                     evidence=Evidence("influence", ("test", index), related=related_train(train[row], scores[row]))))
         failures = worst_first(failures)
         finite = shares[~shares.isnan()]
-        value = float(finite.max()) if len(finite) else float("nan")
-        return CheckResult("max top-1 proponent share", value, self.params.max_top1_share, "<=",
+        return CheckResult("max top-1 proponent share", worst_measured(shares), self.params.max_top1_share, "<=",
                            len(indices), failures, extra={"median_top1_share": float(finite.median()) if len(finite) else None})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first
+from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first, worst_measured
 from auditor.checks.maps import measured_maps, over_threshold
 from auditor.checks.windows import region_mask, region_share
 from auditor.spec.checks import RegionParams
@@ -27,7 +27,7 @@ class RegionMass(Check):
         finite = shares[~shares.isnan()]
         area = float(mask.float().mean())
         return CheckResult(f"max mass in {'box' if p.box is not None else p.area}",
-                           float(finite.max()) if len(finite) else 0.0, p.max_mass, "<=", len(indices),
+                           worst_measured(shares), p.max_mass, "<=", len(indices),
                            worst_first(failures.values()),
                            extra={"region_area": area, "median_share": float(finite.median()) if len(finite) else None,
                                   "empty_maps": int(shares.isnan().sum())})

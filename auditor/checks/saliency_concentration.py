@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first
+from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first, worst_measured
 from auditor.checks.hotspots import densest_windows, find_hotspots
 from auditor.checks.maps import add_finding, over_threshold
 from auditor.spec.checks import ConcentrationParams
@@ -38,12 +38,12 @@ class SaliencyConcentration(Check):
         finite = windows.share[~windows.share.isnan()]
         extra = {"window_px": side, "floor": side * side / (height * width),
                  "median_share": float(finite.median()) if len(finite) else None,
-                 "max_share": float(finite.max()) if len(finite) else None,
+                 "max_share": worst_measured(windows.share),
                  "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": [],
                  "image_size": [height, width], "unjudged": {}, "judged_classes": 0}
         n = len(measured.indices)
         if p.max_recurrence is None:
-            return CheckResult("max densest-window share", extra["max_share"] or 0.0, p.max_mass, "<=", n,
+            return CheckResult("max densest-window share", extra["max_share"], p.max_mass, "<=", n,
                                worst_first(failures.values()), extra=extra)
         search = find_hotspots(engine, measured, p)
         for spot in search.flagged:

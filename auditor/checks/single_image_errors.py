@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
-from auditor.checks.base import related_train
+from auditor.checks.base import related_train, worst_measured
 from auditor.checks.robust import robust_z
 from auditor.spec.checks import SingleImageParams
 
@@ -54,8 +54,9 @@ class SingleImageErrors(Check):
         failures = [self._finding(engine, int(indices[row]), train[row], scores[row], float(z[row]),
                                   float(leads[row]), maps[int(indices[row])]) for row in flagged.tolist()]
         failures = worst_first(failures)
-        strong = z[torch.isfinite(z) & (leads >= p.min_lead)]
-        return CheckResult("max driver z-score", float(strong.max()) if len(strong) else 0.0,
+        # NaN when no z-score could be measured; 0 when some were but no error's top proponent leads
+        value = worst_measured(torch.where(leads >= p.min_lead, z, torch.where(z.isnan(), z, torch.zeros_like(z))))
+        return CheckResult("max driver z-score", value,
                            p.min_z, "<=", len(indices), failures,
                            extra={"median_gap": float((scores[:, 0] - scores[:, 1]).median()) if len(indices) else None})
 

@@ -43,6 +43,8 @@ def test_empty_selection_measures_nothing(name):
 def test_nan_maps_and_scores_never_pass_silently(name):
     engine = FakeEngine(nan=True)
     result = make(name).evaluate(engine, torch.arange(N_TEST))
+    if name in MAP_CHECKS + ("influence_dominance", "single_image_errors"):      # one NaN policy: nothing
+        assert math.isnan(result.value)                                            # measured reads NaN, not 0
     if name in MAP_CHECKS:
         assert len(result.failures) == N_TEST
         assert {f.details["reason"] for f in result.failures} == {"attribution is NaN or Inf"}
@@ -75,3 +77,12 @@ def test_normal_case_is_well_formed_and_findings_carry_evidence(name):
             assert (ev.window is not None) == (name == "saliency_concentration")
             assert (ev.region is not None) == (name == "region_mass")
         assert ev.to_json()["image"]["kind"] == ev.image[0]
+
+
+def test_a_metric_is_the_worst_finite_value_and_nan_only_when_nothing_was_measured():
+    from auditor.checks.base import worst_measured
+
+    values = torch.tensor([0.2, float("nan"), 0.7, float("inf"), 0.1])
+    assert worst_measured(values) == pytest.approx(0.7) and worst_measured(values, lowest=True) == pytest.approx(0.1)
+    assert math.isnan(worst_measured(torch.tensor([float("nan"), float("nan")])))
+    assert math.isnan(worst_measured(torch.zeros(0)))
