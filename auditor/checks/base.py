@@ -63,8 +63,8 @@ class AuditEngine(Protocol):
 class Evidence:
     """What a check measured for one finding.
 
-    `image` is the picture the map lies on (`("test", i)` or `("train", j)`); `map (H, W)` is
-    the channel-reduced magnitude the check judged and `signed (C, H, W)` the signed map, when
+    `image` is the picture the map lies on (`("test", i)` or `("train", j)`); `magnitude (H, W)`
+    is the channel-reduced |attribution| the check judged and `signed (C, H, W)` the signed map, when
     the finding rests on one; `window` `(row, col, side)` and `region` (a named region or a
     box in fractions) are what was measured on it; `related` lists the other images that
     explain the finding as `(kind, index, score)` (e.g. proponents, or the test examples a
@@ -75,7 +75,7 @@ class Evidence:
     image: tuple[str, int]
     _: KW_ONLY                                      # the rest by keyword: what each value is stays readable
     method: str | None = None
-    map: torch.Tensor | None = field(default=None, repr=False)
+    magnitude: torch.Tensor | None = field(default=None, repr=False)
     signed: torch.Tensor | None = field(default=None, repr=False)
     window: tuple[int, int, int] | None = None
     region: str | tuple[float, ...] | None = None

@@ -31,7 +31,7 @@ class Measured:
 
     @property
     def image_size(self) -> list[int]:
-        return list(self.maps.values.shape[1:])
+        return list(self.maps.magnitude.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ class HotspotSearch:
 def densest_windows(engine: AuditEngine, indices: torch.Tensor, p: HotspotParams) -> Measured:
     """The rule's maps (seeded, at most `p.sample`) and each map's densest `p.window` window."""
     indices, maps = measured_maps(engine, indices, p)
-    height, width = maps.values.shape[1:]
+    height, width = maps.magnitude.shape[1:]
     side = window_side(p.window, min(height, width))
-    return Measured(indices, maps, densest_window(maps.values, side), side)
+    return Measured(indices, maps, densest_window(maps.magnitude, side), side)
 
 
 def find_hotspots(engine: AuditEngine, measured: Measured, p: HotspotParams) -> HotspotSearch:
@@ -150,7 +150,7 @@ def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tupl
     chosen = seeded_subset(chosen, p.reference_size, engine.settings.seed)
     if len(chosen) == 0:
         return chosen, Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    return chosen, densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).values, side)
+    return chosen, densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).magnitude, side)
 
 
 def _decontaminated(engine: AuditEngine, c: int, group: Windows, reference_tests: torch.Tensor,

@@ -19,10 +19,10 @@ from auditor.sampling import seeded_draw
 
 @dataclass(frozen=True)
 class Maps:
-    """Channel-reduced |attribution| `values (n, H, W)` and `signed (n, C, H, W)` maps; map i
+    """Channel-reduced |attribution| `magnitude (n, H, W)` and `signed (n, C, H, W)` maps; map i
     belongs to test example `test[i]` and, for TFA, lies on training image `train[i]`."""
 
-    values: torch.Tensor
+    magnitude: torch.Tensor
     signed: torch.Tensor
     test: torch.Tensor
     train: torch.Tensor | None
@@ -34,7 +34,7 @@ class Maps:
         """What map `row` shows, on which image, with the window or region measured on it."""
         image = ("test", int(self.test[row])) if self.train is None else ("train", int(self.train[row]))
         related = () if self.train is None else (("test", int(self.test[row]), 1.0),)
-        return Evidence(self.source, image, method=self.method, map=self.values[row], signed=self.signed[row],
+        return Evidence(self.source, image, method=self.method, magnitude=self.magnitude[row], signed=self.signed[row],
                         window=window, region=region, related=related)
 
 
@@ -72,7 +72,7 @@ def empty_map_findings(engine: AuditEngine, maps: Maps, shares: torch.Tensor) ->
     findings = {}
     for row in shares.isnan().nonzero().flatten().tolist():
         index = int(maps.test[row])
-        reason = "attribution is NaN or Inf" if not torch.isfinite(maps.values[row]).all() else "attribution is all zeros"
+        reason = "attribution is NaN or Inf" if not torch.isfinite(maps.magnitude[row]).all() else "attribution is all zeros"
         findings[index] = Finding(index, 0.0, details={**example_details(engine, index), "reason": reason,
                                                       **_map_details(maps, row, None)}, evidence=maps.evidence(row))
     return findings

@@ -83,7 +83,7 @@ class MislabelSuspects(Check):
         details |= {"drives": link["drives"], "opposes": link["opposes"]}
         tests = tuple(("test", t, s) for t, s in link["related"])
         return Finding(j, 1.0 - own, kind="train", details=details, evidence=Evidence(
-            "tfa", ("train", j), map=link["map"].abs().sum(0), signed=link["map"],
+            "tfa", ("train", j), magnitude=link["map"].abs().sum(0), signed=link["map"],
             related=tests[:1] + neighbours + tests[1:]))
 
     def _links(self, engine: AuditEngine, suspects: torch.Tensor, tests: torch.Tensor) -> dict[int, dict]:

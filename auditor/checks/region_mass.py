@@ -20,9 +20,9 @@ class RegionMass(Check):
     def run(self, engine: AuditEngine, indices: torch.Tensor) -> CheckResult:
         p = self.params
         indices, maps = measured_maps(engine, indices, p)
-        height, width = maps.values.shape[1:]
+        height, width = maps.magnitude.shape[1:]
         mask = region_mask(p.area, height, width, p.thickness)
-        shares = region_share(maps.values, mask)
+        shares = region_share(maps.magnitude, mask)
         failures = over_threshold(engine, maps, shares, p.max_mass, region=p.area)
         finite = shares[~shares.isnan()]
         area = float(mask.float().mean())

@@ -39,7 +39,7 @@ class SaliencyConcentration(Check):
         extra = {"window_px": side, "floor": side * side / (height * width),
                  "median_share": float(finite.median()) if len(finite) else None,
                  "max_share": worst_measured(windows.share),
-                 "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.values), "hotspots": [],
+                 "empty_maps": int(windows.share.isnan().sum()), "n_maps": len(maps.magnitude), "hotspots": [],
                  "image_size": [height, width], "unjudged": {}, "judged_classes": 0}
         n = len(measured.indices)
         if p.max_recurrence is None:

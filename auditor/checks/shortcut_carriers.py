@@ -98,7 +98,7 @@ class ShortcutCarriers(Check):
             found.append(Finding(int(j), float(z[row]), kind="train", details={
                 "label": engine.classes[c], "window": list(window), "logit_drop": round(float(drops[row]), 4),
                 "hotspot_of": spot.predicted}, evidence=Evidence("occlusion", ("train", int(j)), method=MAP_METHOD,
-                                                                 map=magnitude, signed=signed, window=window,
+                                                                 magnitude=magnitude, signed=signed, window=window,
                                                                  related=related)))
         share = len(carriers) / max(1, len(candidates))
         return found, {"class": spot.predicted, "window": list(window), "candidates": len(candidates),

@@ -73,4 +73,4 @@ class SingleImageErrors(Check):
             details["reason"] = "proponent scores are NaN"
         related = (("test", index, 1.0),) + related_train(train[1:], scores[1:])
         return Finding(index, z, details=details, evidence=Evidence(
-            "tfa", ("train", driver), map=maps.magnitude[0], signed=maps.signed[0], related=related))
+            "tfa", ("train", driver), magnitude=maps.magnitude[0], signed=maps.signed[0], related=related))

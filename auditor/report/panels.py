@@ -85,7 +85,7 @@ def is_signed(ev: Evidence) -> bool:
 
 def map_overlay(rgb: np.ndarray, ev: Evidence, alpha: float = 0.6) -> np.ndarray:
     """The evidence's map blended over the image it lies on."""
-    return blend(rgb, diverging(ev.signed.sum(0)) if is_signed(ev) else heat(ev.map), alpha)
+    return blend(rgb, diverging(ev.signed.sum(0)) if is_signed(ev) else heat(ev.magnitude), alpha)
 
 
 def upscale(rgb: np.ndarray, size: int = TILE) -> np.ndarray:
@@ -141,11 +141,11 @@ def evidence_tiles(engine: Any, finding: Finding, n_related: int = 4) -> list[Ti
     tiles = [_tile(engine, ("test", t), "measured for") for t in measured_for]
     measured = _tile(engine, ev.image, f"value {finding.value:.3g}")
     tiles.append(measured)
-    if ev.map is not None:
+    if ev.magnitude is not None:
         signed = is_signed(ev)
         overlay = map_overlay(measured.rgb, ev)
         if ev.region is not None:
-            overlay = outline(overlay, region_mask(ev.region, *ev.map.shape))
+            overlay = outline(overlay, region_mask(ev.region, *ev.magnitude.shape))
         label = ev.source if ev.method is None else f"{ev.source} ({ev.method})"
         note = "red +, blue -" if signed else ("window" if ev.window else str(ev.region or ""))
         tiles.append(Tile(overlay, (f"{label} map", note), ev.window))
@@ -217,7 +217,7 @@ def _grid_tile(engine: Any, finding: Finding) -> Tile:
     image = ev.image if ev is not None else (finding.kind, finding.index)
     tile = _tile(engine, image, "")
     rgb = tile.rgb
-    if ev is not None and ev.map is not None:
+    if ev is not None and ev.magnitude is not None:
         rgb = map_overlay(rgb, ev, 0.45)
     return Tile(rgb, (*tile.caption, f"value {finding.value:.3g}"), ev.window if ev is not None else None)
 

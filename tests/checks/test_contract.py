@@ -71,9 +71,9 @@ def test_normal_case_is_well_formed_and_findings_carry_evidence(name):
         ev = finding.evidence
         assert ev is not None and ev.image[0] in ("test", "train")
         if name == "shortcut_carriers":
-            assert ev.image[0] == "train" and ev.window is not None and ev.map.shape == (16, 16)
+            assert ev.image[0] == "train" and ev.window is not None and ev.magnitude.shape == (16, 16)
         if name in MAP_CHECKS:
-            assert ev.map is not None and ev.map.shape == (16, 16) and ev.source == check.params.source
+            assert ev.magnitude is not None and ev.magnitude.shape == (16, 16) and ev.source == check.params.source
             assert (ev.window is not None) == (name == "saliency_concentration")
             assert (ev.region is not None) == (name == "region_mass")
         assert ev.to_json()["image"]["kind"] == ev.image[0]

@@ -38,7 +38,7 @@ class ImagesOnly:
 def test_tfa_panel_shows_the_judged_training_image_its_map_and_window():
     engine = ImagesOnly()
     signed = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(3))
-    evidence = Evidence("tfa", ("train", 7), map=signed.abs().sum(0), signed=signed, window=(2, 3, 4),
+    evidence = Evidence("tfa", ("train", 7), magnitude=signed.abs().sum(0), signed=signed, window=(2, 3, 4),
                         related=(("test", 1, 1.0),))
     tiles = evidence_tiles(engine, Finding(1, 0.8, details={"train": 7, "window": [2, 3, 4]}, evidence=evidence))
     assert [t.caption[0] for t in tiles] == ["test #1 measured for", "train #7 value 0.8", "tfa map"]
@@ -51,7 +51,7 @@ def test_saliency_panel_uses_the_rules_method_and_outlines_the_region():
     engine = ImagesOnly()
     values = torch.zeros(8, 8)
     values[0] = 1.0
-    evidence = Evidence("var", ("test", 2), method="grad_cam", map=values, signed=values[None], region="border")
+    evidence = Evidence("var", ("test", 2), method="grad_cam", magnitude=values, signed=values[None], region="border")
     tiles = evidence_tiles(engine, Finding(2, 0.9, evidence=evidence))
     assert tiles[1].caption[0] == "var (grad_cam) map" and tiles[1].window is None
     plain = blend(to_rgb(engine.test[2]), heat(values))
@@ -77,7 +77,7 @@ def test_a_tfa_rules_panel_shows_the_pair_it_judged(fashion_audit, tmp_path):
         assert ev.window == tuple(finding.details["window"]) and ("test", finding.index, 1.0) in ev.related
         result = engine.tfa(torch.tensor([finding.index]), 2)[0]
         row = result.train_indices.tolist().index(ev.image[1])
-        assert torch.equal(ev.map, result.maps.magnitude[row]), "the evidence is not the map the check judged"
+        assert torch.equal(ev.magnitude, result.maps.magnitude[row]), "the evidence is not the map the check judged"
     written = write_panels(engine, outcome, tmp_path / "panels", limit=3)
     assert len(written) == 3 and all(p.stat().st_size > 0 for p in written)
     assert dict(engine.stats) == before, "drawing the panels computed attributions"
@@ -86,7 +86,7 @@ def test_a_tfa_rules_panel_shows_the_pair_it_judged(fashion_audit, tmp_path):
 def test_a_carriers_own_map_is_not_captioned_as_measured_for_a_test_example():
     engine = ImagesOnly()
     signed = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(4))
-    evidence = Evidence("occlusion", ("train", 5), method="gradient", map=signed.abs().sum(0), signed=signed,
+    evidence = Evidence("occlusion", ("train", 5), method="gradient", magnitude=signed.abs().sum(0), signed=signed,
                         window=(0, 0, 2), related=(("test", 1, 1.0), ("test", 3, 1.0)))
     tiles = evidence_tiles(engine, Finding(5, 7.5, kind="train", evidence=evidence))
     assert [t.caption[0] for t in tiles] == ["train #5 value 7.5", "occlusion (gradient) map", "test #1", "test #3"]
