@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from auditor.attribution.factored import gradient_shares
-from auditor.attribution.features import Featurizer, featurize
+from auditor.attribution.features import Featurizer, featurized_shards, missing
 from auditor.attribution.gradients import FuncGradients, HookGradients, select_parameters
 from auditor.attribution.projection import make_projector
 from auditor.attribution.feature_store import FeatureStore
@@ -43,7 +43,8 @@ def run_featurize(model, dataset, device, computer, projection_dim, batch_size, 
     with tempfile.TemporaryDirectory() as root:
         store = FeatureStore(Path(root), "bench", len(dataset), featurizer.dim, 4096)
         with quiet():
-            featurize(store, dataset, featurizer, device, batch_size)
+            for _ in featurized_shards(store, dataset, featurizer, device, missing(store), batch_size):
+                pass
 
 
 def projector(gradients, dataset, device, projection_dim: int, kind: str):

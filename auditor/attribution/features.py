@@ -84,13 +84,6 @@ def require_finite(features: torch.Tensor, indices: torch.Tensor, what: str) -> 
     return features
 
 
-def featurize(store: FeatureStore, dataset: Dataset, featurizer: Featurizer, device: torch.device,
-              batch_size: int = 256, shards: list[int] | None = None) -> None:
-    """Compute and write the store's missing shards (or only `shards`, for one rank's share)."""
-    for _ in featurized_shards(store, dataset, featurizer, device, missing(store, shards), batch_size):
-        pass
-
-
 def missing(store: FeatureStore, shards: list[int] | None = None) -> list[int]:
     """The store's missing shards (among `shards`, when given), in index order: one scan of the folder."""
     return [i for i in store.missing_shards() if shards is None or i in shards]

@@ -214,16 +214,15 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
 
 
 def test_shards_written_separately_merge_into_the_same_store(fashion_audit, tmp_path):
-    from auditor.attribution.features import featurize
     from auditor.attribution.feature_store import FeatureStore
 
     engine = engine_for(fashion_audit, train_limit=300)
     whole = engine.index.store.matrix()
     parts = FeatureStore(tmp_path / "ranks", "k", 300, engine.index.featurizer.dim, shard_size=128)
     assert parts.n_shards == 3
-    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[1])
+    engine.index.featurize(parts, shards=[1])
     assert parts.missing_shards() == [0, 2]           # "rank 1" wrote only its shard
-    featurize(parts, engine.target.train, engine.index.featurizer, engine.device, shards=[0, 2])
+    engine.index.featurize(parts, shards=[0, 2])
     assert parts.complete() and torch.allclose(parts.matrix(), whole, atol=1e-6)
 
 
