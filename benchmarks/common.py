@@ -177,3 +177,13 @@ def top_overlap(top: torch.Tensor, scores: torch.Tensor) -> float:
     """Mean share of our top-k that is also in the peer's top-k."""
     theirs = scores.topk(top.shape[1], dim=1).indices
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / top.shape[1] for a, b in zip(top, theirs)]))
+
+
+def strongest_score(neighbours, labels: torch.Tensor, losses: torch.Tensor) -> np.ndarray:
+    """The rule's order (`strongest_first`) of one vote as a score: higher = more suspect."""
+    from auditor.checks.mislabel_suspects import strongest_first
+
+    order = strongest_first(neighbours.own_share(labels), neighbours.suggested(labels)[1], losses)
+    score = np.empty(len(labels))
+    score[order.numpy()] = np.arange(len(labels), 0, -1)
+    return score

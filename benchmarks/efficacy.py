@@ -11,9 +11,13 @@ the same test set (the square on 10% of the test images of every class):
 - tfa_patch_hit_rate / saliency_patch_hit_rate (and the mass inside the square): on planted
   carriers, how often the map's peak lies on the square: TFA for the shortcut error it aligns
   with most vs the own-label gradient and input × gradient maps (the obvious baseline);
-- mislabel_auc / mislabel_auc_loss_baseline / mislabel_recall_at_2x: the planted relabels among
-  `no-mislabel-suspects` (its ranking is the loss, so the two AUCs are equal by design) and the
-  share of them among its first 2 × 30 suspects;
+- mislabel_auc / mislabel_auc_loss_baseline / mislabel_recall_at_2x: the planted relabels in
+  `no-mislabel-suspects`' ranking (its neighbours' vote) and in the loss's, and the share of them
+  among its first 2 × 30 suspects;
+- window_iou / peak_window_iou / carrier_window_iou (medians in the summary): IoU with the planted
+  square of the window the flagged hotspot reports (placed by occlusion), of the spot where the
+  maps recur, and of the window the carriers are judged with: is the evidence drawn where the
+  defect is?
 - quanda_shortcut_auprc: quanda's ShortcutDetectionMetric (an independent judge) on our Grad-Cos
   rows of the shortcut errors (`--quanda-python`: an interpreter with quanda installed).
 Part B, single-image errors: a wider CNN (width 64, 15 epochs, 5,000 images) that memorises,
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, strongest_score, write_json
 
 VARIANTS = {
     "red-4px-top-left-shirt-50%": {"class": "Shirt", "train_share": 0.5, "test_share": 0.1, "size": 4,
@@ -208,7 +212,8 @@ def measure_defective(session, rec: dict, quanda_python: str | None, folder: Pat
     patched = set(planted["patched_train"])
     relabelled = np.zeros(len(engine.train_labels), dtype=bool)
     relabelled[planted["relabelled_train"]] = True
-    losses = engine.train_losses.numpy()
+    rule = outcomes["no-mislabel-suspects"].rule.params
+    ranking = strongest_score(engine.neighbours(rule.neighbours, rule.layer), engine.train_labels, engine.train_losses)
     suspects = [f.index for f in outcomes["no-mislabel-suspects"].failures]
     top = suspects[:2 * len(planted["relabelled_train"])]
     errors = shortcut_errors(engine, rec)
@@ -219,13 +224,39 @@ def measure_defective(session, rec: dict, quanda_python: str | None, folder: Pat
         "carriers_found": len(carriers),
         **dict(zip(("carrier_recall", "carrier_precision"), recall_precision(carriers, patched))),
         "patch_hits": hits,
-        "mislabel_auc": auc(relabelled, losses),
+        "mislabel_auc": auc(relabelled, ranking),
+        "mislabel_auc_loss_baseline": auc(relabelled, engine.train_losses.numpy()),
+        **window_ious(outcomes, rec["square"]),
         "mislabel_recall_at_2x": sum(relabelled[j] for j in top) / int(relabelled.sum()),
         "suspects": len(suspects), "suspects_explained": sum("drives" in f.details for f in
                                                               outcomes["no-mislabel-suspects"].failures),
         "quanda_auprc": quanda_auprc(quanda_python, engine, rec, errors, folder)
         if quanda_python and len(errors) else None,
     }
+
+
+def box_iou(window: list[int], square: dict) -> float:
+    """IoU of a reported `(row, col, side)` window with the planted square."""
+    row, col, side = window
+    top, left = square["position"]
+    size = square["size"]
+    rows = max(0, min(row + side, top + size) - max(row, top))
+    cols = max(0, min(col + side, left + size) - max(col, left))
+    inter = rows * cols
+    return inter / (side * side + size * size - inter)
+
+
+def window_ious(outcomes, square: dict) -> dict:
+    """Where the evidence is drawn: IoU of the flagged hotspot's window (the square's class) and
+    of the carriers' window with the planted square; None where none was flagged."""
+    spots = [h for h in outcomes["no-patch-shortcut"].result.extra.get("hotspots", [])
+             if h.get("flagged") and h["predicted"] == square["class"]]
+    carriers = [c for c in outcomes["no-shortcut-carriers"].result.extra.get("carriers", [])
+                if c["class"] == square["class"]]
+    return {"window_iou": round(box_iou(spots[0]["window"], square), 4) if spots else None,
+            "peak_window_iou": round(box_iou(spots[0].get("peak_window", spots[0]["window"]), square), 4)
+            if spots else None,
+            "carrier_window_iou": round(box_iou(carriers[0]["window"], square), 4) if carriers else None}
 
 
 def measure_copies(session, rec: dict) -> dict:
@@ -289,6 +320,7 @@ def summarise(runs: list[dict], args) -> dict:
     b_clean = [r for r in runs if r["part"] == "B" and not r["defective"]]
     hits = [r["patch_hits"] for r in a_def if r["patch_hits"]]
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    median = lambda values: float(np.median(values)) if values else None  # noqa: E731
     quanda = [r["quanda_auprc"] for r in a_def if r.get("quanda_auprc") is not None]
     driven = sum(r["copy_driven_errors"] for r in b_def)
     return {
@@ -304,8 +336,12 @@ def summarise(runs: list[dict], args) -> dict:
         "single_image_error_recall": sum(r["caught_with_driver"] for r in b_def) / driven if driven else None,
         "single_image_copy_driven_errors": driven,
         "single_image_clean_false_alarm_rate": mean(["no-single-image-errors" in r["failed"] for r in b_clean]),
+        "window_iou_median": median([r["window_iou"] for r in a_def if r.get("window_iou") is not None]),
+        "peak_window_iou_median": median([r["peak_window_iou"] for r in a_def if r.get("peak_window_iou") is not None]),
+        "carrier_window_iou_median": median([r["carrier_window_iou"] for r in a_def
+                                             if r.get("carrier_window_iou") is not None]),
         "mislabel_auc": mean([r["mislabel_auc"] for r in a_def]),
-        "mislabel_auc_loss_baseline": mean([r["mislabel_auc"] for r in a_def]),
+        "mislabel_auc_loss_baseline": mean([r["mislabel_auc_loss_baseline"] for r in a_def]),
         "mislabel_recall_at_2x": mean([r["mislabel_recall_at_2x"] for r in a_def]),
         "suspect_share_defective": [r["values"]["no-mislabel-suspects"] for r in a_def],
         "suspect_share_clean": [r["values"]["no-mislabel-suspects"] for r in a_clean],

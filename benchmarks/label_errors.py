@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmarks.common import environment, in_fresh_process, write_json
+from benchmarks.common import environment, in_fresh_process, strongest_score, write_json
 from benchmarks.efficacy import auc
 
 SWAP = {"from": "Sneaker", "to": "Sandal", "count": 30}
@@ -306,16 +306,6 @@ def share_cut_alone(engine, rule) -> np.ndarray:
     neighbours = engine.neighbours(rule.neighbours, rule.layer)
     found = contradicted(neighbours, engine.train_labels, dataclasses.replace(rule, max_own_z=None))[0]
     return found.nonzero().flatten().numpy()
-
-
-def strongest_score(neighbours, labels: torch.Tensor, losses: torch.Tensor) -> np.ndarray:
-    """The rule's order (`strongest_first`) of one vote as a score: higher = more suspect."""
-    from auditor.checks.mislabel_suspects import strongest_first
-
-    order = strongest_first(neighbours.own_share(labels), neighbours.suggested(labels)[1], losses)
-    score = np.empty(len(labels))
-    score[order.numpy()] = np.arange(len(labels), 0, -1)
-    return score
 
 
 def vote_scores(own: np.ndarray, support: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

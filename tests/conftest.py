@@ -200,6 +200,10 @@ class FakeEngine:
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[indices], self.train_labels[indices]
 
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Blank test images: occlusion finds nothing in them, so a flagged window stays at its peak."""
+        return torch.zeros(len(indices), 1, 16, 16)
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """A model that reads only the spot: every class's logit is the spot's mean brightness."""
         return images[SPOT].mean(dim=(1, 2, 3))[:, None].expand(-1, 3) * torch.tensor([1.0, 2.0, 3.0])

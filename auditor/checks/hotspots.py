@@ -15,7 +15,7 @@ import torch
 
 from auditor.checks.base import AuditEngine
 from auditor.checks.maps import Maps, attribution_maps, measured_maps, seeded_subset
-from auditor.checks.occlusion import flip_share, flips, transfer_share
+from auditor.checks.occlusion import flip_share, flips, located_window, transfer_share
 from auditor.checks.windows import Spot, Windows, densest_window, spot_at, subset, top_spot, window_side
 from auditor.spec.checks import HotspotParams
 
@@ -40,7 +40,9 @@ class Hotspot:
     often the class's maps peak there (`recurrence`) against its correct predictions'
     (`reference_recurrence`), the share of that reference left out because it relies on the spot
     itself, the flip and transfer shares when they were measured, and whether it is `flagged`.
-    `rows` are the members: the measured maps that peak there."""
+    `rows` are the members: the measured maps that peak there. A flagged spot's `window` is
+    moved to where filling it hurts the prediction most (`occlusion.located_window`); the spot
+    where the maps recur is then `peak_window`."""
 
     predicted: str
     n_maps: int
@@ -53,6 +55,7 @@ class Hotspot:
     flip_share: float | None = None
     transfer_share: float | None = None
     confirmed: bool | None = None
+    peak_window: tuple[int, int, int] | None = None
 
     @property
     def excess(self) -> float:
@@ -65,6 +68,8 @@ class Hotspot:
                "excess": round(self.excess, 4), "reference_relying": round(self.reference_relying, 4)}
         out |= {key: value for key in ("flip_share", "transfer_share", "confirmed")
                 if (value := getattr(self, key)) is not None}
+        if self.peak_window is not None:
+            out["peak_window"] = list(self.peak_window)
         return out | {"flagged": self.flagged}
 
 
@@ -130,17 +135,21 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
     window = (spot.row, spot.col, side)
     shares: dict = {}
     confirmed = True
+    members = measured.maps.test[rows[spot.members]].unique()
     if p.min_flip_share is not None and spot.excess > p.max_recurrence:
-        members = measured.maps.test[rows[spot.members]].unique()
         shares["flip_share"] = round(flip_share(engine, members, window, c), 4)
         confirmed = shares["flip_share"] >= p.min_flip_share
         if plain.excess <= p.max_recurrence:     # only the thinned reference flags it: it must transfer
             shares["transfer_share"] = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
             confirmed = confirmed and shares["transfer_share"] >= p.min_transfer_share
         shares["confirmed"] = confirmed
+    flagged = confirmed and spot.excess > p.max_recurrence
+    if flagged:                  # report the window where the mark is, not where the maps lean on its edge
+        located = located_window(engine, members, window, c, engine.settings.seed)
+        if located != window:
+            shares["peak_window"], window = window, located
     return Hotspot(engine.classes[c], len(rows), window, spot.recurrence, spot.reference_recurrence, relying,
-                   confirmed and spot.excess > p.max_recurrence,
-                   tuple(rows[spot.members].tolist()), **shares)
+                   flagged, tuple(rows[spot.members].tolist()), **shares)
 
 
 def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tuple[torch.Tensor, Windows]:

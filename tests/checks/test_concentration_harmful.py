@@ -28,12 +28,18 @@ def blob(row: int, col: int, size: int = 28) -> torch.Tensor:
 
 
 def saliency_engine(maps: torch.Tensor, labels: list[int], predicted: list[int]):
-    """An engine stand-in whose saliency() returns `maps[i]` for test example i."""
+    """An engine stand-in whose saliency() returns `maps[i]` for test example i; its test images
+    carry a mark where their map peaks in the top-left corner, and its model reads class 'b'
+    from that corner (what occlusion places a flagged window on)."""
     logits = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+    images = (maps[:, None] >= 1.0).float() * (maps[:, None, :1, :1] >= 1.0).float()[..., :1, :1]
+    read = lambda x: torch.stack([torch.zeros(len(x)), 8 * x[:, 0, :4, :4].mean(dim=(1, 2)),  # noqa: E731
+                                  torch.zeros(len(x))], dim=1)
     return SimpleNamespace(
         attribution=AttributionSettings(top_k=5), settings=SimpleNamespace(seed=0), classes=("a", "b", "c"),
         predictions=Predictions(logits, torch.tensor(labels)),
         saliency=lambda idx, method=None, use_var=False: SaliencyMaps(idx, maps[idx][:, None], maps[idx]),
+        test_images=lambda idx: images[idx], logits=read,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from conftest import FakeEngine
-from auditor.checks.occlusion import flip_share, grown, transfer_share
+from auditor.checks.occlusion import flip_share, grown, located_window, transfer_share
 from auditor.checks.saliency_concentration import SaliencyConcentration
 from auditor.spec.checks import ConcentrationParams
 
@@ -83,3 +83,31 @@ def test_transfer_share_pastes_the_spot_onto_other_classes_images():
     members = errors[p.predicted[errors] == c]
     assert transfer_share(engine, members, SPOT, c) == 1.0            # the pasted mark makes them class c
     assert transfer_share(DecidingEngine(causal=False), members, SPOT, c) == 0.0     # an empty spot does not
+
+
+class MarkEngine:
+    """Test images carry a 4×4 mark at rows 5-8, cols 6-9 (`blank`: nothing); the model's
+    class-1 logit is the mark's mean brightness, so filling any part of it lowers that class."""
+
+    def __init__(self, blank: bool = False) -> None:
+        self.blank = blank
+
+    def test_images(self, indices: torch.Tensor) -> torch.Tensor:
+        images = torch.zeros(len(indices), 1, 16, 16)
+        if not self.blank:
+            images[:, 0, 5:9, 6:10] = 1.0
+        return images
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        mark = 6 * images[:, 0, 5:9, 6:10].mean(dim=(1, 2))
+        return torch.stack([torch.zeros_like(mark), mark, torch.zeros_like(mark)], dim=1)
+
+
+def test_a_flagged_window_one_pixel_off_the_mark_is_moved_onto_it():
+    members = torch.arange(40)
+    assert located_window(MarkEngine(), members, (4, 5, 4), predicted=1) == (5, 6, 4)
+    assert located_window(MarkEngine(), members, (7, 8, 4), predicted=1) == (5, 6, 4)    # two off: still found
+    assert located_window(MarkEngine(blank=True), members, (4, 5, 4), predicted=1) == (4, 5, 4)   # nothing: stays
+    assert located_window(MarkEngine(), members[:0], (4, 5, 4), predicted=1) == (4, 5, 4)
+    assert located_window(MarkEngine(), members, (0, 0, 4), predicted=1) == (0, 0, 4)    # out of reach: stays
+    assert located_window(MarkEngine(blank=True), members, (12, 12, 4), predicted=1) == (12, 12, 4)  # clipped grid
