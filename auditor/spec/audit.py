@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from auditor.registry import GRADIENT_COMPUTERS, PROJECTIONS, SALIENCY_METHODS
-from auditor.spec.binding import Where, bounded, build, choice, expect_mapping, located, unknown_key_error
+from auditor.spec.binding import Where, bounded, build, choice, expect_mapping, unknown_key_error, where_field
 from auditor.spec.checks import CHECK_KINDS
 from auditor.spec.selection import Selection, parse_selection
 from auditor.spec.yaml_source import LocatedDict, LocatedList, as_located, load_yaml
@@ -41,7 +41,7 @@ class ModelSpec:
     kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
     checkpoint_key: str | None = None       # the entry of a checkpoint dict that holds the weights
-    where: Where | None = located()
+    where: Where | None = where_field()
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class DatasetSpec:
     transform: TransformSpec | None = None
     fashion_mnist: FashionMnistSpec | None = None
     limit: int | None = bounded(1, default=None, help="use only the first N examples")
-    where: Where | None = located()
+    where: Where | None = where_field()
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class DataSpec:
     test: DatasetSpec
     classes: tuple[str, ...] | None = None
     skip_unreadable: bool = False         # leave out images that cannot be read, listing them, instead of failing
-    where: Where | None = located()
+    where: Where | None = where_field()
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Settings:
     seed: int = 0
     cache_dir: str = ".auditor_cache"
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
-    where: Where | None = located()
+    where: Where | None = where_field()
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def bounded(lo: float | None = None, hi: float | None = None, *, default: Any = 
     return field(default=default, metadata={"lo": lo, "hi": hi, "help": help})
 
 
-def located() -> Any:
+def where_field() -> Any:
     """A dataclass field that `build` fills with the `Where` of the mapping it came from."""
     return field(default=None, compare=False, repr=False, metadata={"internal": True})
 
