@@ -293,9 +293,27 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
            "by_kind": {kind: ranking_metrics(ours, mask) | {"loss_auc": round(auc(mask, losses.numpy()), 4),
                                                             "recall_listed": listed_metrics(listed, mask)["recall_listed"]}
                        for kind, mask in (("swap", _mask(n, swap)), ("random", _mask(n, random)))},
-           "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random))}
+           "suggested_correct": suggested_correct(regime, recipe, outcome, set(swap + random)),
+           "class_z": class_z_sweep(engine, rule, swap)}
     out |= clean_twin(regime, folder)
     return out
+
+
+Z_SWEEP = (-3.0, -3.5, -4.0, -4.5, -5.0)
+
+
+def class_z_sweep(engine, rule, swap: list[int]) -> dict:
+    """The planted swap's within-class z-scores (the lowest over the depths) and how many of it,
+    and of the training set, the rule lists at other `max_own_z` cuts: is the default on an edge?"""
+    from auditor.checks.mislabel_suspects import contradicted
+
+    neighbours = engine.neighbours(rule.neighbours, rule.layer)
+    labels = engine.train_labels
+    z = contradicted(neighbours, labels, rule)[1][swap]
+    listed = {str(t): contradicted(neighbours, labels, dataclasses.replace(rule, max_own_z=t))[0] for t in Z_SWEEP}
+    return {"swap_z_range": [round(float(z.min()), 2), round(float(z.max()), 2)] if len(swap) else None,
+            "swap_listed": {t: int(found[swap].sum()) for t, found in listed.items()},
+            "listed": {t: int(found.sum()) for t, found in listed.items()}}
 
 
 def share_cut_alone(engine, rule) -> np.ndarray:

@@ -7,12 +7,13 @@ a leaked duplicate) stands apart from every other proponent and explains the err
    at least 0.01, below which Grad-Cos differences are projection noise (≈ 1/√4096);
 2. its lead, (top-1 − top-2) / (1 − top-2), is at least `min_lead`: it closes most of the
    distance to a perfect match that the next image leaves open.
-Both are scale-free: no count or score depends on the dataset's size. In exploratory runs
+Both are scale-free: no count or score depends on the dataset's size. In the efficacy runs
 (benchmarks/RESULTS.md, "Efficacy") errors driven by planted copies had lead 1.0 and gap z
-11-40; the other errors that reached z above 10 had leads 0.29-0.77 (an under-trained model's
+8.4-40; the other errors that reached z above 10 had leads 0.29-0.77 (an under-trained model's
 errors align with many training images at once, so their gaps are tiny and a small lead
-stands out), and the top-1 *share* of `influence_dominance` did not separate the two
-(copies 0.29-0.44, others up to 0.35). Each finding names the driver and its TFA map.
+stands out), none reached the lead of 0.8, and the top-1 *share* of `influence_dominance` did
+not separate the two (copies 0.29-0.44, others up to 0.35). Each finding names the driver and
+its TFA map.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ class SingleImageParams(UsesInfluence):
     and explains it nearly alone (its lead, the gap over the top-2's distance to a perfect
     Grad-Cos of 1, is at least `min_lead`)."""
 
-    min_z: float = bounded(0.0, None, default=10.0, help="robust z-score of the top-1 minus top-2 Grad-Cos gap")
+    min_z: float = bounded(0.0, None, default=5.0, help="robust z-score of the top-1 minus top-2 Grad-Cos gap")
     min_lead: float = bounded(0.0, 1.0, default=0.8,
                               help="(top-1 − top-2) / (1 − top-2): share of the way to a perfect match the driver leads")
     k: int = bounded(2, 1000, default=5)
