@@ -111,3 +111,24 @@ def test_factored_features_on_cuda_equal_cpu_and_bfloat16_autocast_agrees():
     half = Featurizer(gpu_hooks, projector, 32, precision="bfloat16")(images.cuda(), labels.cuda())
     assert cuda.is_cuda and close(cuda, cpu)
     assert float((half.cpu() * cpu).sum(1).min()) >= 0.98
+
+
+def test_label_votes_and_mislabel_suspects_on_cuda_equal_cpu():
+    """Points on a circle at seeded, irregular angles (cosine = cos of the angle between them: no
+    near-ties for float32 to reorder), three arcs of one label each with a few relabelled points."""
+    from auditor.attribution.neighbours import nearest_neighbours
+    from auditor.checks.mislabel_suspects import contradicted
+    from auditor.spec.checks import MislabelParams
+
+    g = torch.Generator().manual_seed(0)
+    angles = torch.rand(60, generator=g, dtype=torch.float64).sort().values * 6.0
+    features = torch.stack([angles.cos(), angles.sin()], dim=1).float()
+    labels = (angles // 2.0).long()
+    labels[[5, 25, 45]] = (labels[[5, 25, 45]] + 1) % 3
+    cpu = nearest_neighbours(features, labels, 5, 3)
+    cuda = nearest_neighbours(features.cuda(), labels, 5, 3)
+    assert torch.equal(cuda.indices, cpu.indices) and torch.equal(cuda.votes, cpu.votes)
+    found_cpu, z_cpu = contradicted(cpu, labels, MislabelParams())
+    found_cuda, z_cuda = contradicted(cuda, labels, MislabelParams())
+    assert torch.equal(found_cuda, found_cpu) and torch.equal(z_cuda, z_cpu)
+    assert {5, 25, 45} <= set(found_cpu.nonzero().flatten().tolist())
