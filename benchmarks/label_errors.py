@@ -177,9 +177,9 @@ def head_gradients(hidden: torch.Tensor, logits: torch.Tensor, labels: torch.Ten
 
 def head_input(model: torch.nn.Module, images: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
     """`(n, D)` input of the model's last `nn.Linear` and `(n, C)` logits, for every image."""
-    from auditor.attribution.neighbours import RecordRepresentation
+    from auditor.attribution.neighbours import RecordRepresentation, last_linear
 
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    head = model.get_submodule(last_linear(model))
     hidden, logits = [], []
     with RecordRepresentation(head, use_input=True) as record, torch.no_grad():
         for i in range(0, len(images), 512):

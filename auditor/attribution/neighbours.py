@@ -107,6 +107,12 @@ def feature_maps(model: nn.Module, images: torch.Tensor) -> list[str]:
     return names
 
 
+def last_linear(model: nn.Module) -> str | None:
+    """The name of the model's last `nn.Linear` module (usually its classifier head)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
 def representation_layers(model: nn.Module, images: torch.Tensor, name: str | None = None) -> list[tuple[str, bool]]:
     """The modules whose output (or, for a head, input) vote on each image's label, and whether it is an input.
 
@@ -118,8 +124,8 @@ def representation_layers(model: nn.Module, images: torch.Tensor, name: str | No
     if name is not None:
         return [(name, False)] if name in modules else []
     maps = feature_maps(model, images)
-    linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-    return ([(maps[len(maps) // 2], False)] if maps else []) + ([(linears[-1], True)] if linears else [])
+    head = last_linear(model)
+    return ([(maps[len(maps) // 2], False)] if maps else []) + ([(head, True)] if head is not None else [])
 
 
 def pooled(value: torch.Tensor) -> torch.Tensor:

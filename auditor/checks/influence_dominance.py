@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, Evidence, Finding, example_details, ranked, register, worst_first
-from auditor.checks.base import worst_measured
-from auditor.checks.base import related_train
+from auditor.checks.base import related_train, worst_measured
 from auditor.spec.checks import DominanceParams
 
 

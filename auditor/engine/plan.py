@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from auditor.attribution.neighbours import last_linear
+
 LARGE_ON_CPU = 2_000_000        # values per example (whole gradients) above which featurizing on a CPU takes minutes
 
 
@@ -37,12 +39,6 @@ def time_estimate(done: int, seconds: float, total: int) -> str:
     when = f"{rest / 60:.1f} min" if rest >= 90 else f"{rest:.0f} s"
     return (f"  first {done:,} images in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f}/s): "
             f"about {when} for the other {total - done:,}")
-
-
-def last_linear(model: torch.nn.Module) -> str | None:
-    """The name of the model's last `Linear` module (usually its classifier head)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    return names[-1] if names else None
 
 
 def parameter_count(model: torch.nn.Module, prefix: str) -> int:
