@@ -424,7 +424,7 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
         return
-    work = args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()   # audits name it from their own folder
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     path = Path(__file__).resolve().parent / "results" / args.out
