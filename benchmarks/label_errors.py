@@ -424,7 +424,8 @@ def main() -> None:
     if args.table:
         print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
         return
-    work = (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()   # audits name it from their own folder
+    # resolved: the audits name their checkpoints relative to their own folder
+    work = (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     path = Path(__file__).resolve().parent / "results" / args.out
