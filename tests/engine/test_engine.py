@@ -196,8 +196,8 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
     plain = engine.saliency(torch.tensor([0]), "input_x_gradient")
     assert calls == ["input_x_gradient"]
     # VAR written out for example 0 from the plain maps of its class set (predicted first, then
-    # the most probable others): the target's map times its softmax share over classes, where
-    # that share beats 1/K by more than tau
+    # the most probable others): the target's map times its softmax share over classes (of |A|
+    # over the image's largest |A|), where that share beats 1/K by more than tau
     a = engine.attribution
     logits = engine.predictions.logits[0]
     predicted = int(logits.argmax())
@@ -205,7 +205,8 @@ def test_saliency_and_var_are_computed_once_per_example(fashion_audit):
     image = engine.test_images(torch.tensor([0]))
     maps = torch.stack([engine.attribute(image, torch.tensor([c]), "input_x_gradient")[0]
                         for c in [predicted, *others]]).double()
-    shares = torch.exp(a.var_temperature * maps.abs()) / torch.exp(a.var_temperature * maps.abs()).sum(0)
+    scaled = a.var_temperature * maps.abs() / maps.abs().max()
+    shares = torch.exp(scaled) / torch.exp(scaled).sum(0)
     keep = shares[0] - 1.0 / len(maps) > a.var_tau
     expected = maps[0] * shares[0] * keep
     assert torch.allclose(maps[0].float(), plain.signed[0], atol=1e-6)
