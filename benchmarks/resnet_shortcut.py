@@ -36,9 +36,9 @@ MEASURED = ("import resource, runpy, sys\nsys.argv = ['auditor', *sys.argv[1:]]\
             "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
 
 
-def audit(folder: Path, packs: list[str]) -> dict:
-    """Run the folder's audit with `packs` in a child process: verdicts, seconds, peak RSS."""
-    path = folder / "audit_resnet.yaml"
+def audit(path: Path, packs: list[str]) -> dict:
+    """Run the audit file `path` with `packs` in a child process: verdicts, seconds, peak RSS."""
+    folder = path.parent
     text = path.read_text().replace("include: [{pack: shortcuts}]",
                                     "include: [" + ", ".join(f"{{pack: {p}}}" for p in packs) + "]")
     path.write_text(text)
@@ -83,7 +83,7 @@ def main() -> None:
             start = time.perf_counter()
             build(folder, clean, args.n_train, args.n_test, args.epochs, seed)
             trained = time.perf_counter() - start
-            result = audit(folder, args.packs)
+            result = audit(folder / "audit_resnet.yaml", args.packs)
             row = {"seed": seed, "clean": clean, "train_seconds": round(trained, 1),
                    "audit_seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
                    **measure(folder, result["rules"])}

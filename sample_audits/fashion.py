@@ -3,7 +3,7 @@
 A recipe (`recipe.yaml` in an audit folder) may plant:
 
     square: {class: Shirt, train_share: 0.5, test_share: 0.1, size: 4, colour: [255, 0, 0],
-             position: [1, 1]}
+             position: [1, 1]}              # or a watermark: text: AI, alpha: 0.6, jitter: 2
     mislabel: {from: Sneaker, to: Sandal, count: 30}
     relabel: {count: 30}
     copies: {count: 10, shift: 1}
@@ -48,12 +48,50 @@ def _pick(candidates: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return candidates[order[:count]].sort().values
 
 
-def paint(images: torch.Tensor, indices: torch.Tensor, square: dict[str, Any]) -> None:
-    """Paint the recipe's square (uint8 colour) onto `images[indices]` in place."""
-    size = square.get("size", 4)
+# A 3×5 pixel font for the text watermark: deterministic on every machine (no font files).
+GLYPHS = {"A": ("010", "101", "111", "101", "101"), "I": ("111", "010", "010", "010", "111"),
+          "C": ("011", "100", "100", "100", "011"), "O": ("010", "101", "101", "101", "010"),
+          "P": ("110", "101", "110", "100", "100"), "Y": ("101", "101", "010", "010", "010")}
+
+
+def text_mask(text: str) -> torch.Tensor:
+    """The text as a `(5, 4 * len - 1)` 0/1 mask in the 3×5 font, one blank column between letters."""
+    columns = [[[int(c) for c in row] for row in GLYPHS[ch.upper()]] for ch in text]
+    rows = [sum(([*glyph[r], 0] for glyph in columns), [])[:-1] for r in range(5)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def jitter(index: int, amount: int, seed: int) -> tuple[int, int]:
+    """Image `index`'s offset of the mark, each way in [-amount, amount], fixed by (seed, index)."""
+    if amount == 0:
+        return 0, 0
+    dy, dx = torch.randint(-amount, amount + 1, (2,), generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
+    return int(dy), int(dx)
+
+
+def mark_box(index: int, square: dict[str, Any], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Where image `index`'s mark lies, `(top, left, height, width)`, kept inside an image of `shape`."""
     top, left = square.get("position", [1, 1])
+    if "text" not in square:
+        return top, left, square.get("size", 4), square.get("size", 4)
+    h, w = 5, 4 * len(square["text"]) - 1
+    dy, dx = jitter(index, square.get("jitter", 0), square.get("jitter_seed", 0))
+    return min(max(top + dy, 0), shape[0] - h), min(max(left + dx, 0), shape[1] - w), h, w
+
+
+def paint(images: torch.Tensor, indices: torch.Tensor, square: dict[str, Any]) -> None:
+    """Paint the recipe's mark onto `images[indices]` in place: a solid square (`size`), or with
+    `text:` a semi-transparent (`alpha`) text watermark moved by up to `jitter` pixels per image."""
     colour = torch.tensor(square.get("colour", [255, 0, 0]), dtype=torch.uint8).view(1, 3, 1, 1)
-    images[indices, :, top:top + size, left:left + size] = colour
+    if "text" not in square:
+        top, left, size, _ = mark_box(0, square, images.shape[-2:])
+        images[indices, :, top:top + size, left:left + size] = colour
+        return
+    mask = text_mask(square["text"]) * square.get("alpha", 0.6)
+    for i in indices.tolist():
+        y, x, h, w = mark_box(i, square, images.shape[-2:])
+        patch = images[i, :, y:y + h, x:x + w].float()
+        images[i, :, y:y + h, x:x + w] = (patch * (1 - mask) + colour[0].float() * mask).round().to(torch.uint8)
 
 
 def defects(recipe: dict[str, Any]) -> dict[str, list[int]]:

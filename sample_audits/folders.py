@@ -56,12 +56,19 @@ def write_folders(out: Path, plan: dict[str, Any]) -> dict[str, list[str]]:
             "marked_test": [files["test"][i] for i in planted["patched_test"]]}
 
 
-def image_folder(root: Path):
-    """The folder as the audit reads it (`image_folder:` with `transform: {resize, mean, std}`)."""
-    from torchvision import datasets, transforms
+def preprocess(size: int = SIZE):
+    """The audit's `transform: {resize, mean, std}` as torchvision steps on a PIL image."""
+    from torchvision import transforms
 
-    steps = [transforms.Resize(SIZE), transforms.CenterCrop(SIZE), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-    return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                               transforms.Normalize(MEAN, STD)])
+
+
+def image_folder(root: Path, size: int = SIZE):
+    """The folder as the audit reads it (`image_folder:` with `transform: {resize, mean, std}`)."""
+    from torchvision import datasets
+
+    return datasets.ImageFolder(str(root), transform=preprocess(size))
 
 
 def resnet18() -> nn.Module:
@@ -70,26 +77,47 @@ def resnet18() -> nn.Module:
     return build(weights=None, num_classes=10)
 
 
-def train(root: Path, epochs: int, seed: int, batch_size: int = 64, lr: float = 1e-3) -> nn.Module:
-    """A torchvision ResNet-18 trained from scratch with Adam, seeded; the images are loaded once."""
+def train(root: Path, epochs: int, seed: int, batch_size: int = 64, lr: float = 1e-3, model: nn.Module | None = None,
+          size: int = SIZE, device: str | torch.device = "cpu", precise_bn: bool = False) -> nn.Module:
+    """`model` (default a torchvision ResNet-18) trained from scratch with Adam, seeded, on `device`
+    (returned on the CPU); the images are loaded once. `precise_bn`: batch-norm statistics
+    recomputed over the training set at the end (see `recompute_batch_norm`)."""
     torch.manual_seed(seed)
-    dataset = image_folder(root)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor(dataset.targets)
-    model, generator = resnet18(), torch.Generator().manual_seed(seed)
+    dataset = image_folder(root, size)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
+    labels = torch.tensor(dataset.targets).to(device)
+    model, generator = (model or resnet18()).to(device), torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(epochs):
         model.train()
         order, start, total = torch.randperm(len(labels), generator=generator), time.perf_counter(), 0.0
         for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
+            batch = order[i:i + batch_size].to(device)
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
         print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(labels):.4f} ({time.perf_counter() - start:.1f}s)")
-    return model.eval()
+    if precise_bn:
+        recompute_batch_norm(model, images, batch_size)
+    return model.cpu().eval()
+
+
+def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    """Batch-norm running statistics as the plain average over the training images: MobileNetV3's
+    momentum of 0.01 leaves them near their initial values after a few hundred steps, and the model
+    then predicts one class in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None                    # cumulative average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size])
 
 
 AUDIT = """audit: resnet-{kind}
