@@ -122,6 +122,30 @@ def find_hotspots(engine: AuditEngine, measured: Measured, p: HotspotParams) -> 
     return HotspotSearch(tuple(hotspots), worst, unjudged, len(predicted.unique()) - len(unjudged))
 
 
+def harmless_empty(engine: AuditEngine, measured: Measured, search: HotspotSearch, max_recurrence: float) -> list[int]:
+    """Test examples whose map is empty (all zeros, NaN) yet cannot change the verdict.
+
+    Recurrence is a share of the class's usable maps, so `e` empty maps of a class with `n`
+    usable ones could raise any spot's excess by at most e / (n + e) had they all peaked there.
+    An empty map is harmless when its class was judged, is not flagged, and its hotspot's excess
+    plus that bound stays within `max_recurrence`: the verdict holds whatever those maps show.
+    Otherwise it stays a finding (a gate never passes on maps it could not read and that matter).
+    """
+    predicted = engine.predictions.predicted[measured.maps.test]
+    empty = measured.windows.share.isnan()
+    spots = {h.predicted: h for h in search.hotspots}
+    harmless: list[int] = []
+    for c in predicted[empty].unique().tolist():
+        name, group = engine.classes[c], predicted == c
+        spot = spots.get(name)
+        if name in search.unjudged or (spot is not None and spot.flagged):
+            continue
+        e, n = int((group & empty).sum()), int((group & ~empty).sum())
+        if (spot.excess if spot is not None else 0.0) + e / (n + e) <= max_recurrence:
+            harmless += measured.maps.test[group & empty].tolist()
+    return harmless
+
+
 def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, p: HotspotParams) -> Hotspot | None:
     """Class `c`'s hotspot among the maps at `rows`, confirmed by filling it when `min_flip_share` is set."""
     side, group = measured.side, subset(measured.windows, rows)

@@ -9,7 +9,9 @@ at when it errs and not when it is right (`auditor.checks.hotspots` judges it). 
 examples that need the spot themselves are left out (a model that predicts the class only with
 the mark), and a spot flagged only thanks to that must transfer to other classes' images
 (`min_transfer_share`). The per-map share alone does not separate shortcut from clean models
-(see rules/shortcuts.yaml).
+(see rules/shortcuts.yaml). An empty map is a finding unless, in the recurrence judgement alone,
+it cannot change the verdict (`hotspots.harmless_empty`: a few maps VAR leaves empty on a
+confident ViT then no longer fail a clean model).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from auditor.checks.base import AuditEngine, Check, CheckResult, register, worst_first, worst_measured
-from auditor.checks.hotspots import densest_windows, find_hotspots
+from auditor.checks.hotspots import densest_windows, find_hotspots, harmless_empty
 from auditor.checks.maps import add_finding, over_threshold
 from auditor.spec.checks import ConcentrationParams
 
@@ -46,6 +48,11 @@ class SaliencyConcentration(Check):
             return CheckResult("max densest-window share", extra["max_share"], p.max_mass, "<=", n,
                                worst_first(failures.values()), extra=extra)
         search = find_hotspots(engine, measured, p)
+        harmless = harmless_empty(engine, measured, search, p.max_recurrence)
+        if p.max_mass >= 1.0:                   # no per-map cut (which could not read an empty map either)
+            for index in harmless:
+                failures.pop(index, None)
+            extra["empty_maps_harmless"] = len(harmless)
         for spot in search.flagged:
             for row in spot.rows:
                 add_finding(failures, engine, maps, row, float(windows.share[row]), "recurrent hotspot", spot.window)

@@ -67,6 +67,24 @@ def test_errors_that_look_where_correct_examples_look_pass():
     assert result.passed is True and result.failures == [] and result.value == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("n_empty,fails", [(2, False), (12, True)])
+def test_empty_maps_fail_the_recurrence_only_when_they_could_change_its_verdict(n_empty, fails):
+    """Errors look where correct examples look (excess 0); `n_empty` of the 20 errors have empty
+    maps. All of them at one spot would add n / 20 to its excess: 0.1 is harmless at 0.35, 0.6 not."""
+    engine = shortcut_scenario(errors_at_corner=False)
+    maps = torch.stack([torch.zeros(28, 28) if i < n_empty else blob(12, 12) for i in range(20)] + [blob(12, 12)] * 20)
+    engine.saliency = lambda idx, method=None, use_var=False: SaliencyMaps(idx, maps[idx][:, None], maps[idx])
+    result = SaliencyConcentration(ConcentrationParams(source="var", max_recurrence=0.35, min_group=10)).run(
+        engine, torch.arange(20))
+    assert result.extra["empty_maps"] == n_empty and result.value == pytest.approx(0.0)
+    if fails:
+        assert sorted(f.index for f in result.failures) == list(range(n_empty))
+        assert {f.details["reason"] for f in result.failures} == {"attribution is all zeros"}
+        assert result.extra["empty_maps_harmless"] == 0
+    else:
+        assert result.failures == [] and result.extra["empty_maps_harmless"] == n_empty
+
+
 def test_per_map_share_and_empty_maps_are_findings():
     maps = torch.stack([blob(3, 3), torch.zeros(28, 28), torch.full((28, 28), float("nan")), torch.ones(28, 28)])
     engine = saliency_engine(maps, [0, 0, 0, 0], [0, 0, 0, 0])
