@@ -56,6 +56,7 @@ class Hotspot:
     transfer_share: float | None = None
     confirmed: bool | None = None
     peak_window: tuple[int, int, int] | None = None
+    reference_set_aside: bool = False
 
     @property
     def excess(self) -> float:
@@ -70,6 +71,8 @@ class Hotspot:
                 if (value := getattr(self, key)) is not None}
         if self.peak_window is not None:
             out["peak_window"] = list(self.peak_window)
+        if self.reference_set_aside:
+            out["reference_set_aside"] = True
         return out | {"flagged": self.flagged}
 
 
@@ -168,6 +171,10 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
             confirmed = confirmed and shares["transfer_share"] >= p.min_transfer_share
         shares["confirmed"] = confirmed
     flagged = confirmed and spot.excess > p.max_recurrence
+    if not flagged and p.min_flip_share is not None:
+        aside = _set_aside(engine, measured, rows, c, group, p)
+        if aside is not None:
+            return aside
     if flagged:                  # report the window where the mark is, not where the maps lean on its edge
         located = located_window(engine, members, window, c, engine.settings.seed)
         if located != window:
@@ -176,13 +183,46 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
                    flagged, tuple(rows[spot.members].tolist()), **shares)
 
 
+NO_REFERENCE = Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+
+
+def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, group: Windows,
+               p: HotspotParams) -> Hotspot | None:
+    """The group's most recurrent spot, flagged with the reference set aside when the errors need
+    it and it turns other classes' images into the class.
+
+    A model that checks the mark's corner for every decision of its class (unmarked shirts too)
+    peaks there as often when right as when wrong, so no reference, thinned or not, shows an
+    excess: two ResNet-18s that turned 90% of marked images into Shirt passed this way
+    (benchmarks/architectures.py). Filling the spot must still change the errors
+    (`min_flip_share`) and pasting it must still make the class (`min_transfer_share`, which keeps
+    a class's own parts out); the spot's recurrence is then its excess.
+    """
+    side = measured.side
+    mode = top_spot(group, NO_REFERENCE, side)
+    if mode is None or mode.recurrence <= p.max_recurrence:
+        return None
+    window = (mode.row, mode.col, side)
+    members = measured.maps.test[rows[mode.members]].unique()
+    flipped = round(flip_share(engine, members, window, c), 4)
+    if flipped < p.min_flip_share:
+        return None
+    transferred = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
+    if transferred < p.min_transfer_share:
+        return None
+    located = located_window(engine, members, window, c, engine.settings.seed)
+    return Hotspot(engine.classes[c], len(rows), located, mode.recurrence, 0.0, 1.0, True,
+                   tuple(rows[mode.members].tolist()), flip_share=flipped, transfer_share=transferred, confirmed=True,
+                   peak_window=window if located != window else None, reference_set_aside=True)
+
+
 def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tuple[torch.Tensor, Windows]:
     """Correctly classified test examples predicted as `c` (at most `reference_size`) and
     their densest windows: where attribution normally peaks for that class (same source)."""
     chosen = (engine.predictions.correct & (engine.predictions.predicted == c)).nonzero().flatten()
     chosen = seeded_subset(chosen, p.reference_size, engine.settings.seed)
     if len(chosen) == 0:
-        return chosen, Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        return chosen, NO_REFERENCE
     return chosen, densest_window(attribution_maps(engine, chosen, p.source, p.method, p.k).magnitude, side)
 
 
@@ -200,7 +240,7 @@ def _decontaminated(engine: AuditEngine, c: int, group: Windows, reference_tests
     transfer (`min_transfer_share`: planted marks 0.50-0.93, parts 0.01-0.21, efficacy runs).
     """
     candidates = {(spot.row, spot.col)}
-    mode = top_spot(group, subset(reference, torch.zeros(len(reference_tests), dtype=torch.bool)), side)
+    mode = top_spot(group, NO_REFERENCE, side)
     if mode is not None:
         candidates.add((mode.row, mode.col))
     best, relying = spot, 0.0

@@ -182,3 +182,43 @@ rules:
     tfa = outcomes["tfa-concentration"].result
     assert tfa.extra["n_maps"] == 4 and tfa.extra["floor"] < tfa.extra["median_share"] < 1
     json.dumps(shortcut.extra)
+
+
+def corner_engine(part_of_object: bool):
+    """20 errors (an 'a' object, centre 0.8) predicted 'b' carry a lit corner and peak there; the
+    20 correct 'b' predictions (centre 1.0, the class's own look) peak at the corner too, unlit:
+    the model checks the corner for every 'b'. 20 correct 'c' have centre 0.5. A lit corner makes
+    'b' on its own, or (`part_of_object`) only on an object with a bright centre, as a part would."""
+    maps = torch.stack([blob(0, 0)] * 40 + [blob(12, 12)] * 20)
+    images = torch.zeros(60, 1, 28, 28)
+    images[:20, 0, :4, :4] = 1.0
+    for rows, value in ((slice(0, 20), 0.8), (slice(20, 40), 1.0), (slice(40, 60), 0.5)):
+        images[rows, 0, 12:16, 12:16] = value
+
+    def read(x: torch.Tensor) -> torch.Tensor:
+        corner, centre = x[:, 0, :4, :4].mean(dim=(1, 2)), x[:, 0, 12:16, 12:16].mean(dim=(1, 2))
+        mark = 8 * corner * ((centre > 0.75).float() if part_of_object else 1.0)
+        b = mark + 1.5 * (centre > 0.9).float()
+        return torch.stack([torch.ones(len(x)), b, 2 * (centre < 0.75).float()], dim=1)
+
+    engine = saliency_engine(maps, [0] * 20 + [1] * 20 + [2] * 20, [1] * 40 + [2] * 20)
+    engine.test_images, engine.logits = (lambda idx: images[idx]), read
+    assert torch.equal(read(images).argmax(1), engine.predictions.predicted)
+    return engine
+
+
+@pytest.mark.parametrize("part_of_object", [False, True])
+def test_a_spot_every_prediction_of_the_class_checks_is_flagged_only_when_it_transfers(part_of_object):
+    """The reference peaks where the errors do (excess 0); with it set aside, the errors' spot is a
+    shortcut when filling it changes them and pasting it makes other classes' images 'b'."""
+    params = ConcentrationParams(source="var", max_recurrence=0.35, min_group=10, min_flip_share=0.5,
+                                 min_transfer_share=0.35)
+    result = SaliencyConcentration(params).run(corner_engine(part_of_object), torch.arange(20))
+    spot = result.extra["hotspots"][0]
+    if part_of_object:
+        assert result.passed is True and not spot["flagged"] and "reference_set_aside" not in spot
+    else:
+        assert result.passed is False and spot["flagged"] and spot["reference_set_aside"]
+        assert spot["flip_share"] == 1.0 and spot["transfer_share"] == 1.0 and spot["reference_recurrence"] == 0.0
+        assert result.value == pytest.approx(1.0) and tuple(spot["window"]) == (0, 0, 4)
+        assert sorted(f.index for f in result.failures) == list(range(20))
