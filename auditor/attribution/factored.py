@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditor.attribution.gradients import GradientComputer, HookGradients, bias_gradient, layer_gradients
+from auditor.attribution.gradients import GradientComputer, bias_gradient, layer_gradients
 from auditor.attribution.projection import Projector, make_projector, rademacher
 from auditor.registry import PROJECTIONS
 
@@ -101,8 +101,9 @@ def gradient_shares(computer: GradientComputer, images: torch.Tensor, labels: to
 
 @PROJECTIONS.register("factored")
 class FactoredProjector(Projector):
-    """`P_out ⊗ P_in` per weight, exact-then-sparse for the 1-D parameters; with `HookGradients`,
-    `features` projects the layers' inputs and output gradients instead of their gradients."""
+    """`P_out ⊗ P_in` per weight, exact-then-sparse for the 1-D parameters; with a computer that
+    sees layers (`HookGradients`), `features` projects the layers' inputs and output gradients
+    instead of their gradients."""
 
     def __init__(self, in_dim: int, out_dim: int, seed: int = 0, shapes: Sequence[torch.Size] | None = None,
                  shares: Sequence[float] | None = None) -> None:
@@ -150,7 +151,7 @@ class FactoredProjector(Projector):
 
     def working_size(self, computer: GradientComputer) -> int:
         """With hooks: the features, the 1-D parameters' gradients and any weight the fast path cannot factor."""
-        if not isinstance(computer, HookGradients):
+        if not computer.sees_layers:
             return computer.dim
         unfactored = sum(self.sizes[i] for i in self.by_index
                          if not _factors(computer.modules.get(computer.names[i].rpartition(".")[0])))
@@ -191,10 +192,10 @@ class FactoredProjector(Projector):
                 for i in self.rest]
         out[:, self.rest_offset:] = self.rest_projector.project_blocks(flat)
 
-    # --- from layer inputs and output gradients (HookGradients: one forward and backward) ---
+    # --- from layer inputs and output gradients (a computer that sees layers: one forward and backward) ---
 
     def features(self, computer: GradientComputer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if not isinstance(computer, HookGradients):
+        if not computer.sees_layers:
             return super().features(computer, images, labels)
         position = {name: i for i, name in enumerate(computer.names)}
         out, rest = self._empty(images), {}

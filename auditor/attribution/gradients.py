@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections import defaultdict
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,13 @@ def select_parameters(model: nn.Module, layers: tuple[str, ...] | None = None) -
 
 
 class GradientComputer(abc.ABC):
-    """Per-example gradients of the cross-entropy loss over the parameters `names`."""
+    """Per-example gradients of the cross-entropy loss over the parameters `names`.
+
+    `sees_layers`: the computer also gives each selected layer's input and output gradient
+    (`layer_io`, with the layers in `modules`), which the factored projection reads directly."""
+
+    sees_layers: ClassVar[bool] = False
+    modules: dict[str, nn.Module] = {}
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         self.model = model
@@ -104,6 +111,8 @@ class FuncGradients(GradientComputer):
 @GRADIENT_COMPUTERS.register("hooks")
 class HookGradients(GradientComputer):
     """Per-example gradients from saved layer inputs and output gradients (one backward pass)."""
+
+    sees_layers = True
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         super().__init__(model, names)
