@@ -216,6 +216,18 @@ def test_layers_name_that_does_not_exist(tmp_path):
     assert "fix: module names: 0, 1" in message
 
 
+@pytest.mark.parametrize("attribution, fragment", [
+    ("{saliency: grad_cam, grad_cam_layer: conv9}", "the model has no layer 'conv9'"),
+    ("{saliency: grad_cam}", "Grad-CAM needs a convolutional layer and the model has none"),
+], ids=["unknown-layer", "no-conv-layer"])
+def test_grad_cam_errors_name_the_grad_cam_layer_setting(tmp_path, attribution, fragment):
+    """Raised inside the attribution code without a position; the engine places them."""
+    engine = engine_for(tmp_path, attribution=attribution)
+    with pytest.raises(AttributionError) as info:
+        engine.saliency(torch.arange(2))
+    assert f"audit_t.yaml:6: settings.attribution.grad_cam_layer: {fragment}" in str(info.value)
+
+
 def test_nan_parameter_gradient_is_an_error_not_a_score(tmp_path):
     engine = engine_for(tmp_path, model="{factory: fakes:nan_parameter_gradient}",
                         attribution="{gradient_computer: func}")

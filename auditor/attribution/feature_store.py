@@ -38,25 +38,25 @@ def open_cache(root: Path) -> Path:
     root = Path(root)
     marker = root / MARKER
     if root.exists() and not root.is_dir():
-        raise CacheError(f"cache path '{root}' is a file", field="settings.cache_dir",
+        raise CacheError(f"cache path '{root}' is a file",
                          fix="point cache_dir at a folder")
     if root.is_dir() and any(root.iterdir()) and not marker.is_file():
         raise CacheError(f"'{root}' is not an auditor cache (no {MARKER}) and is not empty",
-                         field="settings.cache_dir", fix="choose an empty or new folder for cache_dir")
+                         fix="choose an empty or new folder for cache_dir")
     if marker.is_file():
         try:
             ok = json.loads(marker.read_text()).get("format") == FORMAT
         except (ValueError, AttributeError):
             ok = False
         if not ok:
-            raise CacheError(f"'{marker}' is damaged or from another tool or version", field="settings.cache_dir",
+            raise CacheError(f"'{marker}' is damaged or from another tool or version",
                              fix=f"delete '{root}' (it is only a cache) or choose another cache_dir")
         return root
     try:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write(marker, json.dumps({"format": FORMAT}).encode())
     except OSError as exc:
-        raise CacheError(f"cannot create cache folder '{root}': {exc.strerror or exc}", field="settings.cache_dir",
+        raise CacheError(f"cannot create cache folder '{root}': {exc.strerror or exc}",
                          fix="choose a writable cache_dir") from None
     return root
 
@@ -136,8 +136,7 @@ class FeatureStore:
         """
         missing = self.missing_shards()
         if missing and fill is None:
-            raise CacheError(f"feature store '{self.directory}' lacks shards {missing}",
-                             field="settings.cache_dir", fix="featurize the training set first")
+            raise CacheError(f"feature store '{self.directory}' lacks shards {missing}", fix="featurize the training set first")
         computed = fill(missing) if missing else iter(())
         for index in range(self.n_shards):
             start, _ = self.shard_range(index)

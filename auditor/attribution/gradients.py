@@ -34,7 +34,7 @@ def select_parameters(model: nn.Module, layers: tuple[str, ...] | None = None) -
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if layers is None:
         if not trainable:
-            raise AttributionError("the model has no trainable parameters", field="settings.attribution.layers",
+            raise AttributionError("the model has no trainable parameters",
                                    fix="unfreeze the layers to audit or name them in `layers:`")
         return trainable
     modules = dict(model.named_modules())
@@ -43,14 +43,13 @@ def select_parameters(model: nn.Module, layers: tuple[str, ...] | None = None) -
         if layer not in modules:
             near = nearest(layer, [m for m in modules if m], n=3)
             raise AttributionError(
-                f"the model has no module named '{layer}'", field="settings.attribution.layers",
+                f"the model has no module named '{layer}'",
                 fix=f"did you mean {', '.join(repr(n) for n in near)}?" if near
                 else f"module names: {', '.join(list(m for m in modules if m)[:12])}")
         prefix = f"{layer}." if layer else ""
         names += [n for n in trainable if n.startswith(prefix) and n not in names]
     if not names:
-        raise AttributionError(f"the modules {list(layers)} have no trainable parameters",
-                               field="settings.attribution.layers", fix="name modules with weights")
+        raise AttributionError(f"the modules {list(layers)} have no trainable parameters", fix="name modules with weights")
     return names
 
 

@@ -147,7 +147,7 @@ class GradCam(SaliencyMethod):
         super().__init__(model, batched_backward)
         modules = dict(model.named_modules())
         if layer is not None and layer not in modules:
-            raise AttributionError(f"the model has no layer '{layer}'", field="settings.attribution.grad_cam_layer",
+            raise AttributionError(f"the model has no layer '{layer}'",
                                    fix="name a convolutional or transformer module, or leave it unset")
         self.layer_name, self.layer = layer, modules.get(layer)
         self.relu = relu
@@ -188,7 +188,6 @@ def as_grid(tokens: torch.Tensor, layer: str) -> torch.Tensor:
     grid = token_grid(tokens.shape[-2])
     if grid is None:
         raise AttributionError(f"Grad-CAM layer '{layer}' outputs {tokens.shape[-2]} tokens, not a square patch grid",
-                               field="settings.attribution.grad_cam_layer",
                                fix="name a layer whose output is a feature map or a ViT's patch tokens")
     prefix, side = grid
     patches = tokens[..., prefix:, :]
@@ -227,8 +226,7 @@ def last_conv_layer(model: nn.Module) -> str:
     """Name of the last `nn.Conv2d` in registration order."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not names:
-        raise AttributionError("Grad-CAM needs a convolutional layer and the model has none",
-                               field="settings.attribution.grad_cam_layer", fix="use another saliency method")
+        raise AttributionError("Grad-CAM needs a convolutional layer and the model has none", fix="use another saliency method")
     return names[-1]
 
 

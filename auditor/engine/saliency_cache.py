@@ -50,8 +50,13 @@ class SaliencyCache:
         name = name or a.saliency
         options = {"integrated_gradients": {"steps": a.ig_steps, "internal_batch_size": self.target.rows(512)},
                    "grad_cam": {"layer": a.grad_cam_layer}}
-        with located(self.spec, "saliency"):
+        with located(self.spec, self.setting(name)):
             return make_method(name, self.target.model, **options.get(name, {}))
+
+    @staticmethod
+    def setting(method: str) -> str:
+        """The setting an error of `method` is about: Grad-CAM's layer, else the method itself."""
+        return "grad_cam_layer" if method == "grad_cam" else "saliency"
 
     def __call__(self, predictions: Predictions, indices: torch.Tensor, method: str | None = None,
                  use_var: bool = False) -> SaliencyMaps:
@@ -68,7 +73,8 @@ class SaliencyCache:
                 images = self.target.test_images(chunk).to(self.target.device)
                 predicted = predictions.predicted[chunk]
                 classes = class_set(predictions.logits[chunk], predicted, a.var_top_k) if use_var else predicted[:, None]
-                maps = attributor.attribute(images, classes.to(self.target.device)).detach()
+                with located(self.spec, self.setting(method)):
+                    maps = attributor.attribute(images, classes.to(self.target.device)).detach()
                 maps = var(maps, 0, a.var_temperature, a.var_tau) if use_var else maps[:, 0]
                 for i, m in zip(chunk.tolist(), maps.cpu()):
                     cache[i] = m
