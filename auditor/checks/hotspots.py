@@ -128,11 +128,12 @@ def find_hotspots(engine: AuditEngine, measured: Measured, p: HotspotParams) -> 
 def harmless_empty(engine: AuditEngine, measured: Measured, search: HotspotSearch, max_recurrence: float) -> list[int]:
     """Test examples whose map is empty (all zeros, NaN) yet cannot change the verdict.
 
-    Recurrence is a share of the class's usable maps, so `e` empty maps of a class with `n`
-    usable ones could raise any spot's excess by at most e / (n + e) had they all peaked there.
-    An empty map is harmless when its class was judged, is not flagged, and its hotspot's excess
-    plus that bound stays within `max_recurrence`: the verdict holds whatever those maps show.
-    Otherwise it stays a finding (a gate never passes on maps it could not read and that matter).
+    A class with fewer than `min_group` maps, empty ones counted, is not judged whatever they
+    show (it is reported as unjudged). In a judged class recurrence is a share of the usable
+    maps, so `e` empty maps beside `n` usable ones could raise any spot's excess by at most
+    e / (n + e) had they all peaked there: harmless when the class is not flagged and its
+    hotspot's excess plus that bound stays within `max_recurrence`. Otherwise an empty map stays
+    a finding (a gate never passes on maps it could not read and that matter).
     """
     predicted = engine.predictions.predicted[measured.maps.test]
     empty = measured.windows.share.isnan()
@@ -141,10 +142,9 @@ def harmless_empty(engine: AuditEngine, measured: Measured, search: HotspotSearc
     for c in predicted[empty].unique().tolist():
         name, group = engine.classes[c], predicted == c
         spot = spots.get(name)
-        if name in search.unjudged or (spot is not None and spot.flagged):
-            continue
         e, n = int((group & empty).sum()), int((group & ~empty).sum())
-        if (spot.excess if spot is not None else 0.0) + e / (n + e) <= max_recurrence:
+        judged_within = (spot.excess if spot is not None else 0.0) + e / (n + e) <= max_recurrence
+        if name in search.unjudged or (judged_within and not (spot is not None and spot.flagged)):
             harmless += measured.maps.test[group & empty].tolist()
     return harmless
 

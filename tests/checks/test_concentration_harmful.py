@@ -85,6 +85,19 @@ def test_empty_maps_fail_the_recurrence_only_when_they_could_change_its_verdict(
         assert result.failures == [] and result.extra["empty_maps_harmless"] == n_empty
 
 
+def test_empty_maps_of_a_class_too_small_to_judge_do_not_fail_the_recurrence():
+    """Five errors predicted 'c' (min_group 10): that class is reported unjudged whatever its maps show."""
+    engine = shortcut_scenario(errors_at_corner=False)
+    maps = torch.stack([blob(12, 12)] * 40 + [torch.zeros(28, 28)] * 2 + [blob(12, 12)] * 3)
+    logits = torch.nn.functional.one_hot(torch.tensor([1] * 40 + [2] * 5), 3).float()
+    engine.predictions = Predictions(logits, torch.tensor([0] * 20 + [1] * 20 + [0] * 5))
+    engine.saliency = lambda idx, method=None, use_var=False: SaliencyMaps(idx, maps[idx][:, None], maps[idx])
+    result = SaliencyConcentration(ConcentrationParams(source="var", max_recurrence=0.35, min_group=10)).run(
+        engine, torch.tensor([*range(20), *range(40, 45)]))
+    assert result.extra["unjudged"] == {"c": 5} and result.extra["empty_maps"] == 2
+    assert result.failures == [] and result.extra["empty_maps_harmless"] == 2
+
+
 def test_per_map_share_and_empty_maps_are_findings():
     maps = torch.stack([blob(3, 3), torch.zeros(28, 28), torch.full((28, 28), float("nan")), torch.ones(28, 28)])
     engine = saliency_engine(maps, [0, 0, 0, 0], [0, 0, 0, 0])
