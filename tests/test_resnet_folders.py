@@ -21,8 +21,7 @@ def runs(tmp_path_factory):
     out = {}
     for kind, clean, packs in (("marked", False, ["shortcuts", "label_noise"]), ("clean", True, ["shortcuts"])):
         folder = tmp_path_factory.mktemp(kind)
-        build(folder, clean=clean, n_train=2000, n_test=500, epochs=6, seed=0)
-        result = audit(folder, packs)
+        result = audit(build(folder, clean=clean, n_train=2000, n_test=500, epochs=6, seed=0), packs)
         out[kind] = {**measure(folder, result["rules"]), "peak_rss_mb": result["peak_rss_mb"],
                      "seconds": result["seconds"]}
         print(kind, {k: v for k, v in out[kind].items() if k != "shirt_hotspot"})
