@@ -7,6 +7,7 @@ torch is imported only when an audit file is collected.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 
 import warnings
@@ -126,6 +127,7 @@ class RuleItem(pytest.Item):
         super().__init__(**kwargs)
         self.rule = rule
         self.audit = audit
+        self.panel_scratch: Path | None = None      # panels written only for pytest-html (removed once inlined)
 
     def setup(self) -> None:
         """Load the audit's model and data once per file: a failure there is ONE error for the
@@ -194,10 +196,11 @@ class RuleItem(pytest.Item):
 
         if self.config.option.audit_report:
             folder = report_folder(self.config, self.audit) / "panels"
-        else:
-            folder = Path(tempfile.mkdtemp(prefix="audit-panels-"))
+        else:                   # inlined into pytest-html's report by pytest_runtest_makereport, then removed
+            folder = self.panel_scratch = Path(tempfile.mkdtemp(prefix="audit-panels-"))
         paths = write_panels(self.audit.engine, outcome, folder, self.config.option.audit_max_panels)
-        self.user_properties.append(("audit_panels", [str(p) for p in paths]))
+        if self.config.option.audit_report:
+            self.user_properties.append(("audit_panels", [str(p) for p in paths]))
         return paths
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
@@ -300,3 +303,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.extras = getattr(report, "extras", []) + [
             extras.png(base64.b64encode(Path(p).read_bytes()).decode("ascii"), name=Path(p).name)
             for p in item.audit_result["panels"]]
+    scratch = item.panel_scratch
+    if scratch is not None:                     # the PNGs now live in the report; nothing points at the files
+        shutil.rmtree(scratch, ignore_errors=True)
+        report.audit_result = {**item.audit_result, "panels": []}

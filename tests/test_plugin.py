@@ -151,6 +151,21 @@ def test_pytest_html_shows_the_failing_rules_panels(pytester, fashion_audit, tmp
     assert text.count("data:image/png;base64,") >= 1 and "no-border-test-" in text
 
 
+def test_panels_written_only_for_pytest_html_are_removed_once_inlined(pytester, fashion_audit, tmp_path, monkeypatch):
+    """Without --audit-report the panels go to a scratch folder; the report holds them inlined."""
+    pytest.importorskip("pytest_html")
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = pytester.runpytest(str(fashion_audit(XDIST_RULES, test_limit=100)), "-p", "no:cacheprovider",
+                                f"--html={tmp_path / 'pytest.html'}", "--self-contained-html", "-k", "no-border")
+    result.assert_outcomes(failed=1)
+    assert "data:image/png;base64," in (tmp_path / "pytest.html").read_text()
+    assert not list(scratch.glob("audit-panels-*"))
+
+
 def test_update_baseline_refuses_xdist(pytester, fashion_audit):
     pytest.importorskip("xdist")
     result = pytester.runpytest_subprocess(str(fashion_audit(XDIST_RULES)), "-n", "2", "--audit-update-baseline")
