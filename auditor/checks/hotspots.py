@@ -172,13 +172,13 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
         shares["confirmed"] = confirmed
     flagged = confirmed and spot.excess > p.max_recurrence
     if not flagged and p.min_flip_share is not None:
-        aside = _set_aside(engine, measured, rows, c, group, p)
+        aside = _set_aside(engine, measured, rows, c, group, p, tested=window if "confirmed" in shares else None)
         if aside is not None:
             return aside
-    if flagged:                  # report the window where the mark is, not where the maps lean on its edge
-        located = located_window(engine, members, window, c, engine.settings.seed)
-        if located != window:
-            shares["peak_window"], window = window, located
+    if flagged:
+        window, peak = _located(engine, members, window, c)
+        if peak is not None:
+            shares["peak_window"] = peak
     return Hotspot(engine.classes[c], len(rows), window, spot.recurrence, spot.reference_recurrence, relying,
                    flagged, tuple(rows[spot.members].tolist()), **shares)
 
@@ -186,8 +186,16 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
 NO_REFERENCE = Windows(torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
 
 
+def _located(engine: AuditEngine, members: torch.Tensor, window: tuple[int, int, int],
+             c: int) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """A flagged spot's reported window: where the mark is (`occlusion.located_window`), not where
+    the maps lean on its edge; and the spot where the maps recur when that differs (else None)."""
+    located = located_window(engine, members, window, c, engine.settings.seed)
+    return (located, window) if located != window else (window, None)
+
+
 def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, group: Windows,
-               p: HotspotParams) -> Hotspot | None:
+               p: HotspotParams, tested: tuple[int, int, int] | None = None) -> Hotspot | None:
     """The group's most recurrent spot, flagged with the reference set aside when the errors need
     it and it turns other classes' images into the class.
 
@@ -196,13 +204,15 @@ def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: i
     excess: two ResNet-18s that turned 90% of marked images into Shirt passed this way
     (benchmarks/architectures.py). Filling the spot must still change the errors
     (`min_flip_share`) and pasting it must still make the class (`min_transfer_share`, which keeps
-    a class's own parts out); the spot's recurrence is then its excess.
+    a class's own parts out); the spot's recurrence is then its excess. `tested`: the window the
+    reference-based judgement already filled and pasted without confirming it (not tried again:
+    the same members give the same shares).
     """
     side = measured.side
     mode = top_spot(group, NO_REFERENCE, side)
-    if mode is None or mode.recurrence <= p.max_recurrence:
+    window = None if mode is None else (mode.row, mode.col, side)
+    if mode is None or mode.recurrence <= p.max_recurrence or window == tested:
         return None
-    window = (mode.row, mode.col, side)
     members = measured.maps.test[rows[mode.members]].unique()
     flipped = round(flip_share(engine, members, window, c), 4)
     if flipped < p.min_flip_share:
@@ -210,10 +220,10 @@ def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: i
     transferred = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
     if transferred < p.min_transfer_share:
         return None
-    located = located_window(engine, members, window, c, engine.settings.seed)
+    located, peak = _located(engine, members, window, c)
     return Hotspot(engine.classes[c], len(rows), located, mode.recurrence, 0.0, 1.0, True,
                    tuple(rows[mode.members].tolist()), flip_share=flipped, transfer_share=transferred, confirmed=True,
-                   peak_window=window if located != window else None, reference_set_aside=True)
+                   peak_window=peak, reference_set_aside=True)
 
 
 def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tuple[torch.Tensor, Windows]:
