@@ -56,7 +56,7 @@ class SingleImageErrors(Check):
                                   float(leads[row]), maps[int(indices[row])]) for row in flagged.tolist()]
         failures = worst_first(failures)
         # NaN when no z-score could be measured; 0 when some were but no error's top proponent leads
-        value = worst_measured(torch.where(leads >= p.min_lead, z, torch.where(z.isnan(), z, torch.zeros_like(z))))
+        value = worst_measured(torch.where((leads >= p.min_lead) | z.isnan(), z, torch.zeros_like(z)))
         return CheckResult("max driver z-score", value,
                            p.min_z, "<=", len(indices), failures,
                            extra={"median_gap": float((scores[:, 0] - scores[:, 1]).median()) if len(indices) else None})
