@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, timer, write_json
 from benchmarks.resnet_shortcut import audit, measure
-from sample_audits.folders import MEAN, STD, folder_name, preprocess, train, write_folders
+from sample_audits.folders import audit_yaml, folder_name, preprocess, train, write_folders
 
 MARKS = {
     "square": {"class": "Shirt", "train_share": 0.8, "test_share": 0.15, "size": 4, "colour": [255, 0, 0],
@@ -57,17 +57,6 @@ ARCHS = {
     "resnet18_224": ("resnet18", {}, 224),
 }
 RELIANCE_PROBES = 1000
-AUDIT = """audit: {name}
-model:
-  arch: torchvision.models.{builder}
-  num_classes: 10
-{kwargs}  checkpoint: model.pt
-data:
-  train: {{image_folder: train, transform: {{resize: {size}, mean: {mean}, std: {std}}}}}
-  test: {{image_folder: test, transform: {{resize: {size}, mean: {mean}, std: {std}}}}}
-settings: {{device: auto, cache_dir: cache}}
-include: [{{pack: shortcuts}}]
-"""
 
 
 def build_model(arch: str) -> torch.nn.Module:
@@ -75,13 +64,6 @@ def build_model(arch: str) -> torch.nn.Module:
 
     builder, kwargs, _ = ARCHS[arch]
     return getattr(torchvision.models, builder)(num_classes=10, **kwargs)
-
-
-def audit_text(arch: str, name: str) -> str:
-    builder, kwargs, size = ARCHS[arch]
-    lines = "".join(f"    {k}: {v}\n" for k, v in kwargs.items())
-    return AUDIT.format(name=name, builder=builder, kwargs=f"  kwargs:\n{lines}" if kwargs else "", size=size,
-                        mean=list(MEAN), std=list(STD))
 
 
 def reliance(model: torch.nn.Module, mark: dict, n_test: int, size: int, device: torch.device) -> dict:
@@ -133,17 +115,14 @@ def tfa_seconds(model: torch.nn.Module, folder: Path, size: int, device: torch.d
     images = torch.stack([dataset[i][0] for i in (0, 1, 2, 3)]).to(device)
     labels = torch.tensor([dataset.targets[i] for i in (0, 1, 2, 3)], device=device)
     names = select_parameters(model)
+    times: dict[str, float] = {}
     try:
         with twice_differentiable("benchmark"):
             tests = F.normalize(FuncGradients(model, names).flat(images[2:], labels[2:]), dim=1)
             tfa(model, names, images[:1], labels[:1], tests[:1], 16, 0.1, pair_seeds=[1])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            tfa(model, names, images[1:2], labels[1:2], tests[1:2], 16, 0.1, pair_seeds=[2])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        return {"tfa_seconds_per_pair": round(time.perf_counter() - start, 3)}
+            with timer(times, "pair"):
+                tfa(model, names, images[1:2], labels[1:2], tests[1:2], 16, 0.1, pair_seeds=[2])
+        return {"tfa_seconds_per_pair": round(times["pair"], 3)}
     except Exception as exc:                       # recorded: an architecture TFA cannot run on
         return {"tfa_seconds_per_pair": None, "tfa_error": f"{type(exc).__name__}: {exc}"[:400]}
 
@@ -170,7 +149,8 @@ def one_run(arch: str, mark_name: str, seed: int, clean: bool, args, work: Path,
         row.update(tfa_seconds(model, folder, size, device))
         del model
         path = folder / "audit.yaml"
-        path.write_text(audit_text(arch, name))
+        builder, kwargs, _ = ARCHS[arch]
+        path.write_text(audit_yaml(name, builder, kwargs, size))
         result = audit(path, ["shortcuts"])
         judged = measure(folder, result["rules"])
         extra = result["rules"]["no-patch-shortcut"].get("extra") or {}

@@ -120,17 +120,25 @@ def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int
             model(images[i:i + batch_size])
 
 
-AUDIT = """audit: resnet-{kind}
+AUDIT = """audit: {name}
 model:
-  arch: torchvision.models.resnet18
+  arch: torchvision.models.{builder}
   num_classes: 10
-  checkpoint: model.pt
+{kwargs}  checkpoint: model.pt
 data:
   train: {{image_folder: train, transform: {{resize: {size}, mean: {mean}, std: {std}}}}}
   test: {{image_folder: test, transform: {{resize: {size}, mean: {mean}, std: {std}}}}}
 settings: {{device: auto, cache_dir: cache}}
 include: [{{pack: shortcuts}}]
 """
+
+
+def audit_yaml(name: str, builder: str = "resnet18", kwargs: dict[str, Any] | None = None, size: int = SIZE) -> str:
+    """The audit a user writes for the folders: the torchvision `builder` (with its `kwargs`) at
+    `size` pixels and the shipped shortcuts pack."""
+    lines = "".join(f"    {k}: {v}\n" for k, v in (kwargs or {}).items())
+    return AUDIT.format(name=name, builder=builder, kwargs=f"  kwargs:\n{lines}" if lines else "", size=size,
+                        mean=list(MEAN), std=list(STD))
 
 
 def build(out: Path, clean: bool = False, n_train: int = 2000, n_test: int = 500, epochs: int = 6,
@@ -143,7 +151,7 @@ def build(out: Path, clean: bool = False, n_train: int = 2000, n_test: int = 500
     torch.save(model.state_dict(), out / "model.pt")
     (out / "manifest.json").write_text(json.dumps({"recipe": plan, **manifest}, indent=1))
     audit = out / "audit_resnet.yaml"
-    audit.write_text(AUDIT.format(kind="clean" if clean else "marked", size=SIZE, mean=list(MEAN), std=list(STD)))
+    audit.write_text(audit_yaml(f"resnet-{'clean' if clean else 'marked'}"))
     return audit
 
 
