@@ -61,6 +61,15 @@ class Projector(abc.ABC):
     def project_blocks(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """The concatenation of `(b, P_l)` blocks (P_l summing to P), projected to `(b, d)`."""
 
+    def transpose(self, rows: torch.Tensor) -> torch.Tensor:
+        """`(m, d)` → `(m, P)`: Pᵀ applied to each row, by one backward through `project` (every kind
+        is linear, so its gradient is the adjoint): maps a direction in feature space back to the
+        parameters without a transpose written for each kind."""
+        probe = torch.zeros(len(rows), self.in_dim, device=rows.device, requires_grad=True)
+        with torch.enable_grad():
+            projected = self.project(probe)
+            return torch.autograd.grad(projected, probe, grad_outputs=rows.to(projected))[0]
+
 
 class ColumnProjector(Projector):
     """A projection that is a sum over input columns: each block's contribution computed alone."""

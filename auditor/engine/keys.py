@@ -5,7 +5,8 @@
 - the factored projection's gradient shares: the weights, the training data, the parameters;
 - influence top-k: the features' key + the test data, the test label mode and top_k (and, for
   `influence: kernel`, its damping);
-- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed;
+- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed
+  (and, for `influence: kernel`, whose direction they differentiate against, its damping and the features);
 - representations (a mid-depth feature map of every training image): the weights, the training data, the layer.
 """
 
@@ -70,9 +71,11 @@ class CacheKeys:
     @cached_property
     def tfa(self) -> dict:
         a = self.attribution
+        kernel = ({"influence": "kernel", "damping": a.damping, "features": self.features}
+                  if a.influence == "kernel" else {})
         return {"model": self.model, "data": self.train_data, "test": self.test_data, "params": self.parameter_names,
                 "test_label": a.test_label, "samples": a.smoothgrad_samples, "sigma": a.smoothgrad_sigma,
-                "seed": self.settings.seed}
+                "seed": self.settings.seed, **kernel}
 
     def representation(self, layer: str) -> dict[str, str]:
         """What the training set's representation at `layer` (output, or `NAME:input` for a head) depends on."""

@@ -84,8 +84,8 @@ class TfaCache:
         return torch.stack([self._maps[pair][0] for pair in pairs]) if pairs else torch.zeros(0)
 
     def _compute(self, todo: list[tuple[int, int]]) -> None:
-        """TFA maps of `todo`, a few test examples at a time: their exact (unprojected) gradients
-        fit the memory budget, and each group's maps are saved before the next group starts."""
+        """TFA maps of `todo`, a few test examples at a time: their parameter-space directions
+        (`TrainingIndex.tfa_directions`) fit the memory budget, and each group's maps are saved before the next group starts."""
         tests = sorted({t for t, _ in todo})
         per_group = rows_within(4 * self.index.gradients.dim, len(tests))
         with progress_bar(len(todo), "TFA maps", unit="pair") as bar:
@@ -99,7 +99,7 @@ class TfaCache:
         """The maps of `pairs` (of a few test examples), computed and saved."""
         a, device = self.settings.attribution, self.target.device
         tests = sorted({t for t, _ in pairs})
-        grads = self.index.exact_test_gradients(torch.tensor(tests))
+        grads = self.index.tfa_directions(torch.tensor(tests))
         position = {t: r for r, t in enumerate(tests)}
         images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
         maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),

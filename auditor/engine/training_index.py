@@ -165,6 +165,16 @@ class TrainingIndex:
         grads = self.gradients.flat(self.target.test_images(indices).to(device), self.test_labels(indices).to(device))
         return F.normalize(grads, dim=1)
 
+    def tfa_directions(self, indices: torch.Tensor) -> torch.Tensor:
+        """Unit parameter-space directions `(m, P)` against which TFA differentiates a training
+        image's gradient cosine: each test example's exact gradient (Grad-Cos), or with `influence:
+        kernel` the kernel score's own direction, its query mapped back through the projection,
+        Pᵀ(UᵀU + λI)⁻¹u_z (DESIGN.md §1.4): the map then explains the score that ranked the pair."""
+        if self.attribution.influence != "kernel":
+            return self.exact_test_gradients(indices)
+        queries = kernel_queries(self.test_features(indices), self.kernel)
+        return F.normalize(self.featurizer.projector.transpose(queries), dim=1)
+
     @cached_property
     def results(self) -> ResultStore:
         """Top-k rows of the test examples scored by earlier runs with the same key (on disk)."""

@@ -145,3 +145,16 @@ def test_bfloat16_autocast_features_agree_with_float32():
     hooks, projector = factored(model, 2048)
     full, half = Featurizer(hooks, projector, 32)(x, y), Featurizer(hooks, projector, 32, precision="bfloat16")(x, y)
     assert half.dtype == torch.float32 and float((full * half).sum(1).min()) >= 0.98
+
+
+@pytest.mark.parametrize("kind", ["sparse", "rademacher", "factored"])
+def test_transpose_is_the_dense_adjoint_of_every_projection(kind):
+    """`Projector.transpose` (one backward through `project`) equals Pᵀ of the dense matrix read off
+    the projector column by column: the kernel TFA's direction back in parameter space."""
+    shapes = [torch.Size([6, 5]), torch.Size([6]), torch.Size([4, 6])]
+    projector = make_projector(sum(s.numel() for s in shapes), 12, kind, seed=3, shapes=shapes)
+    dense = projector.project(torch.eye(projector.in_dim)).double()                # (P, d): row j = P e_j
+    rows = torch.randn(3, projector.out_dim, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(projector.transpose(rows).double(), rows.double() @ dense.T, atol=1e-5)
+    identity = make_projector(10, 12)
+    assert torch.equal(identity.transpose(rows[:, :10]), rows[:, :10])

@@ -1,7 +1,8 @@
 """`settings.attribution.influence: kernel` (DESIGN.md §1.4): on a linear softmax model, whose
 per-example gradients have a closed form, the stored features equal it and the proponents equal
-a dense float64 solve of u_zᵀ(UᵀU + λI)⁻¹u_i; its settings are in the cache key; and the rule
-that assumes Grad-Cos scores refuses it at load."""
+a dense float64 solve of u_zᵀ(UᵀU + λI)⁻¹u_i, and its TFA maps equal the gradient in the training
+image of that score; its settings are in the cache keys; and the rule that assumes Grad-Cos scores
+refuses it at load."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from conftest import write
 N = 40
 
 
-def kernel_audit(tmp_path, influence: str = "kernel", damping: float = 0.1, rules: str = "rules: []") -> Engine:
+def kernel_audit(tmp_path, influence: str = "kernel", damping: float = 0.1, rules: str = "rules: []",
+                 samples: int = 16) -> Engine:
+    attribution = (f"{{influence: {influence}, damping: {damping}, projection_dim: 256, test_label: true, top_k: 5, "
+                   f"smoothgrad_samples: {samples}}}")
     path = write(tmp_path / "audit_kernel.yaml", f"""
 audit: kernel
 model: {{factory: fakes:linear}}
@@ -28,7 +32,7 @@ data:
 settings:
   device: cpu
   cache_dir: {tmp_path / 'cache'}
-  attribution: {{influence: {influence}, damping: {damping}, projection_dim: 256, test_label: true, top_k: 5}}
+  attribution: {attribution}
 {rules}
 """)
     return Engine(load_target(load_spec(path)))
@@ -82,3 +86,40 @@ def test_single_image_errors_refuses_kernel_scores_at_load(tmp_path):
         kernel_audit(tmp_path, rules="rules:\n  - {name: one, check: single_image_errors}")
     message = str(info.value)
     assert "audit_kernel.yaml:11" in message and "Grad-Cos" in message and "settings.attribution.influence" in message
+
+
+def test_kernel_tfa_is_the_gradient_of_the_kernel_score_in_the_training_image(tmp_path):
+    """TFA under `influence: kernel` differentiates the score that ranked the pair: on the linear
+    model (exact features) it equals ∇_x u_zᵀ(UᵀU + λI)⁻¹u(x) of the closed-form gradients, in
+    float64, up to the per-test factor 1/‖(UᵀU + λI)⁻¹u_z‖ (no double backward in the reference)."""
+    torch.manual_seed(0)
+    engine = kernel_audit(tmp_path, samples=0)
+    model = engine.target.model
+    train_images, train_labels = engine.train_batch(torch.arange(N))
+    u = closed_form(model, train_images, train_labels)
+    gram = u.T @ u
+    gram += 0.1 * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
+    tests = torch.arange(3)
+    q = closed_form(model, engine.target.test_images(tests), engine.predictions.labels[tests])
+    solved = torch.linalg.solve(gram, q.T).T                                        # (3, P)
+    pairs = [(t, int(engine.influence(tests).proponents.indices[t, 0])) for t in tests.tolist()]
+    found = engine.tfa_pairs(pairs)
+    for (t, j), signed in zip(pairs, found):
+        x = train_images[j:j + 1].double().requires_grad_(True)
+        score = closed_form(model, x, train_labels[j:j + 1])[0] @ solved[t]
+        assert abs(float(score.detach()) - float(engine.influence(tests).proponents.scores[t, 0])) < 1e-4
+        reference = torch.autograd.grad(score, x)[0][0] / solved[t].norm()
+        assert torch.allclose(signed.double(), reference, rtol=1e-3, atol=1e-6 * float(reference.abs().max()))
+
+
+def test_kernel_tfa_recomputes_when_the_influence_or_its_damping_changes(tmp_path):
+    tests = torch.arange(2)
+    first = kernel_audit(tmp_path, samples=0)
+    pairs = [(t, int(first.influence(tests).proponents.indices[t, 0])) for t in tests.tolist()]
+    maps = first.tfa_pairs(pairs)
+    again = kernel_audit(tmp_path, samples=0)
+    assert torch.equal(again.tfa_pairs(pairs), maps) and again.stats["tfa_pairs"] == 0
+    damped = kernel_audit(tmp_path, damping=10.0, samples=0)
+    assert not torch.allclose(damped.tfa_pairs(pairs), maps) and damped.stats["tfa_pairs"] == 2
+    plain = kernel_audit(tmp_path, influence="grad_cos", samples=0)
+    assert not torch.allclose(plain.tfa_pairs(pairs), maps) and plain.stats["tfa_pairs"] == 2
