@@ -13,24 +13,25 @@ Regimes (each: planted errors of two kinds, a systematic class swap and random r
   the first 3,000 Fashion-MNIST images, seed 1, 30 epochs, 20 Coats → Pullover
   and 20 random relabels.
 Rows: `ours` (the shipped rule: its ranking and what it lists), `ours_without_class_z` (what it
-lists with the absolute share cut alone, `max_own_z: null`: the rule before the class-relative
-cut; the same ranking), `loss`, candidates
-(`neighbours_mid_depth`: the vote of the mid-depth feature map alone, the rule before the two-depth
-vote; `neighbours_gradient`: the same vote among Grad-Cos neighbours of the stored gradient features;
-`neighbours_head_input`: the same vote in the input of the classifier head alone;
-`self_influence_loss` / `self_influence_margin`: φᵀ(ΦᵀΦ + λI)⁻¹φ on exact last-layer gradient
-features of the loss / the margin log p − log(1 − p), λ = 1e-3 · mean diagonal, dense float64;
+lists with the absolute share cut alone, `max_own_z: null`: the rule before the class-relative cut;
+the same ranking), `loss`, candidates (`neighbours_mid_depth`: the vote of the mid-depth feature map
+alone, the rule before the two-depth vote; `neighbours_gradient`: the same vote among Grad-Cos
+neighbours of the stored gradient features; `neighbours_head_input`: the same vote in the input of
+the classifier head alone; `self_influence_loss` / `self_influence_margin`: φᵀ(ΦᵀΦ + λI)⁻¹φ on exact
+last-layer gradient features of the loss / the margin log p − log(1 − p), λ = 1e-3 · mean diagonal,
+dense float64; `self_influence_stored`: the same on the audit's stored features (all layers,
+projected, unit-norm) under the shipped kernel (`influence: kernel`, damping 1);
 `opponents_own_class`: how much an image opposes the correct test predictions of its own label,
 minus its mean Grad-Cos with them; `rank_average`: mean rank of loss and ours; `trust_score`,
 `vote_cleaned`, `vote_and_probability`: tried later to lift ours' recall at 2×, `later_candidates`),
-`cleanlab_in_sample` (find_label_issues on the
-model's own probabilities), `cleanlab_cv` (on 5-fold cross-validated probabilities: 5 models
-retrained, their time counted), and with `--peers` `trak_self` / `kronfluence_self` (TRAK's and
-Kronfluence EK-FAC's self-influence of each training image on the same trained model, each in a
-process of its own: benchmarks/self_influence_peers.py). Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted
-among the first 2 × planted), `recall_at_1pct`, and for the rows that list: `recall_listed`,
-`precision_listed`, `listed`; `seconds`. Each regime's clean twin (same data, no relabels) is
-audited too: `clean_listed` and the share (and the share the absolute cut alone lists).
+`cleanlab_in_sample` (find_label_issues on the model's own probabilities), `cleanlab_cv` (on 5-fold
+cross-validated probabilities: 5 models retrained, their time counted), and with `--peers`
+`trak_self` / `kronfluence_self` (TRAK's and Kronfluence EK-FAC's self-influence of each training
+image on the same trained model, each in a process of its own: benchmarks/self_influence_peers.py).
+Metrics: `auc` (planted vs the rest), `recall_at_2x` (planted among the first 2 × planted),
+`recall_at_1pct`, and for the rows that list: `recall_listed`, `precision_listed`, `listed`;
+`seconds`. Each regime's clean twin (same data, no relabels) is audited too: `clean_listed` and the
+share (and the share the absolute cut alone lists).
 
     python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
@@ -278,6 +279,10 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
     votes = nearest_neighbours(gradient, labels, rule.neighbours, len(engine.classes))
     rows["neighbours_gradient"] = {**ranking_metrics(-votes.own_share(labels).numpy() + 1e-6 * losses.numpy(), positive),
                                    "seconds": round(time.perf_counter() - start, 2)}
+    start = time.perf_counter()
+    leverage = stored_self_influence(engine)
+    rows["self_influence_stored"] = {**ranking_metrics(leverage.numpy(), positive),
+                                     "seconds": round(time.perf_counter() - start, 2)}
     rows["opponents_own_class"] = {**ranking_metrics(own_class_opposition(engine, gradient).numpy(), positive),
                                    "seconds": 0.0}
     rank = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable")  # noqa: E731
@@ -342,6 +347,19 @@ def vote_scores(own: np.ndarray, support: np.ndarray, labels: np.ndarray) -> dic
     for c in np.unique(labels):
         median[labels == c] = np.median(own[labels == c])
     return {"vote_sum": -own + 0.5 * support, "vote_class_relative": -(own - median) + 0.5 * support}
+
+
+def stored_self_influence(engine) -> torch.Tensor:
+    """`(n,)` u_iᵀ(UᵀU + λI)⁻¹u_i on the audit's own stored features (all layers, projected,
+    unit-norm) with the shipped kernel's factor and damping (`influence: kernel`): DESIGN.md
+    §1.4's self-influence as the engine would compute it (the rows above use exact last-layer
+    gradients with their norms)."""
+    from auditor.attribution.influence import kernel_factor
+
+    store = engine.index.store
+    factor = kernel_factor(store.chunks(), store.dim, engine.settings.attribution.damping)
+    parts = [(block.double() * torch.cholesky_solve(block.double().T, factor).T).sum(1) for _, block in store.chunks()]
+    return torch.cat(parts).float()
 
 
 def own_class_opposition(engine, gradient: torch.Tensor) -> torch.Tensor:

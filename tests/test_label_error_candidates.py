@@ -72,3 +72,20 @@ def test_own_class_opposition_is_minus_the_mean_grad_cos_with_each_correct_predi
     for i in range(7):
         mine = [float(train[i] @ test[z]) for z in range(9) if correct[z] and test_labels[z] == engine.train_labels[i]]
         assert abs(float(found[i]) + np.mean(mine)) < 1e-6
+
+
+def test_stored_self_influence_is_each_rows_leverage_under_the_shipped_kernel():
+    from types import SimpleNamespace
+
+    from benchmarks.label_errors import stored_self_influence
+
+    torch.manual_seed(3)
+    features = F.normalize(torch.randn(20, 6), dim=1)
+    store = SimpleNamespace(dim=6, chunks=lambda: iter([(0, features[:8]), (8, features[8:])]))
+    engine = SimpleNamespace(index=SimpleNamespace(store=store),
+                             settings=SimpleNamespace(attribution=SimpleNamespace(damping=1.0)))
+    u = features.double().numpy()
+    gram = u.T @ u
+    gram += np.trace(gram) / len(gram) * np.eye(len(gram))
+    reference = [float(row @ np.linalg.solve(gram, row)) for row in u]
+    assert np.allclose(stored_self_influence(engine).numpy(), reference, rtol=1e-5)
