@@ -42,7 +42,8 @@ class Hotspot:
     itself, the flip and transfer shares when they were measured, and whether it is `flagged`.
     `rows` are the members: the measured maps that peak there. A flagged spot's `window` is
     moved to where filling it hurts the prediction most (`occlusion.located_window`); the spot
-    where the maps recur is then `peak_window`."""
+    where the maps recur is then `peak_window`. `set_aside_tried`: what the judgement with the
+    reference set aside measured when it did not flag (its window, recurrence and shares)."""
 
     predicted: str
     n_maps: int
@@ -57,6 +58,7 @@ class Hotspot:
     confirmed: bool | None = None
     peak_window: tuple[int, int, int] | None = None
     reference_set_aside: bool = False
+    set_aside_tried: dict | None = None
 
     @property
     def excess(self) -> float:
@@ -73,6 +75,8 @@ class Hotspot:
             out["peak_window"] = list(self.peak_window)
         if self.reference_set_aside:
             out["reference_set_aside"] = True
+        if self.set_aside_tried is not None:
+            out["set_aside_tried"] = self.set_aside_tried
         return out | {"flagged": self.flagged}
 
 
@@ -173,8 +177,10 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
     flagged = confirmed and spot.excess > p.max_recurrence
     if not flagged and p.min_flip_share is not None:
         aside = _set_aside(engine, measured, rows, c, group, p, tested=window if "confirmed" in shares else None)
-        if aside is not None:
+        if isinstance(aside, Hotspot):
             return aside
+        if aside is not None:
+            shares["set_aside_tried"] = aside
     if flagged:
         window, peak = _located(engine, members, window, c)
         if peak is not None:
@@ -195,9 +201,10 @@ def _located(engine: AuditEngine, members: torch.Tensor, window: tuple[int, int,
 
 
 def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, group: Windows,
-               p: HotspotParams, tested: tuple[int, int, int] | None = None) -> Hotspot | None:
+               p: HotspotParams, tested: tuple[int, int, int] | None = None) -> Hotspot | dict | None:
     """The group's most recurrent spot, flagged with the reference set aside when the errors need
-    it and it turns other classes' images into the class.
+    it and it turns other classes' images into the class; when it measured the spot without
+    flagging it, what it measured (for the report); None when it had nothing to test.
 
     A model that checks the mark's corner for every decision of its class (unmarked shirts too)
     peaks there as often when right as when wrong, so no reference, thinned or not, shows an
@@ -214,12 +221,14 @@ def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: i
     if mode is None or mode.recurrence <= p.max_recurrence or window == tested:
         return None
     members = measured.maps.test[rows[mode.members]].unique()
-    flipped = round(flip_share(engine, members, window, c), 4)
-    if flipped < p.min_flip_share:
-        return None
-    transferred = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
-    if transferred < p.min_transfer_share:
-        return None
+    tried = {"window": list(window), "recurrence": round(mode.recurrence, 4),
+             "flip_share": round(flip_share(engine, members, window, c), 4)}
+    if tried["flip_share"] < p.min_flip_share:
+        return tried
+    tried["transfer_share"] = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
+    if tried["transfer_share"] < p.min_transfer_share:
+        return tried
+    flipped, transferred = tried["flip_share"], tried["transfer_share"]
     located, peak = _located(engine, members, window, c)
     return Hotspot(engine.classes[c], len(rows), located, mode.recurrence, 0.0, 1.0, True,
                    tuple(rows[mode.members].tolist()), flip_share=flipped, transfer_share=transferred, confirmed=True,

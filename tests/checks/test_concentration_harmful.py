@@ -230,8 +230,11 @@ def test_a_spot_every_prediction_of_the_class_checks_is_flagged_only_when_it_tra
     spot = result.extra["hotspots"][0]
     if part_of_object:
         assert result.passed is True and not spot["flagged"] and "reference_set_aside" not in spot
+        assert spot["set_aside_tried"] == {"window": [0, 0, 4], "recurrence": 1.0, "flip_share": 1.0,
+                                           "transfer_share": 0.0}       # what it measured, in the report
     else:
         assert result.passed is False and spot["flagged"] and spot["reference_set_aside"]
         assert spot["flip_share"] == 1.0 and spot["transfer_share"] == 1.0 and spot["reference_recurrence"] == 0.0
+        assert "set_aside_tried" not in spot
         assert result.value == pytest.approx(1.0) and tuple(spot["window"]) == (0, 0, 4)
         assert sorted(f.index for f in result.failures) == list(range(20))
