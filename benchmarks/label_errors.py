@@ -386,7 +386,6 @@ def later_candidates(engine, rule, neighbours, logits: torch.Tensor) -> dict[str
     no longer vouches for itself); `vote_and_probability`, −(own share + own-label
     probability)/2 (the model's probability counts where it is informative, on under-fit
     models, and is ~1 for every image of a fitted one)."""
-    from auditor.attribution.neighbours import Neighbours
     from auditor.checks.mislabel_suspects import contradicted
 
     labels, losses, classes = engine.train_labels, engine.train_losses, len(engine.classes)
@@ -395,16 +394,23 @@ def later_candidates(engine, rule, neighbours, logits: torch.Tensor) -> dict[str
         similar = class_similarity(engine.representations.train(found), labels, rule.neighbours, classes)
         own = similar.gather(1, labels[:, None])[:, 0]
         trust.append(similar.scatter(1, labels[:, None], -float("inf")).amax(1) - own)
-    listed = contradicted(neighbours, labels, rule)[0]
-    voters = torch.where(listed, neighbours.suggested(labels)[0], labels)
-    cleaned = Neighbours.averaged([Neighbours(part.indices, part.similarity,
-                                              F.one_hot(voters[part.indices], classes).float().mean(1))
-                                   for part in neighbours.parts or (neighbours,)])
+    cleaned = cleaned_vote(neighbours, labels, contradicted(neighbours, labels, rule)[0], classes)
     probability = logits.softmax(1).gather(1, labels[:, None])[:, 0]
     return {"trust_score": torch.stack(trust).mean(0).numpy(),
             "vote_cleaned": strongest_score(cleaned, labels, losses),
             "vote_and_probability": (-(neighbours.own_share(labels) + probability) / 2
                                      + 1e-3 * neighbours.suggested(labels)[1]).numpy()}
+
+
+def cleaned_vote(neighbours, labels: torch.Tensor, listed: torch.Tensor, classes: int):
+    """The same neighbours voting again, each `listed` one with its suggested label instead of
+    its own (per representation, then averaged as the rule averages them)."""
+    from auditor.attribution.neighbours import Neighbours
+
+    voters = torch.where(listed, neighbours.suggested(labels)[0], labels)
+    return Neighbours.averaged([Neighbours(part.indices, part.similarity,
+                                           F.one_hot(voters[part.indices], classes).float().mean(1))
+                                for part in neighbours.parts or (neighbours,)])
 
 
 def class_similarity(features: torch.Tensor, labels: torch.Tensor, k: int, classes: int) -> torch.Tensor:

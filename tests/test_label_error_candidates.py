@@ -89,3 +89,22 @@ def test_stored_self_influence_is_each_rows_leverage_under_the_shipped_kernel():
     gram += np.trace(gram) / len(gram) * np.eye(len(gram))
     reference = [float(row @ np.linalg.solve(gram, row)) for row in u]
     assert np.allclose(stored_self_influence(engine).numpy(), reference, rtol=1e-5)
+
+
+def test_cleaned_vote_counts_each_listed_neighbour_as_its_suggested_label():
+    from auditor.attribution.neighbours import Neighbours, nearest_neighbours
+    from benchmarks.label_errors import cleaned_vote
+
+    torch.manual_seed(4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
+    parts = [nearest_neighbours(torch.randn(8, 3), labels, 3, 2) for _ in range(2)]
+    neighbours = Neighbours.averaged(parts)
+    listed = torch.tensor([False, False, False, False, False, False, True, True])
+    suggested = neighbours.suggested(labels)[0]
+    found = cleaned_vote(neighbours, labels, listed, 2)
+    for i in range(8):
+        votes = torch.zeros(2)
+        for part in parts:
+            for j in part.indices[i].tolist():
+                votes[int(suggested[j]) if listed[j] else int(labels[j])] += 1 / (3 * len(parts))
+        assert torch.allclose(found.votes[i], votes)
