@@ -10,6 +10,7 @@ size) and measures whether the test-side rule catches the shortcut and, against 
 - the clean model's verdict (a false alarm if it fails) and the rule's wall time.
 
     python -m benchmarks.carriers [--seeds 0 1 2] [--n-train 5000 20000] [--n-test 5000] [--out carriers.json]
+                                  [--method input_x_gradient]     # VAR over another base method
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def saliency_baseline(engine, spot: dict) -> set[int]:
     return set(torch.cat(found).tolist()) if found else set()
 
 
-def run(rec: dict, work: Path, defective: bool) -> dict:
+def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> dict:
     from sample_audits.fashion import defects
 
-    session = audit_session(rec, train_model(rec, work), work, include=[{"pack": "shortcuts"}])
+    pack = {"pack": "shortcuts"}
+    if method is not None:              # VAR over another base method on both rules (benchmarks/base_maps.py)
+        pack["override"] = {rule: {"method": method} for rule in RULES}
+    session = audit_session(rec, train_model(rec, work), work, include=[pack])
     start = time.perf_counter()
     outcomes = {o.rule.name: o for o in session.run_all()}
     seconds = time.perf_counter() - start
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
     parser.add_argument("--out", default="carriers.json", help="file name under benchmarks/results/")
+    parser.add_argument("--method", default=None, help="override both rules' saliency method (the pack's default: none)")
     args = parser.parse_args()
     start = time.perf_counter()
     runs = []
@@ -117,14 +122,14 @@ def main() -> None:
                     for defective in (True, False):
                         rec = recipe(seed, n_train, args.n_test, square, defective)
                         runs.append({"n_train": n_train, "seed": seed, "variant": name, "defective": defective,
-                                     **run(rec, work, defective)})
+                                     **run(rec, work, defective, args.method)})
                         print(json.dumps({k: v for k, v in runs[-1].items() if k not in ("groups", "hotspots")}),
                               flush=True)
     document = {
         **rates(runs),
         "by_n_train": {str(n): rates([r for r in runs if r["n_train"] == n]) for n in args.n_train},
         "seeds": args.seeds, "variants": list(VARIANTS), "n_train": args.n_train, "n_test": args.n_test,
-        "rules": RULES, "seconds": round(time.perf_counter() - start, 1),
+        "rules": RULES, "method": args.method, "seconds": round(time.perf_counter() - start, 1),
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "runs": runs,
     }
     path = write_json(args.out, document)
