@@ -24,13 +24,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.carriers import method_override
 from benchmarks.common import environment, write_json
-
-RULES = ("no-patch-shortcut", "no-shortcut-carriers")
-
-
-def override(method: str) -> dict:
-    return {rule: {"method": method} for rule in RULES}
 
 
 def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
@@ -41,7 +36,7 @@ def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
         for name, square in VARIANTS.items():
             for defective in (True, False):
                 session, _ = run_audit(recipe(seed, n_train, 5000, square, defective), work,
-                                       packs=[{"pack": "shortcuts", "override": override(method)}])
+                                       packs=[{"pack": "shortcuts", "override": method_override(method)}])
                 outcome = session.outcomes["no-patch-shortcut"]
                 spots = outcome.result.extra.get("hotspots", []) if outcome.result else []
                 runs.append({"model": f"sample_cnn-{n_train}-{name}-s{seed}", "clean": not defective,
@@ -59,7 +54,7 @@ def folder_runs(method: str, work: Path, reliance: dict) -> list[dict]:
         text = (folder / "audit.yaml").read_text()
         path = folder / f"audit-{method}.yaml"
         path.write_text(text.replace("include: [{pack: shortcuts}]",
-                                     "include: [" + json.dumps({"pack": "shortcuts", "override": override(method)}) + "]"))
+                                     "include: [" + json.dumps({"pack": "shortcuts", "override": method_override(method)}) + "]"))
         result = audit(path, ["shortcuts"])
         judged = measure(folder, result["rules"])
         spots = result["rules"]["no-patch-shortcut"].get("extra", {}).get("hotspots", [])

@@ -30,6 +30,11 @@ from benchmarks.efficacy import VARIANTS, audit_session, recall_precision, recip
 RULES = ("no-patch-shortcut", "no-shortcut-carriers")   # the shortcuts pack, as shipped
 
 
+def method_override(method: str) -> dict:
+    """The pack override that makes both shortcut rules read VAR over `method`."""
+    return {rule: {"method": method} for rule in RULES}
+
+
 def saliency_baseline(engine, spot: dict) -> set[int]:
     """Training images of the hotspot's class whose own-label gradient map peaks at the hotspot."""
     from auditor.checks.windows import densest_window, near
@@ -51,7 +56,7 @@ def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> di
 
     pack = {"pack": "shortcuts"}
     if method is not None:              # VAR over another base method on both rules (benchmarks/base_maps.py)
-        pack["override"] = {rule: {"method": method} for rule in RULES}
+        pack["override"] = method_override(method)
     session = audit_session(rec, train_model(rec, work), work, include=[pack])
     start = time.perf_counter()
     outcomes = {o.rule.name: o for o in session.run_all()}

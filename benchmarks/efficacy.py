@@ -159,25 +159,32 @@ def shortcut_errors(engine, rec: dict) -> torch.Tensor:
     return patched[(p.labels[patched] != c) & (p.predicted[patched] == c)]
 
 
-def patch_hits(engine, rec: dict, errors: torch.Tensor) -> dict:
-    """On planted carriers: share of maps whose peak lies on the square, and mean mass inside it."""
+def mapped_carriers(rec: dict) -> torch.Tensor:
+    """The `CARRIERS_MAPPED` planted carriers whose maps are compared (a seeded draw)."""
     from sample_audits.fashion import defects
 
     planted = torch.tensor(defects(rec)["patched_train"], dtype=torch.long)
-    carriers = planted[torch.randperm(len(planted), generator=torch.Generator().manual_seed(0))[:CARRIERS_MAPPED]]
+    return planted[torch.randperm(len(planted), generator=torch.Generator().manual_seed(0))[:CARRIERS_MAPPED]]
+
+
+def square_hits(signed: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Share of maps `(p, C, H, W)` whose peak lies in `mask (H, W)`, and their mean share of |map| inside it."""
+    magnitude = signed.abs().sum(1).flatten(1)
+    inside = mask.flatten()
+    return {"hit_rate": float(inside[magnitude.argmax(1)].float().mean()),
+            "mass_in_square": float((magnitude[:, inside].sum(1) / magnitude.sum(1).clamp_min(1e-30)).mean())}
+
+
+def patch_hits(engine, rec: dict, errors: torch.Tensor) -> dict:
+    """On planted carriers: share of maps whose peak lies on the square, and mean mass inside it."""
+    carriers = mapped_carriers(rec)
     images, labels = engine.train_batch(carriers)
     aligned = errors[engine.grad_cos(carriers, errors).argmax(1)]
     maps = {"tfa": engine.tfa_pairs(list(zip(aligned.tolist(), carriers.tolist()))),
             "gradient": engine.attribute(images, labels, "gradient"),
             "input_x_gradient": engine.attribute(images, labels, "input_x_gradient")}
     mask = in_square(rec["square"], *images.shape[2:])
-    out = {}
-    for name, signed in maps.items():
-        magnitude = signed.abs().sum(1).flatten(1)
-        peaks = magnitude.argmax(1)
-        out[name] = {"hit_rate": float(mask.flatten()[peaks].float().mean()),
-                     "mass_in_square": float((magnitude[:, mask.flatten()].sum(1) / magnitude.sum(1).clamp_min(1e-30)).mean())}
-    return out
+    return {name: square_hits(signed, mask) for name, signed in maps.items()}
 
 
 def grad_cos_rows(engine, errors: torch.Tensor) -> torch.Tensor:

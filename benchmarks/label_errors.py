@@ -415,10 +415,12 @@ def cleaned_vote(neighbours, labels: torch.Tensor, listed: torch.Tensor, classes
 
 def class_similarity(features: torch.Tensor, labels: torch.Tensor, k: int, classes: int) -> torch.Tensor:
     """`(n, C)` mean cosine of each row to its `k` nearest other rows of each class (in row chunks)."""
+    from auditor.attribution.neighbours import SIMILARITY_BUDGET
+
     unit = F.normalize(features.float(), dim=1)
     n = len(unit)
     out = torch.zeros(n, classes)
-    chunk = max(1, 2**24 // max(1, n))
+    chunk = max(1, SIMILARITY_BUDGET // max(1, n))
     for start in range(0, n, chunk):
         rows = torch.arange(start, min(n, start + chunk))
         similarity = unit[rows] @ unit.T

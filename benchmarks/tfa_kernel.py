@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from benchmarks.common import environment, write_json
-from benchmarks.efficacy import CARRIERS_MAPPED, VARIANTS, in_square, recipe, shortcut_errors, train_model
+from benchmarks.efficacy import VARIANTS, in_square, mapped_carriers, recipe, shortcut_errors, square_hits, train_model
 
 INFLUENCES = ("grad_cos", "kernel")
 
@@ -55,20 +55,9 @@ def scores(engine, carriers: torch.Tensor, errors: torch.Tensor) -> torch.Tensor
     return engine.index.train_features(carriers) @ queries.T
 
 
-def hits(signed: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Share of maps peaking on the square, and mean share of |map| inside it."""
-    magnitude = signed.abs().sum(1).flatten(1)
-    inside = mask.flatten()
-    return {"hit_rate": round(float(inside[magnitude.argmax(1)].float().mean()), 4),
-            "mass_in_square": round(float((magnitude[:, inside].sum(1) / magnitude.sum(1).clamp_min(1e-30)).mean()), 4)}
-
-
 def measure(rec: dict, folder: Path) -> dict:
-    from sample_audits.fashion import defects
-
     checkpoint = train_model(rec, folder)
-    planted = torch.tensor(defects(rec)["patched_train"], dtype=torch.long)
-    carriers = planted[torch.randperm(len(planted), generator=torch.Generator().manual_seed(0))[:CARRIERS_MAPPED]]
+    carriers = mapped_carriers(rec)
     out, aligned = {}, {}
     for influence in INFLUENCES:
         engine = engine_for(rec, checkpoint, folder, influence)
@@ -78,7 +67,7 @@ def measure(rec: dict, folder: Path) -> dict:
         aligned[influence] = errors[scores(engine, carriers, errors).argmax(1).cpu()]
         maps = engine.tfa_pairs(list(zip(aligned[influence].tolist(), carriers.tolist())))
         mask = in_square(rec["square"], *maps.shape[2:])
-        out[influence] = hits(maps, mask)
+        out[influence] = {key: round(value, 4) for key, value in square_hits(maps, mask).items()}
     out["same_aligned_error"] = round(float((aligned["grad_cos"] == aligned["kernel"]).float().mean()), 4)
     out["shortcut_errors"] = int(len(errors))
     return out

@@ -228,11 +228,10 @@ def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: i
     tried["transfer_share"] = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
     if tried["transfer_share"] < p.min_transfer_share:
         return tried
-    flipped, transferred = tried["flip_share"], tried["transfer_share"]
     located, peak = _located(engine, members, window, c)
     return Hotspot(engine.classes[c], len(rows), located, mode.recurrence, 0.0, 1.0, True,
-                   tuple(rows[mode.members].tolist()), flip_share=flipped, transfer_share=transferred, confirmed=True,
-                   peak_window=peak, reference_set_aside=True)
+                   tuple(rows[mode.members].tolist()), flip_share=tried["flip_share"],
+                   transfer_share=tried["transfer_share"], confirmed=True, peak_window=peak, reference_set_aside=True)
 
 
 def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tuple[torch.Tensor, Windows]:

@@ -85,7 +85,8 @@ class TfaCache:
 
     def _compute(self, todo: list[tuple[int, int]]) -> None:
         """TFA maps of `todo`, a few test examples at a time: their parameter-space directions
-        (`TrainingIndex.tfa_directions`) fit the memory budget, and each group's maps are saved before the next group starts."""
+        (`TrainingIndex.tfa_directions`) fit the memory budget, and each group's maps are saved
+        before the next group starts."""
         tests = sorted({t for t, _ in todo})
         per_group = rows_within(4 * self.index.gradients.dim, len(tests))
         with progress_bar(len(todo), "TFA maps", unit="pair") as bar:
