@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.baseline import BaselineBook, BaselineDiff
 from auditor.errors import AuditError, CannotJudge
+from auditor.progress import note
 from auditor.spec import AuditSpec, RuleSpec
 from auditor.suggest import did_you_mean
 
@@ -106,6 +107,7 @@ class AuditSession:
                 raise rule.where.child("layer").error(
                     f"the model has no module named '{layer}'",
                     fix=did_you_mean(layer, [m for m in modules if m], "module names"))
+        note(engine.memory_note(self.spec.rules))       # before anything expensive
 
     def run_rule(self, rule: RuleSpec) -> RuleOutcome:
         """Evaluate one rule (errors in the user's input propagate as `AuditError`; a rule that

@@ -1,11 +1,13 @@
 """Memory bounded at 224 pixels: a TFA rule on a stock ResNet-18 restricted to `layers: [fc]`
 (whose parameter count alone once allowed 256 full-size double-backward graphs at once, 12 GB)
 stays within TFA's budget above what loading the model and data took, measured as the RSS
-high-water mark of a fresh process (1.9 GB of the 2 GB when written)."""
+high-water mark of a fresh process (1.9 GB of the 2 GB when written), and under the peak its
+plan note states before the rules run."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -54,3 +56,5 @@ def test_a_224_pixel_tfa_rule_stays_within_its_budget(tmp_path):
     assert measured["status"] == "passed" and measured["pairs"] == 16
     assert measured["row_cost"] > 20 * 2**20          # activations counted, not just the fc's 1,539 parameters
     assert measured["peak"] - measured["loaded"] <= TFA_BUDGET_BYTES + SLACK_BYTES, measured
+    stated = re.search(r"^memory: .* expect a peak under ~([0-9,]+) MB$", run.stderr, re.M)
+    assert stated and measured["peak"] <= int(stated.group(1).replace(",", "")) * 2**20, (run.stderr[-2000:], measured)

@@ -103,3 +103,26 @@ def test_a_run_that_dies_still_reports_the_rules_that_finished(tmp_path, capsys,
     assert "stopped at rule 'second'; the rule before it:" in capsys.readouterr().err
     document = json.loads((tmp_path / "report" / "results.json").read_text())
     assert [r["name"] for r in document["rules"]] == ["first"]
+
+
+def test_every_audit_states_its_memory_plan_with_the_stages_its_rules_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "QUIET", False)
+    accuracy = "settings: {device: cpu, cache_dir: cache}\nrules:\n  - {name: acc, check: accuracy, min_accuracy: 0.0}\n"
+    assert main(["run", str(audit(tmp_path, accuracy))]) == 0
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("memory: "))
+    assert "(activations 1,024 MB)" in line and "TFA" not in line and "per-example gradients" not in line
+    in_use, peak = (int(x.replace(",", "")) for x in re.search(r"([0-9,]+) MB in use .* peak under ~([0-9,]+) MB", line).groups())
+    assert peak - in_use == 1024          # the largest stage's budget, and no maps kept
+    tfa = RULES + "  - {name: border, check: region_mass, source: tfa, k: 2, region: border, max_mass: 1.0}\n"
+    assert main(["run", str(audit(tmp_path, tfa.replace("cache_dir: cache", "cache_dir: cache3")))]) == 0
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("memory: "))
+    assert "per-example gradients 512 MB, TFA 2,048 MB" in line
+
+
+def test_the_memory_plan_adds_the_largest_stage_and_the_kept_maps_to_what_is_in_use():
+    from auditor.engine.plan import memory_plan
+
+    mb = 2**20
+    line = memory_plan(100 * mb, {"activations": 1024 * mb, "TFA": 2048 * mb}, 10 * mb)
+    assert line.endswith("100 MB in use with the model, data and predictions loaded: expect a peak under ~2,158 MB")
+    assert memory_plan(None, {"activations": 1024 * mb}, 0).endswith("at most ~1,024 MB above the loaded model and data")

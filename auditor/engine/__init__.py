@@ -20,6 +20,7 @@ import torch
 from auditor.attribution.influence import Influence
 from auditor.attribution.neighbours import Neighbours
 from auditor.data import image_path
+from auditor.engine.plan import memory_plan, resident_peak, stage_budgets
 from auditor.engine.predictions import Predictions, predict, resolve
 from auditor.engine.representations import Representations
 from auditor.engine.saliency_cache import SaliencyCache, SaliencyMaps
@@ -123,6 +124,24 @@ class Engine:
 
     def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.target.train_batch(indices)
+
+    def memory_note(self, rules: list) -> str:
+        """What `rules` may take in memory beyond what is loaded now (`plan.memory_plan`): each
+        stage's budget, and the maps the rules keep (per source and method, the most any rule measures,
+        its class references included)."""
+        image = self.test_images(torch.arange(1))[0]
+        per_map = 4 * (image.numel() + image[0].numel())        # signed (C, H, W) and magnitude (H, W), float32
+        counts: dict[tuple, int] = {}
+        for rule in rules:
+            p = rule.params
+            if getattr(p, "source", None) is None:
+                continue
+            n = len(self.select(rule.selection))
+            n = min(n, p.sample or n) * (p.k if p.source == "tfa" else 1)
+            n += getattr(p, "reference_size", 0) * len(self.classes)
+            key = (p.source, getattr(p, "method", None))
+            counts[key] = max(counts.get(key, 0), n)
+        return memory_plan(resident_peak(), stage_budgets(rules), per_map * sum(counts.values()))
 
     def sanity(self) -> list[str]:
         """Warnings about what the model is fed (`sanity.py`), from a seeded sample of each split."""

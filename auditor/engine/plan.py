@@ -1,13 +1,18 @@
-"""What featurizing the training set will cost, said before it starts, and how long the rest will
-take, said after its first shard: the engine's words to a user waiting on a long step."""
+"""What an audit will cost, said before it starts: the memory its stages may take above what the
+loaded model, data and predictions hold (`memory_plan`), what featurizing the training set will
+cost and, after its first shard, how long the rest will take: the engine's words to a user
+waiting on a long step."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
+from auditor.attribution.memory import ACTIVATION_BUDGET_BYTES, GRADIENT_BUDGET_BYTES
 from auditor.attribution.neighbours import last_linear
+from auditor.attribution.tfa import TFA_BUDGET_BYTES
 
 LARGE_ON_CPU = 2_000_000        # values per example (whole gradients) above which featurizing on a CPU takes minutes
 
@@ -31,6 +36,47 @@ def featurize_plan(model: torch.nn.Module, *, n_rows: int, parameters: int, laye
         text += (f"\n  this model is large for a CPU: expect minutes; `settings.attribution.layers: [{head}]` "
                  f"(its last layer) featurizes about {parameters / max(1, parameter_count(model, head)):.0f}x less")
     return text
+
+
+MB = 2**20
+# Checks that rank training images (featurize them) and that draw TFA maps beyond `source: tfa`.
+RANKING_CHECKS = frozenset({"influence_dominance", "proponent_label_agreement", "harmful_training_images",
+                            "single_image_errors", "mislabel_suspects"})
+TFA_CHECKS = frozenset({"single_image_errors", "mislabel_suspects"})
+
+
+def stage_budgets(rules: list) -> dict[str, int]:
+    """The chunked stages `rules` will run and each one's memory budget in bytes (a stage sizes its
+    chunks from one example's measured cost to stay within it: `auditor.attribution.memory`)."""
+    budgets = {"activations": ACTIVATION_BUDGET_BYTES}      # predictions, saliency, occlusion
+    tfa = any(getattr(r.params, "source", None) == "tfa" or r.check in TFA_CHECKS for r in rules)
+    if tfa or any(r.check in RANKING_CHECKS for r in rules):
+        budgets["per-example gradients"] = GRADIENT_BUDGET_BYTES
+    if tfa:
+        budgets["TFA"] = TFA_BUDGET_BYTES
+    return budgets
+
+
+def memory_plan(in_use: int | None, budgets: dict[str, int], kept: int) -> str:
+    """One line: the memory in use now, each stage's budget (stages run one at a time), the maps
+    the rules keep, and the peak those add up to. `in_use` None: the platform does not say."""
+    stages = ", ".join(f"{name} {size / MB:,.0f} MB" for name, size in budgets.items())
+    extra = max(budgets.values()) + kept
+    text = f"memory: stages run in chunks within their budgets ({stages}); the maps rules keep ~{kept / MB:,.0f} MB"
+    if in_use is None:
+        return text + f": at most ~{extra / MB:,.0f} MB above the loaded model and data"
+    return (f"{text}; {in_use / MB:,.0f} MB in use with the model, data and predictions loaded: "
+            f"expect a peak under ~{(in_use + extra) / MB:,.0f} MB")
+
+
+def resident_peak() -> int | None:
+    """This process's resident-memory high-water mark in bytes (None where the platform has no `resource`)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def time_estimate(done: int, seconds: float, total: int) -> str:
