@@ -57,6 +57,7 @@ ARCHS = {
     "resnet18_224": ("resnet18", {}, 224),
 }
 RELIANCE_PROBES = 1000
+RELIED_ON = 0.1         # reliance over control from which the gate must catch a marked model
 
 
 def build_model(arch: str) -> torch.nn.Module:
@@ -155,6 +156,7 @@ def one_run(arch: str, mark_name: str, seed: int, clean: bool, args, work: Path,
         judged = measure(folder, result["rules"])
         extra = result["rules"]["no-patch-shortcut"].get("extra") or {}
         row.update({"audit_seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+                    "stated_peak_mb": result["stated_peak_mb"],
                     "empty_maps": extra.get("empty_maps"), "n_maps": extra.get("n_maps"),
                     **{k: judged[k] for k in ("shortcut_status", "excess", "carriers_found", "carrier_recall",
                                               "carrier_precision", "statuses")}})
@@ -169,7 +171,7 @@ def one_run(arch: str, mark_name: str, seed: int, clean: bool, args, work: Path,
 
 def summary(runs: list[dict]) -> dict:
     """The issue's goals over the runs: caught where relied on, no clean false alarm, carriers, crashes."""
-    relied = [r for r in runs if not r["clean"] and "error" not in r and (r["reliance_over_control"] or 0) >= 0.1]
+    relied = [r for r in runs if not r["clean"] and "error" not in r and (r["reliance_over_control"] or 0) >= RELIED_ON]
     clean = [r for r in runs if r["clean"] and "error" not in r]
     caught = [r for r in relied if r["caught"]]
     return {"runs": len(runs), "errors": sum("error" in r for r in runs),
@@ -177,7 +179,7 @@ def summary(runs: list[dict]) -> dict:
             "missed_where_relied_on": [f"{r['arch']}/{r['mark']}/s{r['seed']} (reliance {r['reliance_over_control']})"
                                        for r in relied if not r["caught"]],
             "caught_without_reliance": sum(1 for r in runs if not r["clean"] and "error" not in r and r["caught"]
-                                           and (r["reliance_over_control"] or 0) < 0.1),
+                                           and (r["reliance_over_control"] or 0) < RELIED_ON),
             "clean_runs": len(clean), "clean_false_alarms": sum(bool(r["false_alarm"]) for r in clean),
             "carrier_recall_where_caught": (float(np.mean([r["carrier_recall"] for r in caught])) if caught else None),
             "carrier_precision_where_caught": (float(np.mean(p)) if (p := [r["carrier_precision"] for r in caught

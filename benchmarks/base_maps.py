@@ -6,13 +6,17 @@ with VAR over each saliency method, on models already trained by two other bench
 - `--arch-work DIR`: every folder `benchmarks/architectures.py` left in DIR (its `audit.yaml`,
   audited again in a process of its own, carriers judged by file path); reliance from
   `--reliance FILE` (that benchmark's results).
-Each model is audited once per `--methods` entry, the pack overridden only in `method:` on both
-shortcut rules. Per run: status of `no-patch-shortcut`, flagged hotspots (class and window) and,
-for the folders, carrier recall and precision.
+Each model is audited once per `--methods` entry, the pack's gradient pair (`no-patch-shortcut`,
+`no-shortcut-carriers`) overridden only in `method:` and judged alone; `pack` is the shipped pack
+as it is, judged as a user meets it: failed when any pair's test side fails, carriers the union
+of the pairs' lists. Per run: that status, flagged hotspots (class and window), for the folders
+carrier recall and precision, audit seconds and peak RSS.
 
     python -m benchmarks.base_maps --methods gradient input_x_gradient --eff-work /tmp/eff --n-train 20000
     python -m benchmarks.base_maps --methods gradient input_x_gradient --arch-work /tmp/arch \\
         --reliance benchmarks/results/architectures_cpu.json --out base_maps_architectures.json
+    python -m benchmarks.base_maps --methods pack --arch-work /tmp/arch \\
+        --reliance benchmarks/results/architectures_cpu.json --out shortcuts_pack_architectures.json
 """
 
 from __future__ import annotations
@@ -24,8 +28,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.carriers import method_override
+from benchmarks.architectures import RELIED_ON
+from benchmarks.carriers import PAIRS, RULES, method_override
 from benchmarks.common import environment, write_json
+
+PACK = "pack"           # a `--methods` entry: the shipped pack as it is
+
+
+def included(method: str) -> dict:
+    """The shortcuts pack as shipped (`pack`), or with its gradient pair reading VAR over `method`."""
+    return {"pack": "shortcuts"} if method == PACK else {"pack": "shortcuts", "override": method_override(method)}
 
 
 def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
@@ -35,12 +47,12 @@ def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
     for seed in (0, 1, 2):
         for name, square in VARIANTS.items():
             for defective in (True, False):
-                session, _ = run_audit(recipe(seed, n_train, 5000, square, defective), work,
-                                       packs=[{"pack": "shortcuts", "override": method_override(method)}])
-                outcome = session.outcomes["no-patch-shortcut"]
-                spots = outcome.result.extra.get("hotspots", []) if outcome.result else []
+                session, _ = run_audit(recipe(seed, n_train, 5000, square, defective), work, packs=[included(method)])
+                sides = [session.outcomes[test_side] for test_side, _ in (PAIRS.values() if method == PACK else [RULES])]
+                spots = [h for o in sides if o.result for h in o.result.extra.get("hotspots", [])]
                 runs.append({"model": f"sample_cnn-{n_train}-{name}-s{seed}", "clean": not defective,
-                             "planted_class": square["class"], "status": outcome.status,
+                             "planted_class": square["class"],
+                             "status": "failed" if any(o.status == "failed" for o in sides) else sides[0].status,
                              "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")]})
                 print(runs[-1], flush=True)
     return runs
@@ -53,17 +65,39 @@ def folder_runs(method: str, work: Path, reliance: dict) -> list[dict]:
     for folder in sorted(p for p in work.iterdir() if (p / "audit.yaml").is_file()):
         text = (folder / "audit.yaml").read_text()
         path = folder / f"audit-{method}.yaml"
-        path.write_text(text.replace("include: [{pack: shortcuts}]",
-                                     "include: [" + json.dumps({"pack": "shortcuts", "override": method_override(method)}) + "]"))
+        path.write_text(text.replace("include: [{pack: shortcuts}]", "include: [" + json.dumps(included(method)) + "]"))
         result = audit(path, ["shortcuts"])
-        judged = measure(folder, result["rules"])
-        spots = result["rules"]["no-patch-shortcut"].get("extra", {}).get("hotspots", [])
+        judged = measure(folder, result["rules"], None if method == PACK else [RULES])
+        spots = [h for name, rule in result["rules"].items() if rule["check"] == "saliency_concentration"
+                 for h in rule.get("extra", {}).get("hotspots", [])]
         runs.append({"model": folder.name, "clean": folder.name.endswith("-clean"), "reliance": reliance.get(folder.name),
-                     "status": judged["statuses"]["no-patch-shortcut"],
+                     "status": judged["shortcut_status"],
                      "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")],
-                     "carrier_recall": judged["carrier_recall"], "carrier_precision": judged["carrier_precision"]})
+                     "carrier_recall": judged["carrier_recall"], "carrier_precision": judged["carrier_precision"],
+                     "statuses": judged["statuses"], "audit_seconds": result["seconds"],
+                     "peak_rss_mb": result["peak_rss_mb"], "stated_peak_mb": result["stated_peak_mb"]})
         print(runs[-1], flush=True)
     return runs
+
+
+def summary(runs: list[dict]) -> dict:
+    """Caught among the marked models that rely on their mark, and clean false alarms."""
+    relied = [r for r in runs if not r["clean"] and (r.get("reliance") or 0) >= RELIED_ON]
+    clean = [r for r in runs if r["clean"]]
+    out = {"caught": sum(r["status"] == "failed" for r in relied), "relied_on": len(relied),
+           "clean_false_alarms": sum(r["status"] == "failed" for r in clean), "clean": len(clean)}
+    caught = [r for r in relied if r["status"] == "failed" and r.get("carrier_recall") is not None]
+    if caught:
+        precision = [r["carrier_precision"] for r in caught if r["carrier_precision"] is not None]
+        out["carriers_where_caught"] = [round(sum(r["carrier_recall"] for r in caught) / len(caught), 3),
+                                        round(sum(precision) / len(precision), 3) if precision else None]
+    stated = [r for r in runs if r.get("stated_peak_mb")]
+    if stated:
+        out["peak_rss_within_stated"] = f"{sum(r['peak_rss_mb'] <= r['stated_peak_mb'] for r in stated)} of {len(stated)}"
+        out["peak_rss_over_stated_max"] = max(round(r["peak_rss_mb"] / r["stated_peak_mb"], 3) for r in stated)
+    if relied and "reliance" in relied[0]:
+        out["missed"] = [f"{r['model']} (reliance {r['reliance']:.3f})" for r in relied if r["status"] != "failed"]
+    return out
 
 
 def main() -> None:
@@ -89,6 +123,8 @@ def main() -> None:
         if args.arch_work:
             runs += folder_runs(method, args.arch_work, reliance)
         document["methods"][method] = runs
+    document["summary"] = {method: summary(runs) for method, runs in document["methods"].items()}
+    print(json.dumps(document["summary"], indent=1))
     print(write_json(args.out, document))
 
 

@@ -2,15 +2,17 @@
 
 For each training-set size, seed and shortcut variant of `benchmarks/efficacy.py` it trains
 the sample CNN with the planted square (defective) and without it (clean), runs the shipped
-shortcuts pack (`no-patch-shortcut`, `no-shortcut-carriers`: one set of thresholds for every
-size) and measures whether the test-side rule catches the shortcut and, against the planted list:
+shortcuts pack (one set of thresholds for every size: a test-side rule and a carriers rule over
+each of two base maps, VAR over the gradient and over input x gradient; the pack fails when either
+pair does, and names the union of their carriers) and measures, for the pack and for each pair,
+whether the test side catches the shortcut and, against the planted list:
 - recall and precision of the carriers the rule names (occlusion, robust z-score);
 - the same for the obvious baseline in the same run: a training image of the hotspot's class
   is a carrier when the densest window of its own-label gradient map lies at the hotspot;
 - the clean model's verdict (a false alarm if it fails) and the rule's wall time.
 
     python -m benchmarks.carriers [--seeds 0 1 2] [--n-train 5000 20000] [--n-test 5000] [--out carriers.json]
-                                  [--method input_x_gradient]     # VAR over another base method
+                                  [--method input_x_gradient]     # judge that base map's pair alone
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import torch
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import VARIANTS, audit_session, recall_precision, recipe, train_model
 
-RULES = ("no-patch-shortcut", "no-shortcut-carriers")   # the shortcuts pack, as shipped
+RULES = ("no-patch-shortcut", "no-shortcut-carriers")   # the shortcuts pack's pair over the gradient
+PAIRS = {"gradient": RULES,                               # each base map's (test side, carriers) pair in the pack
+         "input_x_gradient": ("no-patch-shortcut-input-x-gradient", "no-shortcut-carriers-input-x-gradient")}
 
 
 def method_override(method: str) -> dict:
-    """The pack override that makes both shortcut rules read VAR over `method`."""
+    """The pack override that makes the gradient pair read VAR over `method`."""
     return {rule: {"method": method} for rule in RULES}
 
 
@@ -51,59 +55,80 @@ def saliency_baseline(engine, spot: dict) -> set[int]:
     return set(torch.cat(found).tolist()) if found else set()
 
 
+def pair_row(outcomes: dict, pair: tuple[str, str]) -> dict:
+    """One base map's verdicts: its test-side rule, its carriers rule, the hotspots and the carriers named."""
+    test_side, outcome = (outcomes[name] for name in pair)
+    hotspots = test_side.result.extra["hotspots"] if test_side.result else []
+    return {"status": outcome.status, "shortcut_status": test_side.status,
+            "value": outcome.result.value if outcome.result else None,
+            "shortcut_value": test_side.result.value if test_side.result else None,
+            "groups": outcome.result.extra["carriers"] if outcome.result else [],
+            "hotspots": [g for g in hotspots if g["flagged"] or "flip_share" in g],
+            "found": sorted(f.index for f in outcome.failures)}
+
+
 def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> dict:
+    """The shipped pack on one model: each base map's pair, and the pack's verdict (either pair
+    fails; carriers: the union of both lists). `method`: judge that base map's pair alone."""
     from sample_audits.fashion import defects
 
-    pack = {"pack": "shortcuts"}
-    if method is not None:              # VAR over another base method on both rules (benchmarks/base_maps.py)
-        pack["override"] = method_override(method)
-    session = audit_session(rec, train_model(rec, work), work, include=[pack])
+    session = audit_session(rec, train_model(rec, work), work, include=[{"pack": "shortcuts"}])
     start = time.perf_counter()
     outcomes = {o.rule.name: o for o in session.run_all()}
     seconds = time.perf_counter() - start
-    outcome, test_side = outcomes["no-shortcut-carriers"], outcomes["no-patch-shortcut"]
-    groups = outcome.result.extra["carriers"] if outcome.result else []
-    hotspots = test_side.result.extra["hotspots"] if test_side.result else []
-    row = {"status": outcome.status, "shortcut_status": test_side.status,
-           "value": outcome.result.value if outcome.result else None,
-           "shortcut_value": test_side.result.value if test_side.result else None,
-           "seconds": round(seconds, 1), "groups": groups,
-           "hotspots": [g for g in hotspots if g["flagged"] or "flip_share" in g]}
+    pairs = {name: pair_row(outcomes, rules) for name, rules in PAIRS.items() if method in (None, name)}
+    found = set().union(*(set(p["found"]) for p in pairs.values()))
+    row = {"status": "failed" if any(p["status"] == "failed" for p in pairs.values()) else "passed",
+           "shortcut_status": "failed" if any(p["shortcut_status"] == "failed" for p in pairs.values()) else "passed",
+           "value": max((p["value"] or 0.0 for p in pairs.values()), default=None),
+           "shortcut_value": max((p["shortcut_value"] or 0.0 for p in pairs.values()), default=None),
+           "seconds": round(seconds, 1), "groups": [g for p in pairs.values() for g in p["groups"]],
+           "hotspots": [g for p in pairs.values() for g in p["hotspots"]]}
     if not defective:
-        return row
+        return {**row, "pairs": {name: {k: v for k, v in p.items() if k != "found"} for name, p in pairs.items()}}
     planted = set(defects(rec)["patched_train"])
-    found = {f.index for f in outcome.failures}
+    for p in pairs.values():
+        p["recall"], p["precision"] = recall_precision(set(p.pop("found")), planted)
     square_class = rec["square"]["class"]
-    spot = next((g for g in groups if g["class"] == square_class), None)
+    spot = next((g for g in row["groups"] if g["class"] == square_class), None)
     baseline = saliency_baseline(session.engine, spot) if spot else set()
     recall, precision = recall_precision(found, planted)
     base_recall, base_precision = recall_precision(baseline, planted)
     return {**row, "planted": len(planted), "found": len(found), "recall": recall, "precision": precision,
             "saliency_baseline_recall": base_recall, "saliency_baseline_precision": base_precision,
-            "baseline_found": len(baseline)}
+            "baseline_found": len(baseline), "pairs": pairs}
 
 
 def rates(runs: list[dict]) -> dict:
     """The figures of one set of runs (one training-set size, or all)."""
     defective = [r for r in runs if r["defective"]]
     clean = [r for r in runs if not r["defective"]]
-
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in defective if r[key] is not None]
-        return float(np.mean(values)) if values else None
-
     return {
-        "shortcut_caught_rate": float(np.mean([r["shortcut_status"] == "failed" for r in defective])),
-        "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" or r["shortcut_status"] == "failed"
-                                                 for r in clean])),
-        "shortcut_carrier_recall": mean("recall"), "shortcut_carrier_precision": mean("precision"),
-        "saliency_baseline_carrier_recall": mean("saliency_baseline_recall"),
-        "saliency_baseline_carrier_precision": mean("saliency_baseline_precision"),
+        **pair_rates(defective, clean),
+        "saliency_baseline_carrier_recall": mean_of(defective, "saliency_baseline_recall"),
+        "saliency_baseline_carrier_precision": mean_of(defective, "saliency_baseline_precision"),
         "defective_failed_rate": float(np.mean([r["status"] == "failed" for r in defective])),
         "shortcut_excess_defective": [r["shortcut_value"] for r in defective],
         "shortcut_excess_clean": [r["shortcut_value"] for r in clean],
         "rule_seconds": [r["seconds"] for r in runs],
+        "pairs": {name: pair_rates([r["pairs"][name] for r in defective], [r["pairs"][name] for r in clean])
+                  for name in runs[0]["pairs"]} if runs else {},
     }
+
+
+def pair_rates(defective: list[dict], clean: list[dict]) -> dict:
+    """One base map's pair alone: caught, clean false alarms, carriers' mean recall and precision."""
+    return {"shortcut_caught_rate": float(np.mean([r["shortcut_status"] == "failed" for r in defective])),
+            "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" or r["shortcut_status"] == "failed"
+                                                     for r in clean])),
+            "shortcut_carrier_recall": mean_of(defective, "recall"),
+            "shortcut_carrier_precision": mean_of(defective, "precision")}
+
+
+def mean_of(runs: list[dict], key: str) -> float | None:
+    """The mean of `key` over the runs that measured it (None when none did)."""
+    values = [r[key] for r in runs if r[key] is not None]
+    return float(np.mean(values)) if values else None
 
 
 def main() -> None:
@@ -114,7 +139,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=5000)
     parser.add_argument("--work", type=Path, default=None, help="keep models and caches here")
     parser.add_argument("--out", default="carriers.json", help="file name under benchmarks/results/")
-    parser.add_argument("--method", default=None, help="override both rules' saliency method (the pack's default: none)")
+    parser.add_argument("--method", default=None, choices=sorted(PAIRS),
+                        help="judge one base map's pair alone (default: the pack)")
     args = parser.parse_args()
     start = time.perf_counter()
     runs = []
@@ -134,7 +160,7 @@ def main() -> None:
         **rates(runs),
         "by_n_train": {str(n): rates([r for r in runs if r["n_train"] == n]) for n in args.n_train},
         "seeds": args.seeds, "variants": list(VARIANTS), "n_train": args.n_train, "n_test": args.n_test,
-        "rules": RULES, "method": args.method, "seconds": round(time.perf_counter() - start, 1),
+        "rules": PAIRS, "method": args.method, "seconds": round(time.perf_counter() - start, 1),
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "runs": runs,
     }
     path = write_json(args.out, document)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.carriers import PAIRS
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import recall_precision
 from sample_audits.folders import build
@@ -37,7 +39,8 @@ MEASURED = ("import resource, runpy, sys\nsys.argv = ['auditor', *sys.argv[1:]]\
 
 
 def audit(path: Path, packs: list[str]) -> dict:
-    """Run the audit file `path` with `packs` in a child process: verdicts, seconds, peak RSS."""
+    """Run the audit file `path` with `packs` in a child process: verdicts, seconds, peak RSS and
+    the peak its memory plan stated before the rules ran."""
     folder = path.parent
     text = path.read_text().replace("include: [{pack: shortcuts}]",
                                     "include: [" + ", ".join(f"{{pack: {p}}}" for p in packs) + "]")
@@ -50,16 +53,24 @@ def audit(path: Path, packs: list[str]) -> dict:
         raise RuntimeError(done.stdout + done.stderr)
     peak_kb = int(done.stderr.rsplit("PEAK_RSS_KB ", 1)[1].split()[0])
     rules = {r["name"]: r for r in json.loads((folder / "report" / "results.json").read_text())["rules"]}
-    return {"rules": rules, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024)}
+    stated = re.search(r"^memory: .* expect a peak under ~([0-9,]+) MB$", done.stderr, re.M)
+    return {"rules": rules, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024),
+            "stated_peak_mb": int(stated.group(1).replace(",", "")) if stated else None}
 
 
-def measure(folder: Path, rules: dict) -> dict:
+def measure(folder: Path, rules: dict, pairs: list[tuple[str, str]] | None = None) -> dict:
+    """The shortcuts pack's verdict on a folder: its test side fails when any pair's does (`pairs`:
+    the (test side, carriers) rule names judged, by default every pair the pack ships), carriers
+    are the union of the pairs' lists, judged by file path against the marked files."""
+    pairs = [pair for pair in (pairs or PAIRS.values()) if pair[0] in rules]
     manifest = json.loads((folder / "manifest.json").read_text())
-    shortcut, carriers = rules["no-patch-shortcut"], rules["no-shortcut-carriers"]
-    found = {f["path"] for f in carriers["failures"]}
+    found = {f["path"] for _, carriers in pairs for f in rules[carriers]["failures"]}
     recall, precision = recall_precision(found, set(manifest["marked_train"]))
-    spot = [h for h in shortcut["extra"]["hotspots"] if h["predicted"] == "Shirt"]
-    return {"shortcut_status": shortcut["status"], "excess": shortcut["value"],
+    sides = [rules[test_side] for test_side, _ in pairs]
+    spot = [h for h in sides[0]["extra"]["hotspots"] if h["predicted"] == "Shirt"]
+    failed = any(side["status"] == "failed" for side in sides)
+    return {"shortcut_status": "failed" if failed else sides[0]["status"],
+            "excess": max((side["value"] for side in sides if side["value"] is not None), default=None),
             "shirt_hotspot": spot[0] if spot else None, "carriers_found": len(found),
             "carrier_recall": recall, "carrier_precision": precision,
             "statuses": {name: r["status"] for name, r in rules.items()}}

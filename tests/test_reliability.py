@@ -143,4 +143,4 @@ rules:
         documents.append(json.dumps(document, indent=1))
     assert documents[0] == documents[1]
     rules = json.loads(documents[0])["rules"]
-    assert len(rules) == 8 and any(r["n_failures"] for r in rules)
+    assert len(rules) == 10 and any(r["n_failures"] for r in rules)

@@ -32,7 +32,8 @@ def test_the_shortcut_rule_fails_the_marked_resnet_and_names_the_marked_files(ru
     marked = runs["marked"]
     assert marked["shortcut_status"] == "failed" and marked["excess"] > 0.5
     assert marked["carrier_recall"] >= 0.8 and marked["carrier_precision"] >= 0.9
-    assert set(marked["statuses"]) == {"no-patch-shortcut", "no-shortcut-carriers", "no-mislabel-suspects",
+    assert set(marked["statuses"]) == {"no-patch-shortcut", "no-shortcut-carriers", "no-patch-shortcut-input-x-gradient",
+                                       "no-shortcut-carriers-input-x-gradient", "no-mislabel-suspects",
                                        "no-single-image-errors"}          # the label-noise rules completed
     assert marked["peak_rss_mb"] < 24 * 1024
 

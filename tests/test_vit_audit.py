@@ -41,5 +41,5 @@ def test_a_vit_audit_with_both_packs_reaches_a_verdict_on_every_rule(tmp_path, c
     rules = json.loads((tmp_path / "report" / "results.json").read_text())["rules"]
     print(capsys.readouterr().out)
     assert code in (0, 1)
-    assert len(rules) == 4 and all(r["status"] in ("passed", "failed", "warned") for r in rules), \
+    assert len(rules) == 6 and all(r["status"] in ("passed", "failed", "warned") for r in rules), \
         [(r["name"], r["status"], r["message"]) for r in rules]

@@ -133,4 +133,4 @@ def test_validating_an_audit_does_not_import_torch(tmp_path):
               "print('TORCH LOADED' if 'torch' in sys.modules else 'TORCH ABSENT'); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "is valid (4 rules)" in result.stdout and "TORCH ABSENT" in result.stdout
+    assert "is valid (6 rules)" in result.stdout and "TORCH ABSENT" in result.stdout
