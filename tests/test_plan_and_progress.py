@@ -126,3 +126,20 @@ def test_the_memory_plan_adds_the_largest_stage_and_the_kept_maps_to_what_is_in_
     line = memory_plan(100 * mb, {"activations": 1024 * mb, "TFA": 2048 * mb}, 10 * mb)
     assert line.endswith("100 MB in use with the model, data and predictions loaded: expect a peak under ~2,158 MB")
     assert memory_plan(None, {"activations": 1024 * mb}, 0).endswith("at most ~1,024 MB above the loaded model and data")
+
+
+def test_the_kept_maps_count_each_source_and_method_once_at_the_most_any_rule_measures(tmp_path):
+    from auditor.session import AuditSession
+    from auditor.spec import load_spec
+
+    rules = ("settings: {device: cpu, cache_dir: cache}\nrules:\n"
+             "  - {name: a, check: accuracy, min_accuracy: 0.0}\n"
+             "  - {name: few, check: region_mass, source: var, on: all, sample: 5, region: border, max_mass: 1.0}\n"
+             "  - {name: all, check: region_mass, source: var, on: all, region: border, max_mass: 1.0}\n"
+             "  - {name: spot, check: saliency_concentration, source: var, method: input_x_gradient, on: all,\n"
+             "     reference_size: 2}\n"
+             "  - {name: tfa, check: region_mass, source: tfa, k: 2, on: {indices: [0, 1]}, region: border, max_mass: 1.0}\n")
+    session = AuditSession(load_spec(audit(tmp_path, rules)))
+    per_map = 4 * (1 * 8 * 8 + 8 * 8)            # the fakes: 12 test images of 1x8x8, 3 classes
+    maps = 12 + (12 + 2 * 3) + 2 * 2             # var (the larger of 5 and 12), input x gradient + references, TFA
+    assert session.engine.kept_map_bytes(session.spec.rules) == maps * per_map

@@ -127,8 +127,12 @@ class Engine:
 
     def memory_note(self, rules: list) -> str:
         """What `rules` may take in memory beyond what is loaded now (`plan.memory_plan`): each
-        stage's budget, and the maps the rules keep (per source and method, the most any rule measures,
-        its class references included)."""
+        stage's budget, and the maps the rules keep."""
+        return memory_plan(resident_peak(), stage_budgets(rules), self.kept_map_bytes(rules))
+
+    def kept_map_bytes(self, rules: list) -> int:
+        """Bytes of the maps `rules` leave cached: per source and method, the most any rule measures
+        (its `sample`, `k` TFA maps per example, a class reference of `reference_size` each)."""
         image = self.test_images(torch.arange(1))[0]
         per_map = 4 * (image.numel() + image[0].numel())        # signed (C, H, W) and magnitude (H, W), float32
         counts: dict[tuple, int] = {}
@@ -141,7 +145,7 @@ class Engine:
             n += getattr(p, "reference_size", 0) * len(self.classes)
             key = (p.source, getattr(p, "method", None))
             counts[key] = max(counts.get(key, 0), n)
-        return memory_plan(resident_peak(), stage_budgets(rules), per_map * sum(counts.values()))
+        return per_map * sum(counts.values())
 
     def sanity(self) -> list[str]:
         """Warnings about what the model is fed (`sanity.py`), from a seeded sample of each split."""
