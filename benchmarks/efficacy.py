@@ -7,7 +7,8 @@ Sandal (defective), and without them (clean) — and both are audited with the s
 the same test set (the square on 10% of the test images of every class):
 - shortcut_caught_rate / clean_false_alarm_rate: `no-patch-shortcut` fails on defective models /
   any shipped `fail` rule fails on a clean one;
-- shortcut_carrier_recall / _precision: `no-shortcut-carriers` against the patched images;
+- shortcut_carrier_recall / _precision: `no-shortcut-carriers` against the patched images (the
+  pack's gradient pair: `benchmarks/carriers.py` judges both of its pairs and their union);
 - tfa_patch_hit_rate / saliency_patch_hit_rate (and the mass inside the square): on planted
   carriers, how often the map's peak lies on the square: TFA for the shortcut error it aligns
   with most vs the own-label gradient and input × gradient maps (the obvious baseline);
