@@ -132,3 +132,19 @@ def test_label_votes_and_mislabel_suspects_on_cuda_equal_cpu():
     found_cuda, z_cuda = contradicted(cuda, labels, MislabelParams())
     assert torch.equal(found_cuda, found_cpu) and torch.equal(z_cuda, z_cpu)
     assert {5, 25, 45} <= set(found_cpu.nonzero().flatten().tolist())
+
+
+def test_on_cuda_the_memory_note_counts_device_memory_for_the_stages(tmp_path):
+    from auditor.session import AuditSession
+    from auditor.spec import load_spec
+
+    doc = {"audit": "gpu-note", "model": {"factory": "fakes:linear"},
+           "data": {"train": {"factory": "fakes:images"}, "test": {"factory": "fakes:images"}},
+           "settings": {"device": "cuda", "cache_dir": str(tmp_path / "cache")},
+           "rules": [{"name": "acc", "check": "accuracy", "min_accuracy": 0.0}]}
+    path = tmp_path / "audit_note.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    session = AuditSession(load_spec(path))
+    line = session.engine.memory_note(session.spec.rules)
+    assert "allocated on the device with the model loaded: expect a device peak under" in line, line
+    assert "host memory: expect a peak under" in line, line

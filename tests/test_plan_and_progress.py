@@ -143,3 +143,12 @@ def test_the_kept_maps_count_each_source_and_method_once_at_the_most_any_rule_me
     per_map = 4 * (1 * 8 * 8 + 8 * 8)            # the fakes: 12 test images of 1x8x8, 3 classes
     maps = 12 + (12 + 2 * 3) + 2 * 2             # var (the larger of 5 and 12), input x gradient + references, TFA
     assert session.engine.kept_map_bytes(session.spec.rules) == maps * per_map
+
+
+def test_on_an_accelerator_the_stages_count_device_memory_and_the_kept_maps_host_memory():
+    from auditor.engine.plan import memory_plan
+
+    mb = 2**20
+    line = memory_plan(500 * mb, {"activations": 1024 * mb}, 10 * mb, device_in_use=300 * mb)
+    assert "300 MB allocated on the device with the model loaded: expect a device peak under ~1,324 MB" in line
+    assert line.endswith("host memory: expect a peak under ~510 MB")

@@ -128,7 +128,8 @@ class Engine:
     def memory_note(self, rules: list) -> str:
         """What `rules` may take in memory beyond what is loaded now (`plan.memory_plan`): each
         stage's budget, and the maps the rules keep."""
-        return memory_plan(resident_peak(), stage_budgets(rules), self.kept_map_bytes(rules))
+        on_device = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return memory_plan(resident_peak(), stage_budgets(rules), self.kept_map_bytes(rules), on_device)
 
     def kept_map_bytes(self, rules: list) -> int:
         """Bytes of the maps `rules` leave cached: per source and method, the most any rule measures
@@ -141,7 +142,7 @@ class Engine:
             if getattr(p, "source", None) is None:
                 continue
             n = len(self.select(rule.selection))
-            n = min(n, p.sample or n) * (p.k if p.source == "tfa" else 1)
+            n = min(n, getattr(p, "sample", None) or n) * (p.k if p.source == "tfa" else 1)
             n += getattr(p, "reference_size", 0) * len(self.classes)
             key = (p.source, getattr(p, "method", None))
             counts[key] = max(counts.get(key, 0), n)

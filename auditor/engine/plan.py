@@ -57,12 +57,18 @@ def stage_budgets(rules: list) -> dict[str, int]:
     return budgets
 
 
-def memory_plan(in_use: int | None, budgets: dict[str, int], kept: int) -> str:
+def memory_plan(in_use: int | None, budgets: dict[str, int], kept: int, device_in_use: int | None = None) -> str:
     """One line: the memory in use now, each stage's budget (stages run one at a time), the maps
-    the rules keep, and the peak those add up to. `in_use` None: the platform does not say."""
+    the rules keep, and the peak those add up to. `in_use` None: the platform does not say.
+    `device_in_use`: bytes allocated on an accelerator, where the stages then run (their budgets
+    count device memory; the kept maps live in host memory)."""
     stages = ", ".join(f"{name} {size / MB:,.0f} MB" for name, size in budgets.items())
-    extra = max(budgets.values()) + kept
     text = f"memory: stages run in chunks within their budgets ({stages}); the maps rules keep ~{kept / MB:,.0f} MB"
+    if device_in_use is not None:
+        host = "" if in_use is None else f"; host memory: expect a peak under ~{(in_use + kept) / MB:,.0f} MB"
+        return (f"{text}; {device_in_use / MB:,.0f} MB allocated on the device with the model loaded: expect a "
+                f"device peak under ~{(device_in_use + max(budgets.values())) / MB:,.0f} MB{host}")
+    extra = max(budgets.values()) + kept
     if in_use is None:
         return text + f": at most ~{extra / MB:,.0f} MB above the loaded model and data"
     return (f"{text}; {in_use / MB:,.0f} MB in use with the model, data and predictions loaded: "
