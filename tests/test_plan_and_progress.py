@@ -141,7 +141,8 @@ def test_the_kept_maps_count_each_source_and_method_once_at_the_most_any_rule_me
              "  - {name: tfa, check: region_mass, source: tfa, k: 2, on: {indices: [0, 1]}, region: border, max_mass: 1.0}\n")
     session = AuditSession(load_spec(audit(tmp_path, rules)))
     per_map = 4 * (1 * 8 * 8 + 8 * 8)            # the fakes: 12 test images of 1x8x8, 3 classes
-    maps = 12 + (12 + 2 * 3) + 2 * 2             # var (the larger of 5 and 12), input x gradient + references, TFA
+    maps = 12 + 12 + 2 * 2       # var (the larger of 5 and 12); input x gradient with its references, at most
+    #                              one per test image (12, not 12 + 2 * 3); TFA: k per example
     assert session.engine.kept_map_bytes(session.spec.rules) == maps * per_map
 
 

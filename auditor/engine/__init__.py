@@ -133,7 +133,8 @@ class Engine:
 
     def kept_map_bytes(self, rules: list) -> int:
         """Bytes of the maps `rules` leave cached: per source and method, the most any rule measures
-        (its `sample`, `k` TFA maps per example, a class reference of `reference_size` each)."""
+        (its `sample`, `k` TFA maps per example, a class reference of `reference_size` each), and
+        never more than one saliency map per test image and method (the cache holds each once)."""
         image = self.test_images(torch.arange(1))[0]
         per_map = 4 * (image.numel() + image[0].numel())        # signed (C, H, W) and magnitude (H, W), float32
         counts: dict[tuple, int] = {}
@@ -144,6 +145,8 @@ class Engine:
             n = len(self.select(rule.selection))
             n = min(n, getattr(p, "sample", None) or n) * (p.k if p.source == "tfa" else 1)
             n += getattr(p, "reference_size", 0) * len(self.classes)
+            if p.source != "tfa":
+                n = min(n, len(self.target.test))
             key = (p.source, getattr(p, "method", None))
             counts[key] = max(counts.get(key, 0), n)
         return per_map * sum(counts.values())
