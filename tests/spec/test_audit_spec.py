@@ -69,6 +69,19 @@ include:
     assert carriers.params.max_recurrence == 0.3 and carriers.severity == "fail"
 
 
+def test_the_shortcuts_pack_judges_the_same_thresholds_under_both_base_maps(tmp_path):
+    """The input x gradient pair is the gradient pair with another `method:`: retuning one without
+    the other would make the pack's two maps disagree for a reason no benchmark measured."""
+    import dataclasses
+
+    rules = {rule.name: rule for rule in load_spec(audit(tmp_path, "include: [{pack: shortcuts}]\n")).rules}
+    for name in ("no-patch-shortcut", "no-shortcut-carriers"):
+        plain, other = rules[name], rules[f"{name}-input-x-gradient"]
+        assert plain.params.method is None and other.params.method == "input_x_gradient"
+        assert dataclasses.replace(other.params, method=None) == plain.params
+        assert (other.check, other.selection.kind, other.severity) == (plain.check, plain.selection.kind, plain.severity)
+
+
 def test_override_mistakes_point_at_the_override(tmp_path):
     from conftest import assert_spec_error
 
