@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.architectures import RELIED_ON
-from benchmarks.carriers import PAIRS, RULES, method_override
+from benchmarks.carriers import PAIRS, RULES, method_override, pack_status
 from benchmarks.common import environment, write_json
 
 PACK = "pack"           # a `--methods` entry: the shipped pack as it is
@@ -52,7 +52,7 @@ def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
                 spots = [h for o in sides if o.result for h in o.result.extra.get("hotspots", [])]
                 runs.append({"model": f"sample_cnn-{n_train}-{name}-s{seed}", "clean": not defective,
                              "planted_class": square["class"],
-                             "status": "failed" if any(o.status == "failed" for o in sides) else sides[0].status,
+                             "status": pack_status([o.status for o in sides]),
                              "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")]})
                 print(runs[-1], flush=True)
     return runs

@@ -39,6 +39,12 @@ def method_override(method: str) -> dict:
     return {rule: {"method": method} for rule in RULES}
 
 
+def pack_status(statuses: list[str]) -> str:
+    """The pack's verdict from its pairs' (in `PAIRS` order): failed when any failed, else the
+    first pair's (passed, or inconclusive when it could not judge)."""
+    return "failed" if "failed" in statuses else statuses[0]
+
+
 def saliency_baseline(engine, spot: dict) -> set[int]:
     """Training images of the hotspot's class whose own-label gradient map peaks at the hotspot."""
     from auditor.checks.windows import densest_window, near
@@ -78,8 +84,8 @@ def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> di
     seconds = time.perf_counter() - start
     pairs = {name: pair_row(outcomes, rules) for name, rules in PAIRS.items() if method in (None, name)}
     found = set().union(*(set(p["found"]) for p in pairs.values()))
-    row = {"status": "failed" if any(p["status"] == "failed" for p in pairs.values()) else "passed",
-           "shortcut_status": "failed" if any(p["shortcut_status"] == "failed" for p in pairs.values()) else "passed",
+    row = {"status": pack_status([p["status"] for p in pairs.values()]),
+           "shortcut_status": pack_status([p["shortcut_status"] for p in pairs.values()]),
            "value": max((p["value"] or 0.0 for p in pairs.values()), default=None),
            "shortcut_value": max((p["shortcut_value"] or 0.0 for p in pairs.values()), default=None),
            "seconds": round(seconds, 1), "groups": [g for p in pairs.values() for g in p["groups"]],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.carriers import PAIRS
+from auditor.engine.plan import stated_peak_mb
+from benchmarks.carriers import PAIRS, pack_status
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import recall_precision
 from sample_audits.folders import build
@@ -53,9 +53,8 @@ def audit(path: Path, packs: list[str]) -> dict:
         raise RuntimeError(done.stdout + done.stderr)
     peak_kb = int(done.stderr.rsplit("PEAK_RSS_KB ", 1)[1].split()[0])
     rules = {r["name"]: r for r in json.loads((folder / "report" / "results.json").read_text())["rules"]}
-    stated = re.search(r"^memory: .* expect a peak under ~([0-9,]+) MB$", done.stderr, re.M)
     return {"rules": rules, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb / 1024),
-            "stated_peak_mb": int(stated.group(1).replace(",", "")) if stated else None}
+            "stated_peak_mb": stated_peak_mb(done.stderr)}
 
 
 def measure(folder: Path, rules: dict, pairs: list[tuple[str, str]] | None = None) -> dict:
@@ -68,8 +67,7 @@ def measure(folder: Path, rules: dict, pairs: list[tuple[str, str]] | None = Non
     recall, precision = recall_precision(found, set(manifest["marked_train"]))
     sides = [rules[test_side] for test_side, _ in pairs]
     spot = [h for h in sides[0]["extra"]["hotspots"] if h["predicted"] == "Shirt"]
-    failed = any(side["status"] == "failed" for side in sides)
-    return {"shortcut_status": "failed" if failed else sides[0]["status"],
+    return {"shortcut_status": pack_status([side["status"] for side in sides]),
             "excess": max((side["value"] for side in sides if side["value"] is not None), default=None),
             "shirt_hotspot": spot[0] if spot else None, "carriers_found": len(found),
             "carrier_recall": recall, "carrier_precision": precision,

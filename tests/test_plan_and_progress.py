@@ -120,12 +120,13 @@ def test_every_audit_states_its_memory_plan_with_the_stages_its_rules_run(tmp_pa
 
 
 def test_the_memory_plan_adds_the_largest_stage_and_the_kept_maps_to_what_is_in_use():
-    from auditor.engine.plan import memory_plan
+    from auditor.engine.plan import memory_plan, stated_peak_mb
 
     mb = 2**20
     line = memory_plan(100 * mb, {"activations": 1024 * mb, "TFA": 2048 * mb}, 10 * mb)
     assert line.endswith("100 MB in use with the model, data and predictions loaded: expect a peak under ~2,158 MB")
     assert memory_plan(None, {"activations": 1024 * mb}, 0).endswith("at most ~1,024 MB above the loaded model and data")
+    assert stated_peak_mb(f"warning: x\n{line}\nrest") == 2158 and stated_peak_mb("no note here") is None
 
 
 def test_the_kept_maps_count_each_source_and_method_once_at_the_most_any_rule_measures(tmp_path):

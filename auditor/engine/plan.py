@@ -5,6 +5,7 @@ waiting on a long step."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def memory_plan(in_use: int | None, budgets: dict[str, int], kept: int, device_i
         return text + f": at most ~{extra / MB:,.0f} MB above the loaded model and data"
     return (f"{text}; {in_use / MB:,.0f} MB in use with the model, data and predictions loaded: "
             f"expect a peak under ~{(in_use + extra) / MB:,.0f} MB")
+
+
+def stated_peak_mb(text: str) -> int | None:
+    """The host peak (MB) that a memory note inside `text` (a run's stderr) states; None without one."""
+    found = re.search(r"^memory: .* expect a peak under ~([0-9,]+) MB$", text, re.M)
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 def resident_peak() -> int | None:
