@@ -161,7 +161,7 @@ def one_run(arch: str, mark_name: str, seed: int, clean: bool, args, work: Path,
                     **{k: judged[k] for k in ("shortcut_status", "excess", "carriers_found", "carrier_recall",
                                               "carrier_precision", "statuses")}})
         failed = any(status == "failed" for status in judged["statuses"].values())
-        row["caught"] = None if clean else judged["shortcut_status"] == "failed"
+        row["caught"] = None if clean else judged["caught"]
         row["false_alarm"] = failed if clean else None
         row["cannot_judge"] = [n for n, s in judged["statuses"].items() if s not in ("passed", "failed")]
     except Exception as exc:

@@ -9,7 +9,9 @@ with VAR over each saliency method, on models already trained by two other bench
 Each model is audited once per `--methods` entry, the pack's gradient pair (`no-patch-shortcut`,
 `no-shortcut-carriers`) overridden only in `method:` and judged alone; `pack` is the shipped pack
 as it is, judged as a user meets it: failed when any pair's test side fails, carriers the union
-of the pairs' lists. Per run: that status, flagged hotspots (class and window), for the folders
+of the pairs' lists. A mark counts as caught only where a failing test side flagged a spot on the
+marked class (a rule can also fail on maps it cannot read; `failed_without_a_flagged_mark`).
+Per run: that status, whether caught, flagged hotspots (class and window), for the folders
 carrier recall and precision, audit seconds and peak RSS.
 
     python -m benchmarks.base_maps --methods gradient input_x_gradient --eff-work /tmp/eff --n-train 20000
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.architectures import RELIED_ON
-from benchmarks.carriers import PAIRS, RULES, method_override, pack_status
+from benchmarks.carriers import PAIRS, RULES, caught, method_override, pack_status
 from benchmarks.common import environment, write_json
 
 PACK = "pack"           # a `--methods` entry: the shipped pack as it is
@@ -53,6 +55,8 @@ def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
                 runs.append({"model": f"sample_cnn-{n_train}-{name}-s{seed}", "clean": not defective,
                              "planted_class": square["class"],
                              "status": pack_status([o.status for o in sides]),
+                             "caught": any(caught(o.status, o.result.extra.get("hotspots", []) if o.result else [],
+                                                  square["class"]) for o in sides),
                              "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")]})
                 print(runs[-1], flush=True)
     return runs
@@ -71,7 +75,7 @@ def folder_runs(method: str, work: Path, reliance: dict) -> list[dict]:
         spots = [h for name, rule in result["rules"].items() if rule["check"] == "saliency_concentration"
                  for h in rule.get("extra", {}).get("hotspots", [])]
         runs.append({"model": folder.name, "clean": folder.name.endswith("-clean"), "reliance": reliance.get(folder.name),
-                     "status": judged["shortcut_status"],
+                     "status": judged["shortcut_status"], "caught": judged["caught"],
                      "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")],
                      "carrier_recall": judged["carrier_recall"], "carrier_precision": judged["carrier_precision"],
                      "statuses": judged["statuses"], "audit_seconds": result["seconds"],
@@ -84,19 +88,20 @@ def summary(runs: list[dict]) -> dict:
     """Caught among the marked models that rely on their mark, and clean false alarms."""
     relied = [r for r in runs if not r["clean"] and (r.get("reliance") or 0) >= RELIED_ON]
     clean = [r for r in runs if r["clean"]]
-    out = {"caught": sum(r["status"] == "failed" for r in relied), "relied_on": len(relied),
+    out = {"caught": sum(r["caught"] for r in relied), "relied_on": len(relied),
+           "failed_without_a_flagged_mark": sum(r["status"] == "failed" and not r["caught"] for r in relied),
            "clean_false_alarms": sum(r["status"] == "failed" for r in clean), "clean": len(clean)}
-    caught = [r for r in relied if r["status"] == "failed" and r.get("carrier_recall") is not None]
-    if caught:
-        precision = [r["carrier_precision"] for r in caught if r["carrier_precision"] is not None]
-        out["carriers_where_caught"] = [round(sum(r["carrier_recall"] for r in caught) / len(caught), 3),
+    found = [r for r in relied if r["caught"] and r.get("carrier_recall") is not None]
+    if found:
+        precision = [r["carrier_precision"] for r in found if r["carrier_precision"] is not None]
+        out["carriers_where_caught"] = [round(sum(r["carrier_recall"] for r in found) / len(found), 3),
                                         round(sum(precision) / len(precision), 3) if precision else None]
     stated = [r for r in runs if r.get("stated_peak_mb")]
     if stated:
         out["peak_rss_within_stated"] = f"{sum(r['peak_rss_mb'] <= r['stated_peak_mb'] for r in stated)} of {len(stated)}"
         out["peak_rss_over_stated_max"] = max(round(r["peak_rss_mb"] / r["stated_peak_mb"], 3) for r in stated)
     if relied and "reliance" in relied[0]:
-        out["missed"] = [f"{r['model']} (reliance {r['reliance']:.3f})" for r in relied if r["status"] != "failed"]
+        out["missed"] = [f"{r['model']} (reliance {r['reliance']:.3f})" for r in relied if not r["caught"]]
     return out
 
 

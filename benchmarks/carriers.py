@@ -45,6 +45,12 @@ def pack_status(statuses: list[str]) -> str:
     return "failed" if "failed" in statuses else statuses[0]
 
 
+def caught(status: str, hotspots: list[dict], planted_class: str) -> bool:
+    """A test-side rule caught the mark when it failed at a spot it flagged on the marked class: a
+    failure on maps it cannot read, or at another class's spot, names no mark (RESULTS.md)."""
+    return status == "failed" and any(h.get("flagged") and h["predicted"] == planted_class for h in hotspots)
+
+
 def saliency_baseline(engine, spot: dict) -> set[int]:
     """Training images of the hotspot's class whose own-label gradient map peaks at the hotspot."""
     from auditor.checks.windows import densest_window, near
@@ -61,11 +67,12 @@ def saliency_baseline(engine, spot: dict) -> set[int]:
     return set(torch.cat(found).tolist()) if found else set()
 
 
-def pair_row(outcomes: dict, pair: tuple[str, str]) -> dict:
+def pair_row(outcomes: dict, pair: tuple[str, str], planted_class: str) -> dict:
     """One base map's verdicts: its test-side rule, its carriers rule, the hotspots and the carriers named."""
     test_side, outcome = (outcomes[name] for name in pair)
     hotspots = test_side.result.extra["hotspots"] if test_side.result else []
     return {"status": outcome.status, "shortcut_status": test_side.status,
+            "caught": caught(test_side.status, hotspots, planted_class),
             "value": outcome.result.value if outcome.result else None,
             "shortcut_value": test_side.result.value if test_side.result else None,
             "groups": outcome.result.extra["carriers"] if outcome.result else [],
@@ -82,10 +89,12 @@ def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> di
     start = time.perf_counter()
     outcomes = {o.rule.name: o for o in session.run_all()}
     seconds = time.perf_counter() - start
-    pairs = {name: pair_row(outcomes, rules) for name, rules in PAIRS.items() if method in (None, name)}
+    square_class = rec["square"]["class"]
+    pairs = {name: pair_row(outcomes, rules, square_class) for name, rules in PAIRS.items() if method in (None, name)}
     found = set().union(*(set(p["found"]) for p in pairs.values()))
     row = {"status": pack_status([p["status"] for p in pairs.values()]),
            "shortcut_status": pack_status([p["shortcut_status"] for p in pairs.values()]),
+           "caught": any(p["caught"] for p in pairs.values()),
            "value": max((p["value"] or 0.0 for p in pairs.values()), default=None),
            "shortcut_value": max((p["shortcut_value"] or 0.0 for p in pairs.values()), default=None),
            "seconds": round(seconds, 1), "groups": [g for p in pairs.values() for g in p["groups"]],
@@ -95,7 +104,6 @@ def run(rec: dict, work: Path, defective: bool, method: str | None = None) -> di
     planted = set(defects(rec)["patched_train"])
     for p in pairs.values():
         p["recall"], p["precision"] = recall_precision(set(p.pop("found")), planted)
-    square_class = rec["square"]["class"]
     spot = next((g for g in row["groups"] if g["class"] == square_class), None)
     baseline = saliency_baseline(session.engine, spot) if spot else set()
     recall, precision = recall_precision(found, planted)
@@ -124,7 +132,8 @@ def rates(runs: list[dict]) -> dict:
 
 def pair_rates(defective: list[dict], clean: list[dict]) -> dict:
     """One base map's pair alone: caught, clean false alarms, carriers' mean recall and precision."""
-    return {"shortcut_caught_rate": float(np.mean([r["shortcut_status"] == "failed" for r in defective])),
+    return {"shortcut_caught_rate": float(np.mean([r["caught"] for r in defective])),
+            "shortcut_failed_rate": float(np.mean([r["shortcut_status"] == "failed" for r in defective])),
             "clean_false_alarm_rate": float(np.mean([r["status"] == "failed" or r["shortcut_status"] == "failed"
                                                      for r in clean])),
             "shortcut_carrier_recall": mean_of(defective, "recall"),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from auditor.engine.plan import stated_peak_mb
-from benchmarks.carriers import PAIRS, pack_status
+from benchmarks.carriers import PAIRS, caught, pack_status
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import recall_precision
 from sample_audits.folders import build
@@ -60,14 +60,17 @@ def audit(path: Path, packs: list[str]) -> dict:
 def measure(folder: Path, rules: dict, pairs: list[tuple[str, str]] | None = None) -> dict:
     """The shortcuts pack's verdict on a folder: its test side fails when any pair's does (`pairs`:
     the (test side, carriers) rule names judged, by default every pair the pack ships), carriers
-    are the union of the pairs' lists, judged by file path against the marked files."""
+    are the union of the pairs' lists, judged by file path against the marked files; `caught` when a
+    failing test side flagged a spot on the marked class (`carriers.caught`)."""
     pairs = [pair for pair in (pairs or PAIRS.values()) if pair[0] in rules]
     manifest = json.loads((folder / "manifest.json").read_text())
     found = {f["path"] for _, carriers in pairs for f in rules[carriers]["failures"]}
     recall, precision = recall_precision(found, set(manifest["marked_train"]))
     sides = [rules[test_side] for test_side, _ in pairs]
-    spot = [h for h in sides[0]["extra"]["hotspots"] if h["predicted"] == "Shirt"]
+    marked = manifest["recipe"]["square"]["class"]
+    spot = [h for h in sides[0]["extra"]["hotspots"] if h["predicted"] == marked]
     return {"shortcut_status": pack_status([side["status"] for side in sides]),
+            "caught": any(caught(side["status"], side["extra"].get("hotspots", []), marked) for side in sides),
             "excess": max((side["value"] for side in sides if side["value"] is not None), default=None),
             "shirt_hotspot": spot[0] if spot else None, "carriers_found": len(found),
             "carrier_recall": recall, "carrier_precision": precision,
@@ -101,7 +104,7 @@ def main() -> None:
     marked = [r for r in runs if not r["clean"]]
     clean = [r for r in runs if r["clean"]]
     summary = {
-        "shortcut_caught_rate": float(np.mean([r["shortcut_status"] == "failed" for r in marked])),
+        "shortcut_caught_rate": float(np.mean([r["caught"] for r in marked])),
         "clean_false_alarm_rate": float(np.mean([any(s == "failed" for s in r["statuses"].values()) for r in clean])),
         "excess_marked_min": min(r["excess"] for r in marked), "excess_clean_max": max(r["excess"] for r in clean),
         "carrier_recall": float(np.mean([r["carrier_recall"] for r in marked])),
