@@ -154,3 +154,23 @@ def test_on_an_accelerator_the_stages_count_device_memory_and_the_kept_maps_host
     line = memory_plan(500 * mb, {"activations": 1024 * mb}, 10 * mb, device_in_use=300 * mb)
     assert "300 MB allocated on the device with the model loaded: expect a device peak under ~1,324 MB" in line
     assert line.endswith("host memory: expect a peak under ~510 MB")
+
+
+def test_each_rule_kind_declares_the_stages_the_memory_plan_lists():
+    from types import SimpleNamespace
+
+    from auditor.engine.plan import stage_budgets
+    from auditor.spec.checks import CHECK_KINDS, MislabelParams, RegionParams, SingleImageParams
+
+    def stages(params) -> set[str]:
+        return set(stage_budgets([SimpleNamespace(params=params)]))
+
+    assert stages(MislabelParams()) == {"activations", "per-example gradients", "TFA"}       # explains 20
+    assert stages(MislabelParams(explain=0)) == {"activations"}                             # the vote alone
+    assert stages(SingleImageParams()) == {"activations", "per-example gradients", "TFA"}
+    assert stages(RegionParams(max_mass=1.0, source="tfa")) == {"activations", "per-example gradients", "TFA"}
+    assert stages(RegionParams(max_mass=1.0, source="var")) == {"activations"}
+    fields = SimpleNamespace(k=1, explain=1, source="var")      # any kind's fields, read unbound
+    ranking = {name for name in CHECK_KINDS.names if CHECK_KINDS.get(name).ranks_training(fields)}
+    assert ranking == {"influence_dominance", "proponent_label_agreement", "harmful_training_images",
+                       "single_image_errors", "mislabel_suspects"}

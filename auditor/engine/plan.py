@@ -40,18 +40,15 @@ def featurize_plan(model: torch.nn.Module, *, n_rows: int, parameters: int, laye
 
 
 MB = 2**20
-# Checks that rank training images (featurize them) and that draw TFA maps beyond `source: tfa`.
-RANKING_CHECKS = frozenset({"influence_dominance", "proponent_label_agreement", "harmful_training_images",
-                            "single_image_errors", "mislabel_suspects"})
-TFA_CHECKS = frozenset({"single_image_errors", "mislabel_suspects"})
 
 
 def stage_budgets(rules: list) -> dict[str, int]:
     """The chunked stages `rules` will run and each one's memory budget in bytes (a stage sizes its
-    chunks from one example's measured cost to stay within it: `auditor.attribution.memory`)."""
+    chunks from one example's measured cost to stay within it: `auditor.attribution.memory`); each
+    rule's parameters say which it needs (`ranks_training`, `draws_tfa`)."""
     budgets = {"activations": ACTIVATION_BUDGET_BYTES}      # predictions, saliency, occlusion
-    tfa = any(getattr(r.params, "source", None) == "tfa" or r.check in TFA_CHECKS for r in rules)
-    if tfa or any(r.check in RANKING_CHECKS for r in rules):
+    tfa = any(r.params.draws_tfa() for r in rules)
+    if tfa or any(r.params.ranks_training() for r in rules):
         budgets["per-example gradients"] = GRADIENT_BUDGET_BYTES
     if tfa:
         budgets["TFA"] = TFA_BUDGET_BYTES

@@ -43,6 +43,14 @@ class Params:
         """Training images ranked per test example (`k`); checked against the training set's size."""
         return 0
 
+    def ranks_training(self) -> bool:
+        """Whether the rule reads the training set's Grad-Cos features (the memory plan's gradient stage)."""
+        return False
+
+    def draws_tfa(self) -> bool:
+        """Whether the rule draws TFA maps, as its source or as evidence (the memory plan's TFA stage)."""
+        return False
+
 
 def require_top_k(k: int, settings: Any, where: Where) -> None:
     """`k` proponents per example cannot exceed the `top_k` the engine keeps."""
@@ -61,6 +69,9 @@ class UsesInfluence(Params):
     def proponents_needed(self) -> int:
         return self.k
 
+    def ranks_training(self) -> bool:
+        return True
+
 
 class UsesMaps(Params):
     """Parameters of checks that measure attribution maps from a `source` (and `method`)."""
@@ -77,6 +88,9 @@ class UsesMaps(Params):
 
     def proponents_needed(self) -> int:
         return self.k if self.source == "tfa" else 0
+
+    def draws_tfa(self) -> bool:
+        return self.source == "tfa"
 
 
 @check_kind("accuracy", per_example=False, description="share of correct predictions")
@@ -205,6 +219,9 @@ class SingleImageParams(UsesInfluence):
                               help="(top-1 − top-2) / (1 − top-2): share of the way to a perfect match the driver leads")
     k: int = bounded(2, 1000, default=5)
 
+    def draws_tfa(self) -> bool:
+        return True                 # each flagged error's map with its driver
+
     def against(self, settings: Any, where: Where) -> None:
         super().against(settings, where)
         if settings.attribution.influence != "grad_cos":
@@ -237,4 +254,10 @@ class MislabelParams(Params):
     layer: str | None = None
     max_share: float = bounded(0.0, 1.0, default=0.0, help="largest share of the training set that may be suspects")
     explain: int = bounded(0, 1000, default=20, help="suspects (strongest disagreement first) explained in full")
+
+    def ranks_training(self) -> bool:
+        return self.explain > 0     # an explanation names the test predictions a suspect drives and opposes
+
+    def draws_tfa(self) -> bool:
+        return self.explain > 0     # and the TFA map of the strongest of those links
 
