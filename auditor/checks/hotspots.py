@@ -176,11 +176,11 @@ def _judge(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, 
         shares["confirmed"] = confirmed
     flagged = confirmed and spot.excess > p.max_recurrence
     if not flagged and p.min_flip_share is not None:
-        aside = _set_aside(engine, measured, rows, c, group, p, tested=window if "confirmed" in shares else None)
-        if isinstance(aside, Hotspot):
-            return aside
+        aside, tried = _set_aside(engine, measured, rows, c, group, p, tested=window if "confirmed" in shares else None)
         if aside is not None:
-            shares["set_aside_tried"] = aside
+            return aside
+        if tried is not None:
+            shares["set_aside_tried"] = tried
     if flagged:
         window, peak = _located(engine, members, window, c)
         if peak is not None:
@@ -201,10 +201,10 @@ def _located(engine: AuditEngine, members: torch.Tensor, window: tuple[int, int,
 
 
 def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: int, group: Windows,
-               p: HotspotParams, tested: tuple[int, int, int] | None = None) -> Hotspot | dict | None:
+               p: HotspotParams, tested: tuple[int, int, int] | None = None) -> tuple[Hotspot | None, dict | None]:
     """The group's most recurrent spot, flagged with the reference set aside when the errors need
-    it and it turns other classes' images into the class; when it measured the spot without
-    flagging it, what it measured (for the report); None when it had nothing to test.
+    it and it turns other classes' images into the class (else None), and what it measured of the
+    spot (for the report; None when it had nothing to test).
 
     A model that checks the mark's corner for every decision of its class (unmarked shirts too)
     peaks there as often when right as when wrong, so no reference, thinned or not, shows an
@@ -219,19 +219,20 @@ def _set_aside(engine: AuditEngine, measured: Measured, rows: torch.Tensor, c: i
     mode = top_spot(group, NO_REFERENCE, side)
     window = None if mode is None else (mode.row, mode.col, side)
     if mode is None or mode.recurrence <= p.max_recurrence or window == tested:
-        return None
+        return None, None
     members = measured.maps.test[rows[mode.members]].unique()
     tried = {"window": list(window), "recurrence": round(mode.recurrence, 4),
              "flip_share": round(flip_share(engine, members, window, c), 4)}
     if tried["flip_share"] < p.min_flip_share:
-        return tried
+        return None, tried
     tried["transfer_share"] = round(transfer_share(engine, members, window, c, engine.settings.seed), 4)
     if tried["transfer_share"] < p.min_transfer_share:
-        return tried
+        return None, tried
     located, peak = _located(engine, members, window, c)
     return Hotspot(engine.classes[c], len(rows), located, mode.recurrence, 0.0, 1.0, True,
                    tuple(rows[mode.members].tolist()), flip_share=tried["flip_share"],
-                   transfer_share=tried["transfer_share"], confirmed=True, peak_window=peak, reference_set_aside=True)
+                   transfer_share=tried["transfer_share"], confirmed=True, peak_window=peak,
+                   reference_set_aside=True), tried
 
 
 def _reference(engine: AuditEngine, c: int, side: int, p: HotspotParams) -> tuple[torch.Tensor, Windows]:
