@@ -5,10 +5,11 @@ Part A, shortcut and relabels (for every seed and shortcut variant): the sample 
 on Fashion-MNIST twice — with a coloured square on part of one class plus 30 Sneakers relabelled
 Sandal (defective), and without them (clean) — and both are audited with the shipped packs on
 the same test set (the square on 10% of the test images of every class):
-- shortcut_caught_rate / clean_false_alarm_rate: `no-patch-shortcut` fails on defective models /
+- shortcut_caught_rate / clean_false_alarm_rate: the shortcuts pack flags a spot on the square's
+  class on defective models (either of its two base maps' test-side rules, `carriers.caught`) /
   any shipped `fail` rule fails on a clean one;
-- shortcut_carrier_recall / _precision: `no-shortcut-carriers` against the patched images (the
-  pack's gradient pair: `benchmarks/carriers.py` judges both of its pairs and their union);
+- shortcut_carrier_recall / _precision: the carriers the pack names (the union of its two
+  carriers rules' lists, as a user cleans them) against the patched images;
 - tfa_patch_hit_rate / saliency_patch_hit_rate (and the mass inside the square): on planted
   carriers, how often the map's peak lies on the square: TFA for the shortcut error it aligns
   with most vs the own-label gradient and input × gradient maps (the obvious baseline);
@@ -214,9 +215,12 @@ def quanda_auprc(python: str, engine, rec: dict, errors: torch.Tensor, folder: P
 def measure_defective(session, rec: dict, quanda_python: str | None, folder: Path) -> dict:
     from sample_audits.fashion import defects
 
+    from benchmarks.carriers import PAIRS, caught
+
     engine, outcomes = session.engine, session.outcomes
     planted = defects(rec)
-    carriers = {f.index for f in outcomes["no-shortcut-carriers"].failures}
+    carriers = {f.index for _, rule in PAIRS.values() for f in outcomes[rule].failures}
+    sides = [outcomes[test_side] for test_side, _ in PAIRS.values()]
     patched = set(planted["patched_train"])
     relabelled = np.zeros(len(engine.train_labels), dtype=bool)
     relabelled[planted["relabelled_train"]] = True
@@ -227,7 +231,8 @@ def measure_defective(session, rec: dict, quanda_python: str | None, folder: Pat
     errors = shortcut_errors(engine, rec)
     hits = patch_hits(engine, rec, errors) if len(errors) else None
     return {
-        "shortcut_caught": outcomes["no-patch-shortcut"].status == "failed",
+        "shortcut_caught": any(caught(o.status, o.result.extra.get("hotspots", []) if o.result else [],
+                                      rec["square"]["class"]) for o in sides),
         "shortcut_errors": len(errors),
         "carriers_found": len(carriers),
         **dict(zip(("carrier_recall", "carrier_precision"), recall_precision(carriers, patched))),
@@ -256,11 +261,17 @@ def box_iou(window: list[int], square: dict) -> float:
 
 def window_ious(outcomes, square: dict) -> dict:
     """Where the evidence is drawn: IoU of the flagged hotspot's window (the square's class) and
-    of the carriers' window with the planted square; None where none was flagged."""
-    spots = [h for h in outcomes["no-patch-shortcut"].result.extra.get("hotspots", [])
-             if h.get("flagged") and h["predicted"] == square["class"]]
-    carriers = [c for c in outcomes["no-shortcut-carriers"].result.extra.get("carriers", [])
-                if c["class"] == square["class"]]
+    of the carriers' window with the planted square, from the first of the pack's pairs that
+    flagged it; None where none was flagged."""
+    from benchmarks.carriers import PAIRS
+
+    spots, carriers = [], []
+    for test_side, rule in PAIRS.values():
+        judged = [outcomes[name].result.extra if outcomes[name].result else {} for name in (test_side, rule)]
+        spots = [h for h in judged[0].get("hotspots", []) if h.get("flagged") and h["predicted"] == square["class"]]
+        carriers = [c for c in judged[1].get("carriers", []) if c["class"] == square["class"]]
+        if spots:
+            break
     return {"window_iou": round(box_iou(spots[0]["window"], square), 4) if spots else None,
             "peak_window_iou": round(box_iou(spots[0].get("peak_window", spots[0]["window"]), square), 4)
             if spots else None,
