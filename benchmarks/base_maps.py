@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.architectures import RELIED_ON
-from benchmarks.carriers import PAIRS, RULES, caught, method_override, pack_status
+from benchmarks.carriers import method_override
+from benchmarks.shortcuts_pack import PAIRS, RULES, caught, pack_status
 from benchmarks.common import environment, write_json
 
 PACK = "pack"           # a `--methods` entry: the shipped pack as it is

@@ -215,7 +215,7 @@ def quanda_auprc(python: str, engine, rec: dict, errors: torch.Tensor, folder: P
 def measure_defective(session, rec: dict, quanda_python: str | None, folder: Path) -> dict:
     from sample_audits.fashion import defects
 
-    from benchmarks.carriers import PAIRS, caught
+    from benchmarks.shortcuts_pack import PAIRS, caught
 
     engine, outcomes = session.engine, session.outcomes
     planted = defects(rec)
@@ -263,7 +263,7 @@ def window_ious(outcomes, square: dict) -> dict:
     """Where the evidence is drawn: IoU of the flagged hotspot's window (the square's class) and
     of the carriers' window with the planted square, from the first of the pack's pairs that
     flagged it; None where none was flagged."""
-    from benchmarks.carriers import PAIRS
+    from benchmarks.shortcuts_pack import PAIRS
 
     spots, carriers = [], []
     for test_side, rule in PAIRS.values():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from auditor.engine.plan import stated_peak_mb
-from benchmarks.carriers import PAIRS, caught, pack_status
+from benchmarks.shortcuts_pack import PAIRS, caught, pack_status
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import recall_precision
 from sample_audits.folders import build

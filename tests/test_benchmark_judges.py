@@ -3,7 +3,7 @@ spot on the marked class (a failure on unreadable maps, or at another class's pa
 
 from __future__ import annotations
 
-from benchmarks.carriers import caught, pack_status
+from benchmarks.shortcuts_pack import caught, pack_status
 
 SHIRT_SPOT = {"predicted": "Shirt", "window": [0, 1, 10], "flagged": True}
 
