@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from auditor.attribution.hooks import RecordLayerIO
 from auditor.errors import AttributionError
@@ -99,11 +100,15 @@ def example_loss(model: nn.Module, names: list[str]):
 
 @GRADIENT_COMPUTERS.register("func")
 class FuncGradients(GradientComputer):
-    """`vmap(grad(loss))` over the batch via `torch.func.functional_call`."""
+    """`vmap(grad(loss))` over the batch via `torch.func.functional_call`. Attention runs on the
+    math kernel, whose ops vmap batches; for the fused kernels torch falls back to a loop per
+    example and prints a warning into the audit (same gradients and, on the CPU, the same speed:
+    benchmarks/vit_gradients.py)."""
 
     def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         selected, loss = example_loss(self.model, self.names)
-        grads = vmap(grad(loss), in_dims=(None, 0, 0))(selected, images, labels)
+        with sdpa_kernel([SDPBackend.MATH]):
+            grads = vmap(grad(loss), in_dims=(None, 0, 0))(selected, images, labels)
         return [grads[n] for n in self.names]
 
 

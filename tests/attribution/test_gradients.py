@@ -66,6 +66,39 @@ def test_resnet18_matches_loop_on_two_images(computer):
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_a_vision_transformer_matches_loop_without_falling_back_to_a_loop_per_example():
+    import warnings
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 2, 1])
+    names = select_parameters(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = FuncGradients(model, names).flat(x, y)      # fused attention has no vmap batching rule
+    assert not [w for w in caught if "batching rule" in str(w.message)]
+    assert torch.allclose(got, loop_gradients(model, names, x, y), atol=1e-5, rtol=1e-4)
+
+
+def test_the_per_example_cost_probe_counts_what_the_math_attention_kernel_keeps():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from auditor.attribution.memory import BACKWARD_PEAK, example_bytes, saved_bytes
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+
+    def backward() -> None:
+        model(x).logsumexp(1).sum().backward(inputs=[x])
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        kept = saved_bytes(backward, model)
+    assert example_bytes(model, x[0]) >= BACKWARD_PEAK * kept
+
+
 @pytest.mark.parametrize("conv", [
     nn.Conv2d(3, 5, 3, padding=1),                        # an RGB first layer
     nn.Conv2d(1, 4, (3, 5), padding=(1, 2), bias=False),  # rectangular kernel, grey input
