@@ -14,6 +14,8 @@ ResNet-18 (11.2M, 32×32, 4 pairs), both trained one epoch on real Fashion-MNIST
 DeiT-tiny-sized torchvision ViT (5.5M, patch 16, 12 layers, width 192), 2 pairs each. All
 parameters, true labels, each pair's noise from its own seed. The loop is timed on a quarter of
 the pairs (at least 2). `speedup_224` is forward-over-reverse ÷ the engine on ResNet-50 at 224.
+The bound: `engine_over_plain_gradient`, the engine's time over that of the plain per-example
+parameter gradients of the same pairs and noise samples (`plain_gradients`), which TFA contains.
 Writes benchmarks/results/tfa.json.
 """
 
@@ -94,6 +96,17 @@ def loop_tfa(model, names, images, labels, tests, samples: int, sigma: float, se
     return maps / samples
 
 
+def plain_gradients(model, names, images, labels, samples: int) -> None:
+    """The bound: the first-order part alone, one ordinary forward and backward to the parameters
+    per (pair, noise sample). TFA needs this gradient and a mixed second-order product on top of
+    it, which costs at least about as much again (a Hessian-vector product is a constant multiple
+    of a gradient, never less than one), so TFA cannot go much below 2× this."""
+    params = [p for n, p in model.named_parameters() if n in set(names)]
+    for p in range(len(images)):
+        for _ in range(samples):
+            torch.autograd.grad(F.cross_entropy(model(images[p:p + 1]), labels[p:p + 1]), params)
+
+
 def forward_over_reverse(model, names: list[str]):
     """`attribute(x, y, v) → (C, H, W)` of one row: ∇_x (g(x)·w), w = (v − cos·ĝ)/‖g‖ (the
     derivative of cos(g(x), v)), the mixed product as a JVP in θ along w inside a gradient in x."""
@@ -147,6 +160,8 @@ def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict
         candidate_tfa(model, names, images[:1], labels[:1], tests[:1], 1, 0.1, seeds, fit >= MIN_VMAP_ROWS)
         with timer(times, "forward_over_reverse"):
             candidate = candidate_tfa(model, names, images, labels, tests, samples, 0.1, seeds, fit >= MIN_VMAP_ROWS)
+    with timer(times, "plain_gradient"):
+        plain_gradients(model, names, images, labels, samples)
     scale = float(reference.abs().max())
     return {"model": name, "parameters": sum(p.numel() for p in model.parameters()), "pairs": n_pairs,
             "image_size": images.shape[-1], "engine_rows": "vmap" if fit >= MIN_VMAP_ROWS else "one after another",
@@ -159,6 +174,8 @@ def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict
             "forward_over_reverse_speedup": round(times["batched"] / times["forward_over_reverse"], 2),
             "forward_over_reverse_max_abs_diff_over_scale":
                 float((candidate[:n_loop] - reference).abs().max()) / max(scale, EPS),
+            "plain_gradient_seconds_per_pair": round(times["plain_gradient"] / n_pairs, 3),
+            "engine_over_plain_gradient": round(times["batched"] / times["plain_gradient"], 2),
             "peak_memory_mb": round(peak_memory_mb(device))}
 
 
