@@ -5,8 +5,9 @@
 - the factored projection's gradient shares: the weights, the training data, the parameters;
 - influence top-k: the features' key + the test data, the test label mode and top_k (and, for
   `influence: kernel`, its damping);
-- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad and the seed
-  (and, for `influence: kernel`, whose direction they differentiate against, its damping and the features);
+- TFA maps: the weights, both datasets, the parameters, the label mode, SmoothGrad, the seed and
+  the formula's version (and, for `influence: kernel`, whose direction they differentiate against,
+  its damping and the features);
 - representations (a mid-depth feature map of every training image): the weights, the training data, the layer.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cached_property
 
+from auditor.attribution.tfa import FORMULA as TFA_FORMULA
 from auditor.fingerprint import dataset_hash, model_hash, settings_hash
 from auditor.target import Target
 
@@ -75,7 +77,7 @@ class CacheKeys:
                   if a.influence == "kernel" else {})
         return {"model": self.model, "data": self.train_data, "test": self.test_data, "params": self.parameter_names,
                 "test_label": a.test_label, "samples": a.smoothgrad_samples, "sigma": a.smoothgrad_sigma,
-                "seed": self.settings.seed, **kernel}
+                "seed": self.settings.seed, "formula": TFA_FORMULA, **kernel}
 
     def representation(self, layer: str) -> dict[str, str]:
         """What the training set's representation at `layer` (output, or `NAME:input` for a head) depends on."""

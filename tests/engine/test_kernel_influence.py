@@ -123,3 +123,16 @@ def test_kernel_tfa_recomputes_when_the_influence_or_its_damping_changes(tmp_pat
     assert not torch.allclose(damped.tfa_pairs(pairs), maps) and damped.stats["tfa_pairs"] == 2
     plain = kernel_audit(tmp_path, influence="grad_cos", samples=0)
     assert not torch.allclose(plain.tfa_pairs(pairs), maps) and plain.stats["tfa_pairs"] == 2
+
+
+def test_tfa_maps_recompute_when_their_formula_changes(tmp_path, monkeypatch):
+    from auditor.engine import keys
+
+    tests = torch.arange(2)
+    first = kernel_audit(tmp_path, influence="grad_cos", samples=0)
+    pairs = [(t, int(first.influence(tests).proponents.indices[t, 0])) for t in tests.tolist()]
+    first.tfa_pairs(pairs)
+    monkeypatch.setattr(keys, "TFA_FORMULA", keys.TFA_FORMULA + 1)
+    again = kernel_audit(tmp_path, influence="grad_cos", samples=0)
+    again.tfa_pairs(pairs)
+    assert again.stats["tfa_pairs"] == 2
