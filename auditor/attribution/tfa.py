@@ -40,7 +40,8 @@ GRAPH_PEAK = 3                   # a row's peak over the bytes its graph saves: 
 
 
 FORMULA = 2     # in the maps' cache key: 2 = the cosine's gradient as the double backward's grad_outputs
-                # (rows one at a time; 2026-12-01), whose float32 maps moved by up to 1e-4 of their scale
+                # (rows one at a time; 2026-12-01): float32 maps moved by up to ~1e-3 of their scale on
+                # ResNets (the old formula's rounding; benchmarks/RESULTS.md "TFA: pairs per second")
 
 
 @dataclass(frozen=True)
