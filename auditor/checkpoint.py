@@ -1,6 +1,7 @@
 """Checkpoints as users have them: a state dict saved with `torch.save(model.state_dict(), path)`,
-or one inside a trainer's dict, keys prefixed by a wrapper or not; loaded with
-`weights_only=True` (never unpickling code), every mismatch an error naming the file and a fix."""
+or one inside a trainer's dict, keys prefixed by a wrapper or not, or a `.safetensors` file (timm
+and Hugging Face ship weights so); loaded with `weights_only=True` (never unpickling code), every
+mismatch an error naming the file and a fix."""
 
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ def load_checkpoint(model: nn.Module, path: Path, where: Where, key: str | None 
         raise error_at(TargetError, where, f"checkpoint '{path}' not found",
                        "train the model first or fix the path (relative to the audit file)")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = read_weights(path)
     except pickle.UnpicklingError:
+        if path.suffix == ".safetensors":
+            raise error_at(TargetError, where, f"checkpoint '{path}' is a safetensors file, which torch "
+                           f"{torch.__version__} cannot read by itself",
+                           "pip install safetensors (or auditor[models]), or re-save the weights with "
+                           "torch.save(model.state_dict(), PATH)") from None
         raise error_at(TargetError, where, f"checkpoint '{path}' needs full pickle loading, which the auditor refuses",
                        "re-save only the weights: torch.save(model.state_dict(), PATH)") from None
     except Exception as exc:
@@ -51,6 +57,20 @@ def load_checkpoint(model: nn.Module, path: Path, where: Where, key: str | None 
             parts.append(f"unexpected {few(result.unexpected_keys)}")
         raise error_at(TargetError, where, f"checkpoint '{path}' does not match the model: {'; '.join(parts)}",
                        "use the checkpoint that was saved from this architecture")
+
+
+def read_weights(path: Path) -> object:
+    """What the file holds, on the CPU: a `.safetensors` file through the `safetensors` package when
+    it is installed (recent torch reads the format itself too), anything else by `torch.load`
+    without unpickling code."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            pass
+        else:
+            return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def weights_of(loaded: object, path: Path, where: Where, key: str | None) -> dict[str, torch.Tensor]:

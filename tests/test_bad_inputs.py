@@ -167,6 +167,35 @@ def test_checkpoints_as_users_have_them_load(tmp_path, wrap, prefix):
         assert torch.equal(target.model.state_dict()[k], v)
 
 
+def test_a_safetensors_checkpoint_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from fakes import linear
+
+    state = linear().state_dict()
+    save_file(state, tmp_path / "model.safetensors")
+    target = load_target(load_spec(spec_file(tmp_path, model="{factory: fakes:linear, checkpoint: model.safetensors}")))
+    for k, v in state.items():
+        assert torch.equal(target.model.state_dict()[k], v)
+
+
+def test_a_safetensors_checkpoint_torch_cannot_read_says_what_to_install(tmp_path, monkeypatch):
+    import pickle
+    import sys
+
+    from auditor import checkpoint
+
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)          # not installed
+
+    def older_torch(*args, **kwargs):
+        raise pickle.UnpicklingError("invalid load key, '\x00'.")
+
+    monkeypatch.setattr(checkpoint.torch, "load", older_torch)
+    message = target_error(tmp_path, model="{factory: fakes:linear, checkpoint: model.safetensors}")
+    assert "is a safetensors file" in message and "pip install safetensors" in message
+
+
 def test_unknown_checkpoint_wrapper_lists_its_keys(tmp_path):
     name, _ = saved_linear(tmp_path, lambda s: {"ema": s, "optimizer": {"lr": 0.1}})
     message = target_error(tmp_path, model=f"{{factory: fakes:linear, checkpoint: {name}}}")
