@@ -354,10 +354,24 @@ def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tup
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise error_at(TargetError, where, f"the model must return logits of shape (batch, classes), got {shape}",
-                       "return a (batch, classes) tensor from forward()")
+                       output_fix(output))
     if output.shape[1] != len(classes):
         raise error_at(TargetError, where, f"the model outputs {output.shape[1]} logits but the data has {len(classes)} classes",
                        "match the model's last layer to the class count, or fix `data.classes`")
+
+
+def output_fix(output: Any) -> str:
+    """How to make `forward()` return the logits: named for outputs that carry them (a Hugging Face
+    `ModelOutput`, a dict with `logits`, a tuple whose first item is them)."""
+    wrap = ("give the audit a `factory:` that loads the model's weights itself (then leave out `checkpoint:`) "
+            "and returns an nn.Module wrapping it whose forward(x) returns ")
+    if hasattr(output, "logits"):
+        return wrap + "model(x).logits"
+    if isinstance(output, dict) and "logits" in output:
+        return wrap + "model(x)['logits']"
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return wrap + "the (batch, classes) logits alone, e.g. model(x)[0]"
+    return "return a (batch, classes) tensor from forward()"
 
 
 def _call(function: Callable[..., Any], kwargs: dict, where: Where, what: str,

@@ -221,6 +221,35 @@ def test_train_and_test_class_lists_must_agree(tmp_path, module, test_classes, f
     assert "data.test" in message and "different class lists" in message and fragment in message
 
 
+@pytest.mark.parametrize(("module", "returned", "fix"), [
+    ("output_object", "SimpleNamespace(logits=logits)", "returns model(x).logits"),   # a Hugging Face ModelOutput
+    ("output_dict", "{'logits': logits}", "returns model(x)['logits']"),
+    ("output_tuple", "(logits, logits.detach())", "e.g. model(x)[0]"),
+])
+def test_a_model_whose_output_carries_the_logits_is_told_how_to_hand_them_over(tmp_path, module, returned, fix):
+    write(tmp_path / f"{module}.py", f"""
+        from types import SimpleNamespace
+
+        from torch import nn
+
+        from fakes import linear
+
+        class Carrying(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = linear()
+
+            def forward(self, x):
+                logits = self.inner(x)
+                return {returned}
+
+        def build():
+            return Carrying()
+        """)
+    message = target_error(tmp_path, model=f"{{factory: {module}:build}}")
+    assert "must return logits of shape (batch, classes)" in message and fix in message and "factory:" in message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda(tmp_path):
     message = target_error(tmp_path, settings="{device: cuda}")
