@@ -350,7 +350,8 @@ def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tup
     except Exception as exc:
         raise error_at(TargetError, where, f"the model fails on a test image of shape {tuple(image.shape)}: "
                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                       "make the model accept the dataset's images (channels, size)") from None
+                       channels_fix(model, image.shape[1]) or "make the model accept the dataset's images (channels, size)"
+                       ) from None
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise error_at(TargetError, where, f"the model must return logits of shape (batch, classes), got {shape}",
@@ -358,6 +359,22 @@ def _check_output_width(model: nn.Module, test_image: torch.Tensor, classes: tup
     if output.shape[1] != len(classes):
         raise error_at(TargetError, where, f"the model outputs {output.shape[1]} logits but the data has {len(classes)} classes",
                        "match the model's last layer to the class count, or fix `data.classes`")
+
+
+def channels_fix(model: nn.Module, channels: int) -> str | None:
+    """What to change when the model's first convolution takes another number of channels than the
+    images have (None when it does not, or the model has no convolution)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first.in_channels == channels:
+        return None
+    if first.in_channels == 1 and channels == 3:
+        how = "add `grayscale: true` to an image folder's `transform:`, or give a factory's images one channel"
+    elif first.in_channels == 3 and channels == 1:
+        how = ("give the images 3 channels: `channels: 3` for fashion_mnist, no `grayscale: true` on an image "
+               "folder, image.expand(3, -1, -1) in a factory")
+    else:
+        how = f"give the images {first.in_channels} channels"
+    return f"the model's first layer takes {first.in_channels} channel(s) and the images have {channels}: {how}"
 
 
 def output_fix(output: Any) -> str:

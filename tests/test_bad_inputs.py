@@ -250,6 +250,12 @@ def test_a_model_whose_output_carries_the_logits_is_told_how_to_hand_them_over(t
     assert "must return logits of shape (batch, classes)" in message and fix in message and "factory:" in message
 
 
+def test_a_model_that_takes_other_channels_than_the_images_is_told_which(tmp_path):
+    message = target_error(tmp_path, model="{arch: torchvision.models.resnet18, num_classes: 3}")   # grey images
+    assert "fails on a test image of shape (1, 1, 8, 8)" in message
+    assert "first layer takes 3 channel(s) and the images have 1: give the images 3 channels" in message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda(tmp_path):
     message = target_error(tmp_path, settings="{device: cuda}")
