@@ -32,8 +32,8 @@ import torch
 
 from benchmarks.architectures import RELIED_ON
 from benchmarks.carriers import method_override
-from benchmarks.shortcuts_pack import PAIRS, RULES, caught, pack_status
 from benchmarks.common import environment, write_json
+from benchmarks.shortcuts_pack import PAIRS, RULES, caught_by, pack_status
 
 PACK = "pack"           # a `--methods` entry: the shipped pack as it is
 
@@ -56,8 +56,7 @@ def sample_cnn_runs(method: str, work: Path, n_train: int) -> list[dict]:
                 runs.append({"model": f"sample_cnn-{n_train}-{name}-s{seed}", "clean": not defective,
                              "planted_class": square["class"],
                              "status": pack_status([o.status for o in sides]),
-                             "caught": any(caught(o.status, o.result.extra.get("hotspots", []) if o.result else [],
-                                                  square["class"]) for o in sides),
+                             "caught": any(caught_by(o, square["class"]) for o in sides),
                              "flagged": [[h["predicted"], h["window"]] for h in spots if h.get("flagged")]})
                 print(runs[-1], flush=True)
     return runs

@@ -31,7 +31,6 @@ from benchmarks.efficacy import VARIANTS, audit_session, recall_precision, recip
 from benchmarks.shortcuts_pack import PAIRS, RULES, caught, pack_status
 
 
-
 def method_override(method: str) -> dict:
     """The pack override that makes the gradient pair read VAR over `method`."""
     return {rule: {"method": method} for rule in RULES}

@@ -6,7 +6,7 @@ on Fashion-MNIST twice — with a coloured square on part of one class plus 30 S
 Sandal (defective), and without them (clean) — and both are audited with the shipped packs on
 the same test set (the square on 10% of the test images of every class):
 - shortcut_caught_rate / clean_false_alarm_rate: the shortcuts pack flags a spot on the square's
-  class on defective models (either of its two base maps' test-side rules, `carriers.caught`) /
+  class on defective models (either of its two base maps' test-side rules, `shortcuts_pack.caught`) /
   any shipped `fail` rule fails on a clean one;
 - shortcut_carrier_recall / _precision: the carriers the pack names (the union of its two
   carriers rules' lists, as a user cleans them) against the patched images;
@@ -49,6 +49,7 @@ import torch
 import yaml
 
 from benchmarks.common import environment, strongest_score, write_json
+from benchmarks.shortcuts_pack import PAIRS, caught_by
 
 VARIANTS = {
     "red-4px-top-left-shirt-50%": {"class": "Shirt", "train_share": 0.5, "test_share": 0.1, "size": 4,
@@ -215,8 +216,6 @@ def quanda_auprc(python: str, engine, rec: dict, errors: torch.Tensor, folder: P
 def measure_defective(session, rec: dict, quanda_python: str | None, folder: Path) -> dict:
     from sample_audits.fashion import defects
 
-    from benchmarks.shortcuts_pack import PAIRS, caught
-
     engine, outcomes = session.engine, session.outcomes
     planted = defects(rec)
     carriers = {f.index for _, rule in PAIRS.values() for f in outcomes[rule].failures}
@@ -231,8 +230,7 @@ def measure_defective(session, rec: dict, quanda_python: str | None, folder: Pat
     errors = shortcut_errors(engine, rec)
     hits = patch_hits(engine, rec, errors) if len(errors) else None
     return {
-        "shortcut_caught": any(caught(o.status, o.result.extra.get("hotspots", []) if o.result else [],
-                                      rec["square"]["class"]) for o in sides),
+        "shortcut_caught": any(caught_by(o, rec["square"]["class"]) for o in sides),
         "shortcut_errors": len(errors),
         "carriers_found": len(carriers),
         **dict(zip(("carrier_recall", "carrier_precision"), recall_precision(carriers, patched))),
@@ -263,8 +261,6 @@ def window_ious(outcomes, square: dict) -> dict:
     """Where the evidence is drawn: IoU of the flagged hotspot's window (the square's class) and
     of the carriers' window with the planted square, from the first of the pack's pairs that
     flagged it; None where none was flagged."""
-    from benchmarks.shortcuts_pack import PAIRS
-
     spots, carriers = [], []
     for test_side, rule in PAIRS.values():
         judged = [outcomes[name].result.extra if outcomes[name].result else {} for name in (test_side, rule)]

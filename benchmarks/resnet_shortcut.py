@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from auditor.engine.plan import stated_peak_mb
-from benchmarks.shortcuts_pack import PAIRS, caught, pack_status
 from benchmarks.common import environment, write_json
 from benchmarks.efficacy import recall_precision
+from benchmarks.shortcuts_pack import PAIRS, caught, pack_status
 from sample_audits.folders import build
 
 
@@ -61,7 +61,7 @@ def measure(folder: Path, rules: dict, pairs: list[tuple[str, str]] | None = Non
     """The shortcuts pack's verdict on a folder: its test side fails when any pair's does (`pairs`:
     the (test side, carriers) rule names judged, by default every pair the pack ships), carriers
     are the union of the pairs' lists, judged by file path against the marked files; `caught` when a
-    failing test side flagged a spot on the marked class (`carriers.caught`)."""
+    failing test side flagged a spot on the marked class (`shortcuts_pack.caught`)."""
     pairs = [pair for pair in (pairs or PAIRS.values()) if pair[0] in rules]
     manifest = json.loads((folder / "manifest.json").read_text())
     found = {f["path"] for _, carriers in pairs for f in rules[carriers]["failures"]}

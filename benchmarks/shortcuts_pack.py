@@ -18,3 +18,8 @@ def caught(status: str, hotspots: list[dict], planted_class: str) -> bool:
     """A test-side rule caught the mark when it failed at a spot it flagged on the marked class: a
     failure on maps it cannot read, or at another class's spot, names no mark (RESULTS.md)."""
     return status == "failed" and any(h.get("flagged") and h["predicted"] == planted_class for h in hotspots)
+
+
+def caught_by(outcome, planted_class: str) -> bool:
+    """`caught` for a test-side rule's outcome in a session (`RuleOutcome`)."""
+    return caught(outcome.status, outcome.result.extra.get("hotspots", []) if outcome.result else [], planted_class)

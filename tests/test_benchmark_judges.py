@@ -29,3 +29,13 @@ def test_a_passing_rule_catches_nothing():
 def test_the_pack_fails_when_any_pair_fails_and_is_otherwise_the_first_pairs_verdict():
     assert pack_status(["passed", "failed"]) == "failed"
     assert pack_status(["inconclusive", "passed"]) == "inconclusive"
+
+
+def test_a_session_outcome_is_judged_by_its_result_s_hotspots():
+    from types import SimpleNamespace
+
+    from benchmarks.shortcuts_pack import caught_by
+
+    flagged = SimpleNamespace(status="failed", result=SimpleNamespace(extra={"hotspots": [SHIRT_SPOT]}))
+    assert caught_by(flagged, "Shirt") and not caught_by(flagged, "Pullover")
+    assert not caught_by(SimpleNamespace(status="failed", result=None), "Shirt")     # no result: nothing flagged

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from auditor.errors import AttributionError, MemoryWarning
 
@@ -53,8 +54,6 @@ def example_bytes(model: torch.nn.Module, image: torch.Tensor) -> int:
     gradients; an upper bound for a forward alone), measured on `image (C, H, W)`, with attention
     on the math kernel: per-example gradients run it there (`FuncGradients`), and it keeps the
     attention weights the fused kernels do not (a DeiT-tiny at 224 px: ~35 MB more per example)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     x = image[None].detach().clone().requires_grad_(True)   # a view would count its whole batch
 
     def run() -> None:
