@@ -55,6 +55,7 @@ ARCHS = {
                                   "hidden_dim": 64, "mlp_dim": 128}, 32),
     "efficientnet_b0": ("efficientnet_b0", {}, 64),
     "resnet18_224": ("resnet18", {}, 224),
+    "mobilenet_v3_small_224": ("mobilenet_v3_small", {}, 224),
 }
 RELIANCE_PROBES = 1000
 RELIED_ON = 0.1         # reliance over control from which the gate must catch a marked model

@@ -35,6 +35,7 @@ share (and the share the absolute cut alone lists).
 
     python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
+    python -m benchmarks.label_errors --look memorising --work DIR   # the clean twin's first suspects, to judge by eye
 """
 
 from __future__ import annotations
@@ -450,11 +451,17 @@ def suggested_correct(regime: dict, recipe: dict, outcome, planted: set[int]) ->
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
-def clean_twin(regime: dict, folder: Path) -> dict:
-    """The same model trained on the same data without relabels: what the rule lists there."""
+def clean_session(regime: dict, folder: Path):
+    """The audit, all rules run, of the same model trained on the same data without relabels."""
     recipe = without_relabels(regime["recipe"])
     session = session_for(regime, recipe, trained(regime, recipe, folder), folder)
     session.run_all()
+    return session
+
+
+def clean_twin(regime: dict, folder: Path) -> dict:
+    """The same model trained on the same data without relabels: what the rule lists there."""
+    session = clean_session(regime, folder)
     outcome = session.outcomes[RULE]
     failures = outcome.failures
     rule = next(r for r in session.spec.rules if r.name == RULE).params
@@ -464,6 +471,28 @@ def clean_twin(regime: dict, folder: Path) -> dict:
             "clean_examples": [{"index": f.index, **{k: f.details[k] for k in ("label", "suggested", "own_share")}}
                                for f in failures[:10]],
             "clean_pairs": outcome.result.extra.get("suggested", [])[:8]}
+
+
+def look(name: str, folder: Path, count: int = 48, columns: int = 8) -> Path:
+    """The clean twin's first `count` listed suspects as one image (rank, index, given → suggested
+    label, own-label share under each), for judging by eye whether they are label errors."""
+    from PIL import Image, ImageDraw
+
+    regime = REGIMES[name]
+    failures = clean_session(regime, folder).outcomes[RULE].failures[:count]
+    images = data_module(regime).train_set(recipe=without_relabels(regime["recipe"])).images
+    cell, caption = 112, 28
+    sheet = Image.new("RGB", (columns * cell, -(-len(failures) // columns) * (cell + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for rank, f in enumerate(failures):
+        x, y = rank % columns * cell, rank // columns * (cell + caption)
+        tile = Image.fromarray(images[f.index].permute(1, 2, 0).numpy()).resize((cell - 8, cell - 8), Image.NEAREST)
+        sheet.paste(tile, (x + 4, y + caption - 2))
+        draw.text((x + 4, y), f"{rank} #{f.index} {f.details['label'][:9]}", fill="black")
+        draw.text((x + 4, y + 12), f"-> {f.details['suggested'][:9]} {f.details['own_share']}", fill="blue")
+    path = Path(__file__).resolve().parent / "results" / f"label_errors_clean_{name}.png"
+    sheet.save(path)
+    return path
 
 
 def peer_row(peer: str, name: str, folder: Path) -> dict:
@@ -514,9 +543,14 @@ def main() -> None:
     parser.add_argument("--only-peers", action="store_true",
                         help="keep each regime's other rows from the results file and add only the peers' rows")
     parser.add_argument("--table", action="store_true", help="print the results file's tables (Markdown) and stop")
+    parser.add_argument("--look", choices=list(REGIMES), default=None,
+                        help="draw this regime's clean twin's first 48 suspects to results/label_errors_clean_NAME.png and stop")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
+        return
+    if args.look:
+        print(look(args.look, (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()))
         return
     # resolved: the audits name their checkpoints relative to their own folder
     work = (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()
