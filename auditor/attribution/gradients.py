@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from auditor.attribution.hooks import RecordLayerIO
+from auditor.attribution.second_order import math_attention
 from auditor.errors import AttributionError
 from auditor.registry import GRADIENT_COMPUTERS
 from auditor.suggest import nearest
@@ -107,7 +107,7 @@ class FuncGradients(GradientComputer):
 
     def per_parameter(self, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         selected, loss = example_loss(self.model, self.names)
-        with sdpa_kernel([SDPBackend.MATH]):
+        with math_attention():
             grads = vmap(grad(loss), in_dims=(None, 0, 0))(selected, images, labels)
         return [grads[n] for n in self.names]
 

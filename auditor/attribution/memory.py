@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from auditor.attribution.second_order import math_attention
 from auditor.errors import AttributionError, MemoryWarning
 
 GRADIENT_BUDGET_BYTES = 512 * 2**20
@@ -57,7 +57,7 @@ def example_bytes(model: torch.nn.Module, image: torch.Tensor) -> int:
     x = image[None].detach().clone().requires_grad_(True)   # a view would count its whole batch
 
     def run() -> None:
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+        with torch.enable_grad(), math_attention():
             model(x).float().logsumexp(1).sum().backward(inputs=[x])
 
     held = saved_bytes(run, model)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from auditor.errors import CannotJudge
@@ -42,6 +43,12 @@ class TwiceDifferentiable(TorchFunctionMode):
         return COMPOSITES.get(func, func)(*args, **(kwargs or {}))
 
 
+def math_attention() -> AbstractContextManager:
+    """Attention on the math kernel: its ops have double backwards and vmap batching rules, and
+    it keeps the attention weights a memory probe must count (the fused kernels have neither)."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 MISSING = re.compile(r"(?:derivative for |forward AD with )(\S+?)(?: that does not| is not implemented|$)")
 
 
@@ -57,10 +64,8 @@ def missing_op(exc: BaseException) -> str | None:
 def twice_differentiable(what: str) -> Iterator[None]:
     """Second-order work on any model: known ops swapped for composites; an unknown op without a
     double backward raises `SecondOrderUnsupported` naming the op and `what` needed it."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     try:
-        with sdpa_kernel([SDPBackend.MATH]), TwiceDifferentiable():   # attention inside any wrapper too
+        with math_attention(), TwiceDifferentiable():   # attention inside any wrapper too
             yield
     except (RuntimeError, NotImplementedError) as exc:
         op = missing_op(exc)
