@@ -22,6 +22,7 @@ Writes benchmarks/results/tfa.json.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -34,7 +35,7 @@ from auditor.attribution.memory import rows_within
 from auditor.attribution.second_order import twice_differentiable
 from auditor.attribution.tfa import EPS, MAX_ROWS, MIN_VMAP_ROWS, TFA_BUDGET_BYTES, pair_noise, row_bytes, tfa
 from auditor.target import resolve_device
-from benchmarks.common import environment, peak_memory_mb, timer, write_json
+from benchmarks.common import RESULTS, environment, peak_memory_mb, timer, write_json
 
 MODELS = {"small_cnn": 64, "resnet18": 4, "resnet18_224": 2, "resnet50_224": 2, "vit_tiny_224": 2}
 
@@ -179,15 +180,52 @@ def measure(name: str, n_pairs: int, samples: int, device: torch.device) -> dict
             "peak_memory_mb": round(peak_memory_mb(device))}
 
 
+def shared_image(name: str, samples: int, device: torch.device, tests: int = 4) -> dict:
+    """One training image paired with `tests` test examples under one noise seed: one `tfa` call
+    (its forward and first backward shared, rows one after another) against a call per pair (the
+    engine before it seeded noise per training image); the same maps."""
+    model, names, images, labels, directions = model_and_pairs(name, max(MODELS[name], tests))
+    model, image, label = model.to(device), images[:1].to(device), labels[:1].to(device)
+    directions = directions[:tests].to(device)
+    times: dict[str, float] = {}
+    with twice_differentiable("benchmark"):
+        cost = row_bytes(model, names, image[0], label[0])
+        if rows_within(cost, MAX_ROWS, TFA_BUDGET_BYTES) >= MIN_VMAP_ROWS:
+            return {}                                     # vmapped rows: nothing is shared
+        tfa(model, names, image, label, directions[:1], samples, 0.1, pair_seeds=[7], cost=cost)   # warm-up
+        with timer(times, "shared"):
+            together = tfa(model, names, image.expand(tests, -1, -1, -1), label.expand(tests), directions,
+                           samples, 0.1, pair_seeds=[7] * tests, cost=cost).signed
+        with timer(times, "apart"):
+            apart = torch.cat([tfa(model, names, image, label, directions[t:t + 1], samples, 0.1, pair_seeds=[7],
+                                   cost=cost).signed for t in range(tests)])
+    return {"shared_image_tests": tests, "shared_image_seconds_per_pair": round(times["shared"] / tests, 3),
+            "shared_image_speedup": round(times["apart"] / times["shared"], 2),
+            "shared_image_max_abs_diff_over_scale": float((together - apart).abs().max() / apart.abs().max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--shared-only", action="store_true",
+                        help="measure only the pairs sharing a training image and add them to the results file's rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.shared_only:
+        path = RESULTS / ("tfa.json" if device.type == "cpu" else f"tfa_{device.type}.json")
+        document = json.loads(path.read_text())
+        for row in document["rows"]:
+            if row["model"] in args.models:
+                row.update(shared_image(row["model"], args.samples, device))
+                print(row, flush=True)
+        document["shared_command"] = ("python -m benchmarks.tfa --shared-only " + " ".join(
+            f"--{k} {v}" for k, v in (("threads", args.threads), ("samples", args.samples))))
+        print(f"written {write_json(path.name, document)}")
+        return
     rows = []
     for name in args.models:
         start = time.perf_counter()

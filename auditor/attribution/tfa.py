@@ -39,9 +39,10 @@ GRAPH_PEAK = 3                   # a row's peak over the bytes its graph saves: 
                                  # ResNet-18 at 224 px (vmapped rows; tests/test_memory.py)
 
 
-FORMULA = 2     # in the maps' cache key: 2 = the cosine's gradient as the double backward's grad_outputs
+FORMULA = 3     # in the maps' cache key: 2 = the cosine's gradient as the double backward's grad_outputs
                 # (rows one at a time; 2026-12-01): float32 maps moved by up to ~1e-3 of their scale on
-                # ResNets (the old formula's rounding; benchmarks/RESULTS.md "TFA: pairs per second")
+                # ResNets (the old formula's rounding; benchmarks/RESULTS.md "TFA: pairs per second");
+                # 3 = SmoothGrad noise seeded per training image (`image_seed`), not per pair
 
 
 @dataclass(frozen=True)
@@ -71,18 +72,28 @@ def rows_one_by_one(model: nn.Module, names: list[str]):
     `grad_outputs` (`cosine_direction`) instead of being differentiated through a concatenated,
     normalised copy of g: the same map without a graph over P-vectors (ResNet-50: a fifth of the
     time went to concatenating, normalising and differentiating them)."""
-    params = [p for n, p in model.named_parameters() if n in set(names)]
+    one = one_image_many_tests(model, names)
 
     def attribute(x: torch.Tensor, y: torch.Tensor, g_test: torch.Tensor) -> torch.Tensor:
-        maps = []
-        for row in range(len(x)):
-            image = x[row:row + 1].detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(image), y[row:row + 1])
-                grads = torch.autograd.grad(loss, params, create_graph=True)
-                direction = cosine_direction([g.detach() for g in grads], g_test[row])
-                maps.append(torch.autograd.grad(grads, image, grad_outputs=direction)[0][0])
-        return torch.stack(maps)
+        return torch.cat([one(x[row:row + 1], y[row:row + 1], g_test[row:row + 1]) for row in range(len(x))])
+
+    return attribute
+
+
+def one_image_many_tests(model: nn.Module, names: list[str]):
+    """`attribute(x (1, C, H, W), y (1,), g_tests (m, P)) → (m, C, H, W)`: one image's maps for
+    several test directions from one forward and one first backward (its graph kept), one double
+    backward per direction: pairs that share a training image and its noise share that work."""
+    params = [p for n, p in model.named_parameters() if n in set(names)]
+
+    def attribute(x: torch.Tensor, y: torch.Tensor, g_tests: torch.Tensor) -> torch.Tensor:
+        image = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(F.cross_entropy(model(image), y), params, create_graph=True)
+            plain = [g.detach() for g in grads]
+            return torch.stack([torch.autograd.grad(grads, image, grad_outputs=cosine_direction(plain, g_test),
+                                                    retain_graph=i < len(g_tests) - 1)[0][0]
+                                for i, g_test in enumerate(g_tests)])
 
     return attribute
 
@@ -127,15 +138,18 @@ def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_la
     run `rows` at a time: by default as many as fit `TFA_BUDGET_BYTES` at `cost` bytes each
     (`row_bytes`, measured on the first image when not given), at most `MAX_ROWS`, halved on
     out-of-memory; vmapped when at least `MIN_VMAP_ROWS` fit, else one after another (by the
-    model and input size: the same way for every chunk, whatever `rows`).
+    model and input size: the same way for every chunk, whatever `rows`), where pairs with the
+    same image, label and seed share one forward and first backward (`same_noisy_image`).
     """
     n, draws = len(train_images), max(1, samples)
     pair_seeds = list(pair_seeds) if pair_seeds is not None else [seed + p for p in range(n)]
     if cost is None and n:
         cost = row_bytes(model, names, train_images[0], train_labels[0])
     fit = rows_within(cost or 1, MAX_ROWS, TFA_BUDGET_BYTES)
-    attribute = (vmap(grad(grad_cos_to(model, names)), in_dims=(0, 0, 0)) if fit >= MIN_VMAP_ROWS
-                 else rows_one_by_one(model, names))        # by model size: the same way for every chunk
+    vmapped = fit >= MIN_VMAP_ROWS                            # by model size: the same way for every chunk
+    attribute = (vmap(grad(grad_cos_to(model, names)), in_dims=(0, 0, 0)) if vmapped
+                 else one_image_many_tests(model, names))
+    groups = [[p] for p in range(n)] if vmapped else same_noisy_image(train_images, train_labels, pair_seeds)
     chunks = Chunked(rows or fit, "TFA maps", "settings.attribution.layers",
                      "restrict `layers:` to fewer modules, or use a device with more memory")
     spread = (train_images.flatten(1).amax(1) - train_images.flatten(1).amin(1)).clamp_min(EPS) * sigma
@@ -143,23 +157,45 @@ def tfa(model: nn.Module, names: list[str], train_images: torch.Tensor, train_la
     total = torch.zeros_like(train_images)
 
     def run(part: slice) -> None:
-        pairs = torch.arange(part.start, part.stop) // draws
-        x = train_images[pairs]
+        draw = range(part.start, part.stop)
+        first = torch.tensor([groups[r // draws][0] for r in draw])
+        x = train_images[first]
         if samples:
-            noise = torch.stack([noise_of(int(p))[r % draws] for p, r in zip(pairs, range(part.start, part.stop))])
-            x = x + noise.to(x.device) * spread[pairs].view(-1, 1, 1, 1)
-        index = pairs.to(total.device)
-        total.index_add_(0, index, attribute(x, train_labels[index], test_grads[index]).detach())
+            noise = torch.stack([noise_of(int(p))[r % draws] for p, r in zip(first, draw)])
+            x = x + noise.to(x.device) * spread[first].view(-1, 1, 1, 1)
+        if vmapped:
+            index = first.to(total.device)
+            total.index_add_(0, index, attribute(x, train_labels[index], test_grads[index]).detach())
+            return
+        for row, r in enumerate(draw):
+            members = torch.tensor(groups[r // draws], device=total.device)
+            total.index_add_(0, members, attribute(x[row:row + 1], train_labels[members[:1]], test_grads[members]).detach())
 
     with twice_differentiable("TFA"):
-        chunks.map(n * draws, run)
+        chunks.map(len(groups) * draws, run)
     signed = total / draws
     return TfaMaps(signed=signed, magnitude=signed.abs().sum(1))
 
 
-def pair_seed(seed: int, test_index: int, train_index: int) -> int:
-    """The SmoothGrad noise seed of one (test, train) pair: the same in every run and process."""
-    digest = hashlib.sha256(f"{seed}:{test_index}:{train_index}".encode()).digest()
+def same_noisy_image(images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> list[list[int]]:
+    """The pairs grouped by what their rows differentiate: the same image, label and noise seed
+    (so the same noisy inputs); each group in the order its first pair comes."""
+    groups: dict[tuple[int, int], list[list[int]]] = {}
+    ordered: list[list[int]] = []
+    for p, key in enumerate(zip(seeds, labels.tolist())):
+        same = next((g for g in groups.get(key, []) if torch.equal(images[g[0]], images[p])), None)
+        if same is None:
+            same = []
+            groups.setdefault(key, []).append(same)
+            ordered.append(same)
+        same.append(p)
+    return ordered
+
+
+def image_seed(seed: int, train_index: int) -> int:
+    """The SmoothGrad noise seed of a training image's maps: the same in every run, process and
+    pair, so the pairs that share a training image share its noisy inputs (and their work)."""
+    digest = hashlib.sha256(f"{seed}:{train_index}".encode()).digest()
     return int.from_bytes(digest[:7], "little")
 
 

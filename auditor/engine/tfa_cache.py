@@ -12,7 +12,7 @@ import torch
 from auditor.attribution.result_store import ResultStore
 from auditor.attribution.memory import rows_within
 from auditor.progress import bar as progress_bar
-from auditor.attribution.tfa import TfaMaps, pair_seed, row_bytes, tfa
+from auditor.attribution.tfa import TfaMaps, image_seed, row_bytes, tfa
 from auditor.engine.keys import key_of
 from auditor.engine.located import located
 from auditor.engine.training_index import TrainingIndex
@@ -105,7 +105,7 @@ class TfaCache:
         images, labels = self.target.train_batch(torch.tensor([j for _, j in pairs]))
         maps = tfa(self.target.model, self.index.parameter_names, images.to(device), labels.to(device),
                    grads[[position[t] for t, _ in pairs]], a.smoothgrad_samples, a.smoothgrad_sigma,
-                   pair_seeds=[pair_seed(self.settings.seed, t, j) for t, j in pairs], cost=self.row_cost)
+                   pair_seeds=[image_seed(self.settings.seed, j) for _, j in pairs], cost=self.row_cost)
         for n, pair in enumerate(pairs):
             self._maps[pair] = (maps.signed[n].cpu(),)
         self.stats["tfa_pairs"] += len(pairs)

@@ -8,7 +8,7 @@ from torch import nn
 
 from auditor.attribution.gradients import FuncGradients, select_parameters
 from auditor.attribution.influence import grad_cos_matrix, grad_cos_topk
-from auditor.attribution.tfa import pair_noise, pair_seed, tfa
+from auditor.attribution.tfa import image_seed, pair_noise, tfa
 
 
 def linear_model(d: int = 6, c: int = 4) -> nn.Module:
@@ -125,12 +125,11 @@ def test_smoothgrad_noise_is_sigma_times_each_images_value_range():
         assert torch.allclose(maps.signed[n], want.mean(0).view(1, 2, 3), atol=1e-10), n
 
 
-def test_each_pair_has_its_own_noise_seed_stable_across_processes():
-    seeds = {pair_seed(0, t, j) for t in range(5) for j in range(5)} | {pair_seed(1, t, j) for t in range(5) for j in range(5)}
-    assert len(seeds) == 50, "two pairs (or two seeds) share their SmoothGrad noise"
-    assert pair_seed(0, 3, 1) != pair_seed(0, 1, 3)
-    # a fixed function of (seed, test, train): this value is what every run and process draws
-    assert pair_seed(0, 3, 7) == 58521712548451351
+def test_each_training_image_has_its_own_noise_seed_stable_across_processes():
+    seeds = {image_seed(0, j) for j in range(25)} | {image_seed(1, j) for j in range(25)}
+    assert len(seeds) == 50, "two training images (or two seeds) share their SmoothGrad noise"
+    # a fixed function of (seed, train): this value is what every run and process draws
+    assert image_seed(0, 7) == 17100206056140587
 
 
 def test_smoothgrad_averages_noisy_maps_and_is_seeded():
@@ -192,6 +191,28 @@ def test_rows_one_at_a_time_equal_the_vmapped_rows(monkeypatch):
     monkeypatch.setattr(tfa_module, "MIN_VMAP_ROWS", 10**9)
     looped = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9])
     assert torch.allclose(looped.signed, vmapped.signed, rtol=1e-10, atol=1e-12)
+
+
+def test_pairs_sharing_a_noisy_training_image_share_its_forward_and_equal_their_maps_alone(monkeypatch):
+    """Rows one at a time: pairs with the same image, label and seed run one forward and first
+    backward per noise sample and one double backward per test; each map is the one it has alone."""
+    from auditor.attribution import tfa as tfa_module
+
+    monkeypatch.setattr(tfa_module, "MIN_VMAP_ROWS", 10**9)
+    model = tiny_cnn()
+    names = select_parameters(model)
+    image = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    x, y = torch.cat([image, image, torch.randn_like(image), image]), torch.tensor([1, 1, 1, 0])
+    g = F.normalize(torch.randn(4, sum(p.numel() for p in model.parameters()), dtype=torch.float64), dim=1)
+    seeds = [7, 7, 7, 7]                                  # pairs 0 and 1 share; 2 (image) and 3 (label) do not
+    forwards = []
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    together = tfa(model, names, x, y, g, samples=3, pair_seeds=seeds, cost=1)
+    assert len(forwards) == 3 * 3                       # three rows (pairs 0+1, 2, 3) × three samples
+    for p in range(4):
+        alone = tfa(model, names, x[p:p + 1], y[p:p + 1], g[p:p + 1], samples=3, pair_seeds=seeds[p:p + 1], cost=1)
+        assert torch.allclose(together.signed[p], alone.signed[0], rtol=1e-12, atol=1e-14), p
+    assert not torch.allclose(together.signed[0], together.signed[1])      # two tests, two maps
 
 
 def test_rows_one_at_a_time_keep_float32_maps_at_the_float64_ones_on_a_large_model():

@@ -131,8 +131,8 @@ def test_projected_scores_keep_rank_order_at_default_dimension(fashion_audit):
 
 def test_tfa_of_top_proponents_is_tfa_of_each_pair_with_its_own_seed(fashion_audit):
     """The engine's maps are `tfa` of (proponent j, test t): t's exact unit gradient for its
-    predicted label, written here by plain autograd, and the pair's own SmoothGrad seed."""
-    from auditor.attribution.tfa import pair_seed, tfa
+    predicted label, written here by plain autograd, and the training image's SmoothGrad seed."""
+    from auditor.attribution.tfa import image_seed, tfa
 
     engine = engine_for(fashion_audit, "attribution: {smoothgrad_samples: 2, top_k: 3}", train_limit=300)
     results = engine.tfa(torch.tensor([3, 9]), k=2)
@@ -152,7 +152,7 @@ def test_tfa_of_top_proponents_is_tfa_of_each_pair_with_its_own_seed(fashion_aud
         for n, j in enumerate(result.train_indices.tolist()):
             x, y = engine.train_batch(torch.tensor([j]))
             want = tfa(model, names, x, y, g[None], a.smoothgrad_samples, a.smoothgrad_sigma,
-                       pair_seeds=[pair_seed(engine.settings.seed, t, j)]).signed[0]
+                       pair_seeds=[image_seed(engine.settings.seed, j)]).signed[0]
             assert want.abs().max() > 0
             diff = float((result.maps.signed[n] - want).abs().max() / want.abs().max())
             assert diff < 1e-4, (t, j, diff)
