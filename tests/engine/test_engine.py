@@ -129,7 +129,7 @@ def test_projected_scores_keep_rank_order_at_default_dimension(fashion_audit):
     assert rho >= 0.95, rho
 
 
-def test_tfa_of_top_proponents_is_tfa_of_each_pair_with_its_own_seed(fashion_audit):
+def test_tfa_of_top_proponents_is_tfa_of_each_pair_with_its_training_images_seed(fashion_audit):
     """The engine's maps are `tfa` of (proponent j, test t): t's exact unit gradient for its
     predicted label, written here by plain autograd, and the training image's SmoothGrad seed."""
     from auditor.attribution.tfa import image_seed, tfa
