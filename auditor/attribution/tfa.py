@@ -65,25 +65,16 @@ def grad_cos_to(model: nn.Module, names: list[str]):
     return cos
 
 
-def rows_one_by_one(model: nn.Module, names: list[str]):
-    """`attribute(x, y, g_test) → (R, C, H, W)` by one plain double backward per row (autograd on
-    the model itself, eval mode): for large models, where few rows fit at once, faster than vmap.
-    The cosine's gradient in the parameter gradient g is handed to the double backward as its
-    `grad_outputs` (`cosine_direction`) instead of being differentiated through a concatenated,
-    normalised copy of g: the same map without a graph over P-vectors (ResNet-50: a fifth of the
-    time went to concatenating, normalising and differentiating them)."""
-    one = one_image_many_tests(model, names)
-
-    def attribute(x: torch.Tensor, y: torch.Tensor, g_test: torch.Tensor) -> torch.Tensor:
-        return torch.cat([one(x[row:row + 1], y[row:row + 1], g_test[row:row + 1]) for row in range(len(x))])
-
-    return attribute
-
-
 def one_image_many_tests(model: nn.Module, names: list[str]):
     """`attribute(x (1, C, H, W), y (1,), g_tests (m, P)) → (m, C, H, W)`: one image's maps for
-    several test directions from one forward and one first backward (its graph kept), one double
-    backward per direction: pairs that share a training image and its noise share that work."""
+    several test directions from one forward and one first backward (its graph kept), one plain
+    double backward per direction (autograd on the model itself, eval mode): for large models,
+    where few rows fit at once, faster than vmap; pairs that share a training image and its noise
+    share the forward and first backward. The cosine's gradient in the parameter gradient g is
+    handed to each double backward as its `grad_outputs` (`cosine_direction`) instead of being
+    differentiated through a concatenated, normalised copy of g: the same map without a graph over
+    P-vectors (ResNet-50: a fifth of the time went to concatenating, normalising and
+    differentiating them)."""
     params = [p for n, p in model.named_parameters() if n in set(names)]
 
     def attribute(x: torch.Tensor, y: torch.Tensor, g_tests: torch.Tensor) -> torch.Tensor:

@@ -220,13 +220,14 @@ def test_rows_one_at_a_time_keep_float32_maps_at_the_float64_ones_on_a_large_mod
     over an 11M-long concatenated gradient, whose rounding put maps 3.5e-4 off (ResNet-18, 64 px)."""
     import torchvision
 
-    from auditor.attribution.tfa import rows_one_by_one
+    from auditor.attribution.tfa import one_image_many_tests
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     names = select_parameters(model)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
     g = F.normalize(torch.randn(2, sum(p.numel() for p in model.parameters())), dim=1)
-    single = rows_one_by_one(model, names)(x, y, g)
-    double = rows_one_by_one(model.double(), names)(x.double(), y, g.double())
+    single = torch.cat([one_image_many_tests(model, names)(x[i:i + 1], y[i:i + 1], g[i:i + 1]) for i in range(2)])
+    double = torch.cat([one_image_many_tests(model.double(), names)(x[i:i + 1].double(), y[i:i + 1], g[i:i + 1].double())
+                        for i in range(2)])
     assert float((single.double() - double).abs().max() / double.abs().max()) < 1e-5
