@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmarks.common import environment, in_fresh_process, strongest_score, write_json
+from benchmarks.common import RESULTS, environment, in_fresh_process, strongest_score, write_json
 from benchmarks.efficacy import auc
 
 SWAP = {"from": "Sneaker", "to": "Sandal", "count": 30}
@@ -490,7 +490,7 @@ def look(name: str, folder: Path, count: int = 48, columns: int = 8) -> Path:
         sheet.paste(tile, (x + 4, y + caption - 2))
         draw.text((x + 4, y), f"{rank} #{f.index} {f.details['label'][:9]}", fill="black")
         draw.text((x + 4, y + 12), f"-> {f.details['suggested'][:9]} {f.details['own_share']}", fill="blue")
-    path = Path(__file__).resolve().parent / "results" / f"label_errors_clean_{name}.png"
+    path = RESULTS / f"label_errors_clean_{name}.png"
     sheet.save(path)
     return path
 
