@@ -56,6 +56,22 @@ def test_tfa_with_smoothgrad_on_cuda_equals_cpu():
     assert close(cuda.signed, cpu.signed, rtol=1e-2)     # second order, float32: looser
 
 
+def test_tfa_rows_one_after_another_sharing_an_image_on_cuda_equal_cpu(monkeypatch):
+    """The path of large models (one row at a time, pairs of one training image sharing its
+    forward and first backward) on CUDA: the CPU's maps."""
+    from auditor.attribution import tfa as tfa_module
+
+    monkeypatch.setattr(tfa_module, "MIN_VMAP_ROWS", 10**9)
+    model, images, labels = model_and_batch(4)
+    names = select_parameters(model)
+    tests = F.normalize(FuncGradients(model, names).flat(images, labels), dim=1)
+    shared, same = images[:1].expand(3, -1, -1, -1), labels[:1].expand(3)
+    cpu = tfa(model, names, shared, same, tests[:3], samples=4, sigma=0.1, pair_seeds=[5, 5, 5])
+    cuda = tfa(on_cuda(model), names, shared.cuda(), same.cuda(), tests[:3].cuda(), samples=4, sigma=0.1,
+               pair_seeds=[5, 5, 5])
+    assert close(cuda.signed, cpu.signed, rtol=1e-2)
+
+
 @pytest.mark.parametrize("method", ["gradient", "input_x_gradient", "grad_cam"])
 def test_var_on_cuda_equals_cpu_with_either_backward(method):
     model, images, _ = model_and_batch()
