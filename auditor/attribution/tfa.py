@@ -5,7 +5,9 @@
 
 a saliency map on training image i for test example j: which of its pixels make its loss
 gradient point the way test j's does. Second order (∂²ℓ/∂θ∂x): one double backward per
-pair and noise sample, batched with `torch.func` (`vmap(grad(cos ∘ grad_θ ℓ))`), with the ops
+pair and noise sample, batched with `torch.func` (`vmap(grad(cos ∘ grad_θ ℓ))`) or, on large
+models, one after another with the pairs of one noisy training image sharing its forward and
+first backward (`one_image_many_tests`), with the ops
 that lack one run as composites (`second_order.py`). Test gradients are exact (never
 projected): only the top-k pairs are computed. Under `influence: kernel` the fixed direction is
 the kernel score's, Pᵀ(UᵀU + λI)⁻¹u_z normalised (`TrainingIndex.tfa_directions`): the map is then
