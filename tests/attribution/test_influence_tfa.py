@@ -154,7 +154,7 @@ def test_smoothgrad_noise_of_a_pair_does_not_depend_on_the_other_pairs_in_the_ca
     g = F.normalize(FuncGradients(model, names).flat(x, y), dim=1).flip(0)
     together = tfa(model, names, x, y, g, samples=4, pair_seeds=[7, 8, 9], rows=3)   # chunks cross pairs
     alone = tfa(model, names, x[2:], y[2:], g[2:], samples=4, pair_seeds=[9])
-    # the same noise; a batch of 4 rows may sum in another order than a batch of 2 on some CPUs
+    # the same noise; rows chunked differently (3 at a time together, 4 alone) may round differently on some CPUs
     assert torch.allclose(together.signed[2:], alone.signed, rtol=1e-12, atol=1e-15)
 
 
