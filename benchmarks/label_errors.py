@@ -437,9 +437,8 @@ def gaussian_log_posterior(features: torch.Tensor, labels: torch.Tensor, classes
     """`(n, C)` log p(c | h) under class means and one shared, shrunk covariance of the unit rows
     (equal class priors), in float64."""
     unit = F.normalize(features.double(), dim=1)
-    means = torch.stack([unit[labels == c].mean(0) if (labels == c).any() else torch.zeros(unit.shape[1],
-                                                                                             dtype=unit.dtype)
-                         for c in range(classes)])
+    counts = torch.bincount(labels, minlength=classes).clamp(min=1)              # an empty class: mean 0
+    means = unit.new_zeros(classes, unit.shape[1]).index_add_(0, labels, unit) / counts[:, None]
     residual = unit - means[labels]
     covariance = residual.T @ residual / len(unit)
     covariance = ((1 - shrinkage) * covariance
