@@ -25,7 +25,9 @@ projected, unit-norm) under the shipped kernel (`influence: kernel`, damping 1);
 minus its mean Grad-Cos with them; `rank_average`: mean rank of loss and ours; `trust_score`,
 `vote_cleaned`, `vote_and_probability`: tried later to lift ours' recall at 2×, `later_candidates`;
 `gaussian_head_input`, `gaussian_two_depths`: the given label's posterior under class-conditional
-Gaussians of the same representations, `gaussian_candidates`),
+Gaussians of the same representations, `gaussian_candidates`; `cleanlab_on_vote`, `datalab_head_input`:
+cleanlab's confident learning on neighbour votes instead of the model's probabilities, ours' vote and
+Datalab's own recipe from features, `neighbour_probabilities`),
 `cleanlab_in_sample` (find_label_issues on the model's own probabilities), `cleanlab_cv` (on 5-fold
 cross-validated probabilities: 5 models retrained, their time counted), and with `--peers`
 `trak_self` / `kronfluence_self` (TRAK's and Kronfluence EK-FAC's self-influence of each training
@@ -299,6 +301,9 @@ def measure(name: str, regime: dict, folder: Path, cv: bool) -> dict:
         rows[row] = {**ranking_metrics(score, positive), "seconds": round(time.perf_counter() - start, 2)}
     y, probs = labels.numpy(), logits.softmax(1).numpy()
     rows["cleanlab_in_sample"] = cleanlab_rows(y, probs, positive)
+    for row, (neighbour_probs, seconds) in neighbour_probabilities(neighbours, hidden, labels, len(engine.classes)).items():
+        rows[row] = cleanlab_rows(y, neighbour_probs, positive)
+        rows[row]["seconds"] = round(rows[row]["seconds"] + seconds, 2)
     if cv:
         cv_probs, cv_seconds = cross_validated_probs(regime, recipe, folder, y)
         rows["cleanlab_cv"] = cleanlab_rows(y, cv_probs, positive)
@@ -450,6 +455,36 @@ def gaussian_log_posterior(features: torch.Tensor, labels: torch.Tensor, classes
         solved = torch.cholesky_solve(offset.reshape(-1, offset.shape[-1]).T, factor).T.reshape(offset.shape)
         parts.append(torch.log_softmax(-0.5 * (offset * solved).sum(-1), dim=1))
     return torch.cat(parts).float()
+
+
+DATALAB_K = 10          # cleanlab 2.9 Datalab's neighbours for label issues found from features
+
+
+def neighbour_probabilities(neighbours, hidden: torch.Tensor, labels: torch.Tensor,
+                            classes: int) -> dict[str, tuple[np.ndarray, float]]:
+    """Out-of-sample class probabilities read from neighbours, no retraining, each with its seconds,
+    for cleanlab's confident learning (its per-class thresholds are a scale-free cut):
+    `cleanlab_on_vote`, ours' two-depth vote (each image's 25 nearest other images by cosine);
+    `datalab_head_input`, what cleanlab's Datalab does when given features instead of probabilities
+    (label shares among the `DATALAB_K` Euclidean-nearest other images), on the head's input.
+    Datalab itself needs Hugging Face `datasets`, which the bench extra does not install."""
+    start = time.perf_counter()
+    loo = leave_one_out_votes(hidden, labels, DATALAB_K, classes)
+    return {"cleanlab_on_vote": (neighbours.votes.double().numpy(), 0.0),
+            "datalab_head_input": (loo.numpy(), time.perf_counter() - start)}
+
+
+def leave_one_out_votes(features: torch.Tensor, labels: torch.Tensor, k: int, classes: int) -> torch.Tensor:
+    """`(n, C)` label shares among each row's `k` Euclidean-nearest other rows (float64)."""
+    x = features.double()
+    parts = []
+    for start in range(0, len(x), 1024):
+        distance = torch.cdist(x[start:start + 1024], x)
+        rows = torch.arange(start, min(len(x), start + 1024))
+        distance[rows - start, rows] = float("inf")                                   # not itself
+        nearest = distance.topk(k, dim=1, largest=False).indices
+        parts.append(F.one_hot(labels[nearest], classes).double().mean(1))
+    return torch.cat(parts)
 
 
 def cleaned_vote(neighbours, labels: torch.Tensor, listed: torch.Tensor, classes: int):
