@@ -40,6 +40,7 @@ share (and the share the absolute cut alone lists).
     python -m benchmarks.label_errors [--regimes part_a memorising second_dataset] [--cv REGIME ...] [--work DIR]
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
     python -m benchmarks.label_errors --look memorising --work DIR   # the clean twin's first suspects, to judge by eye
+    python -m benchmarks.label_errors --regimes memorising --seeds 1 2 --cv --out label_errors_seeds.json   # other seeds
 """
 
 from __future__ import annotations
@@ -615,6 +616,14 @@ def markdown(document: dict) -> str:
     return "\n".join(out)
 
 
+def regimes(names: list[str], seeds: list[int] | None) -> list[tuple[str, dict]]:
+    """The regimes to run, each as it is or, with `seeds`, once per seed (key `NAME@seedN`)."""
+    if seeds is None:
+        return [(name, REGIMES[name]) for name in names]
+    return [(f"{name}@seed{seed}", {**REGIMES[name], "recipe": {**REGIMES[name]["recipe"], "seed": seed}})
+            for name in names for seed in seeds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
@@ -622,6 +631,9 @@ def main() -> None:
     parser.add_argument("--cv", nargs="*", default=None, choices=list(REGIMES),
                         help="regimes that get cleanlab's cross-validation (5 retrains; default: all)")
     parser.add_argument("--out", default="label_errors.json")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run each regime again with these seeds instead of its own (other planted "
+                             "images, another model); results keyed NAME@seedN")
     parser.add_argument("--peers", nargs="*", default=[], choices=["trak", "kronfluence"],
                         help="add the peers' self-influence rows (trak_self, kronfluence_self)")
     parser.add_argument("--only-peers", action="store_true",
@@ -630,6 +642,8 @@ def main() -> None:
     parser.add_argument("--look", choices=list(REGIMES), default=None,
                         help="draw this regime's clean twin's first 48 suspects to results/label_errors_clean_NAME.png and stop")
     args = parser.parse_args()
+    if args.seeds is not None and (args.peers or args.only_peers):
+        parser.error("--peers runs on each regime's own seed only: drop --seeds")
     if args.table:
         print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
         return
@@ -643,15 +657,16 @@ def main() -> None:
     path = Path(__file__).resolve().parent / "results" / args.out
     document = json.loads(path.read_text()) if path.is_file() else {}
     document.setdefault("regimes", {})
-    for name in args.regimes:
+    for name, regime in regimes(args.regimes, args.seeds):
         start = time.perf_counter()
         if not args.only_peers:
             kept = {row: value for row, value in document["regimes"].get(name, {}).get("rows", {}).items()
                     if row.endswith("_self") and row.removesuffix("_self") not in args.peers}   # peers' rows stay
-            document["regimes"][name] = measure(name, REGIMES[name], work, cv=args.cv is None or name in args.cv)
+            base = name.split("@")[0]
+            document["regimes"][name] = measure(base, regime, work, cv=args.cv is None or base in args.cv)
             document["regimes"][name]["rows"].update(kept)
             document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
-            document["regimes"][name]["recipe"] = REGIMES[name]["recipe"]
+            document["regimes"][name]["recipe"] = regime["recipe"]
             document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             document["command"] = "python -m benchmarks.label_errors " + " ".join(
                 ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
