@@ -669,7 +669,9 @@ def main() -> None:
             document["regimes"][name]["recipe"] = regime["recipe"]
             document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             document["command"] = "python -m benchmarks.label_errors " + " ".join(
-                ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else []))
+                ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else [])
+                + (["--seeds", *map(str, args.seeds)] if args.seeds is not None else []))
+            document["regimes"][name]["command"] = document["command"]      # the file may merge several runs
         for peer in args.peers:
             try:
                 row = peer_row(peer, name, work)
