@@ -41,6 +41,7 @@ share (and the share the absolute cut alone lists).
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
     python -m benchmarks.label_errors --look memorising --work DIR   # the clean twin's first suspects, to judge by eye
     python -m benchmarks.label_errors --regimes memorising --seeds 1 2 --cv --out label_errors_seeds.json   # other seeds
+    python -m benchmarks.label_errors --gaps label_errors_neighbour_cleanlab.json label_errors_seeds.json   # robustness
 """
 
 from __future__ import annotations
@@ -616,6 +617,34 @@ def markdown(document: dict) -> str:
     return "\n".join(out)
 
 
+def gaps(regimes: dict, metric: str) -> dict[str, tuple[float, float, int]]:
+    """Per row: its largest and mean shortfall from the best row of each run on `metric`, and in how
+    many runs it was measured; the robust choice is the row whose largest shortfall is smallest."""
+    measured = {reg: {row: values[metric] for row, values in regime["rows"].items()
+                      if values.get(metric) is not None and row != "ours_without_class_z"}
+                for reg, regime in regimes.items()}
+    best = {reg: max(values.values()) for reg, values in measured.items()}
+    out = {}
+    for row in sorted({row for values in measured.values() for row in values}):
+        shortfall = [best[reg] - values[row] for reg, values in measured.items() if row in values]
+        out[row] = (round(max(shortfall), 4), round(sum(shortfall) / len(shortfall), 4), len(shortfall))
+    return dict(sorted(out.items(), key=lambda item: item[1]))
+
+
+def gaps_table(files: list[str]) -> str:
+    """Markdown: each row's shortfall from the best, by AUC and recall at 2×, over the files' runs."""
+    regimes = {}
+    for name in files:
+        regimes.update(json.loads((RESULTS / name).read_text())["regimes"])
+    by_auc, by_recall = gaps(regimes, "auc"), gaps(regimes, "recall_at_2x")
+    lines = [f"Over {len(regimes)} runs ({', '.join(regimes)}):", "",
+             "| row | AUC: largest / mean shortfall | recall at 2×: largest / mean shortfall | runs |", "|---|---|---|---|"]
+    for row, (worst, mean, runs) in by_auc.items():
+        recall = by_recall.get(row)
+        lines.append(f"| {row} | {worst} / {mean} | {'' if recall is None else f'{recall[0]} / {recall[1]}'} | {runs} |")
+    return "\n".join(lines)
+
+
 def regimes(names: list[str], seeds: list[int] | None) -> list[tuple[str, dict]]:
     """The regimes to run, each as it is or, with `seeds`, once per seed (key `NAME@seedN`)."""
     if seeds is None:
@@ -639,11 +668,16 @@ def main() -> None:
     parser.add_argument("--only-peers", action="store_true",
                         help="keep each regime's other rows from the results file and add only the peers' rows")
     parser.add_argument("--table", action="store_true", help="print the results file's tables (Markdown) and stop")
+    parser.add_argument("--gaps", nargs="+", default=None, metavar="FILE",
+                        help="print each row's shortfall from the best row over these results files' runs, and stop")
     parser.add_argument("--look", choices=list(REGIMES), default=None,
                         help="draw this regime's clean twin's first 48 suspects to results/label_errors_clean_NAME.png and stop")
     args = parser.parse_args()
     if args.seeds is not None and (args.peers or args.only_peers):
         parser.error("--peers runs on each regime's own seed only: drop --seeds")
+    if args.gaps:
+        print(gaps_table(args.gaps))
+        return
     if args.table:
         print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
         return
