@@ -41,6 +41,7 @@ share (and the share the absolute cut alone lists).
     python -m benchmarks.label_errors --regimes ... --peers trak kronfluence --only-peers --work DIR   # add peer rows
     python -m benchmarks.label_errors --look memorising --work DIR   # the clean twin's first suspects, to judge by eye
     python -m benchmarks.label_errors --regimes memorising --seeds 1 2 --cv --out label_errors_seeds.json   # other seeds
+    python -m benchmarks.label_errors --look-demo reports/fashion_shortcut/results.json   # after make demo
     python -m benchmarks.label_errors --gaps label_errors_neighbour_cleanlab.json label_errors_seeds.json   # robustness
 """
 
@@ -559,24 +560,45 @@ def clean_twin(regime: dict, folder: Path) -> dict:
             "clean_pairs": outcome.result.extra.get("suggested", [])[:8]}
 
 
-def look(name: str, folder: Path, count: int = 48, columns: int = 8) -> Path:
-    """The clean twin's first `count` listed suspects as one image (rank, index, given → suggested
-    label, own-label share under each), for judging by eye whether they are label errors."""
-    from PIL import Image, ImageDraw
-
+def look(name: str, folder: Path, count: int = 48) -> Path:
+    """The clean twin's first `count` listed suspects as one image, for judging by eye whether they
+    are label errors."""
     regime = REGIMES[name]
     failures = clean_session(regime, folder).outcomes[RULE].failures[:count]
     images = data_module(regime).train_set(recipe=without_relabels(regime["recipe"])).images
+    return contact_sheet([(f.index, f.details) for f in failures], images, set(), RESULTS / f"label_errors_clean_{name}.png")
+
+
+DEMO = "sample_audits/fashion_shortcut"
+
+
+def look_demo(report: Path, count: int = 48) -> Path:
+    """The first `count` suspects `make demo` listed (its results.json), the planted relabels
+    captioned in red: what ranks beside them, by eye."""
+    import sample_audits.fashion as fashion
+
+    rules = json.loads(report.read_text())["rules"]
+    failures = next(rule for rule in rules if rule["name"] == RULE)["failures"][:count]
+    planted = set(fashion.defects(fashion.recipe_of(DEMO))["relabelled_train"])
+    images = fashion.train_set(DEMO).images
+    return contact_sheet([(f["index"], f) for f in failures], images, planted, RESULTS / "label_errors_demo.png")
+
+
+def contact_sheet(suspects: list[tuple[int, dict]], images: torch.Tensor, planted: set[int], path: Path,
+                  columns: int = 8) -> Path:
+    """Suspects as one image: rank, index, given → suggested label, own-label share; planted ones in red."""
+    from PIL import Image, ImageDraw
+
     cell, caption = 112, 28
-    sheet = Image.new("RGB", (columns * cell, -(-len(failures) // columns) * (cell + caption)), "white")
+    sheet = Image.new("RGB", (columns * cell, -(-len(suspects) // columns) * (cell + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    for rank, f in enumerate(failures):
+    for rank, (index, details) in enumerate(suspects):
         x, y = rank % columns * cell, rank // columns * (cell + caption)
-        tile = Image.fromarray(images[f.index].permute(1, 2, 0).numpy()).resize((cell - 8, cell - 8), Image.NEAREST)
+        tile = Image.fromarray(images[index].permute(1, 2, 0).numpy()).resize((cell - 8, cell - 8), Image.NEAREST)
         sheet.paste(tile, (x + 4, y + caption - 2))
-        draw.text((x + 4, y), f"{rank} #{f.index} {f.details['label'][:9]}", fill="black")
-        draw.text((x + 4, y + 12), f"-> {f.details['suggested'][:9]} {f.details['own_share']}", fill="blue")
-    path = RESULTS / f"label_errors_clean_{name}.png"
+        colour = "red" if index in planted else "black"
+        draw.text((x + 4, y), f"{rank} #{index} {details['label'][:9]}", fill=colour)
+        draw.text((x + 4, y + 12), f"-> {details['suggested'][:9]} {details['own_share']}", fill="blue")
     sheet.save(path)
     return path
 
@@ -668,6 +690,9 @@ def main() -> None:
     parser.add_argument("--only-peers", action="store_true",
                         help="keep each regime's other rows from the results file and add only the peers' rows")
     parser.add_argument("--table", action="store_true", help="print the results file's tables (Markdown) and stop")
+    parser.add_argument("--look-demo", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="draw the first 48 suspects of `make demo`'s results.json (planted ones in red) "
+                             "to results/label_errors_demo.png and stop")
     parser.add_argument("--gaps", nargs="+", default=None, metavar="FILE",
                         help="print each row's shortfall from the best row over these results files' runs, and stop")
     parser.add_argument("--look", choices=list(REGIMES), default=None,
@@ -675,6 +700,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds is not None and (args.peers or args.only_peers):
         parser.error("--peers runs on each regime's own seed only: drop --seeds")
+    if args.look_demo:
+        print(look_demo(args.look_demo))
+        return
     if args.gaps:
         print(gaps_table(args.gaps))
         return
