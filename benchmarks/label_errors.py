@@ -667,11 +667,12 @@ def gaps_table(files: list[str]) -> str:
     return "\n".join(lines)
 
 
-def regimes(names: list[str], seeds: list[int] | None) -> list[tuple[str, dict]]:
-    """The regimes to run, each as it is or, with `seeds`, once per seed (key `NAME@seedN`)."""
+def regimes(names: list[str], seeds: list[int] | None) -> list[tuple[str, str, dict]]:
+    """The regimes to run as (results key, regime name, regime): each as it is or, with `seeds`,
+    once per seed (key `NAME@seedN`)."""
     if seeds is None:
-        return [(name, REGIMES[name]) for name in names]
-    return [(f"{name}@seed{seed}", {**REGIMES[name], "recipe": {**REGIMES[name]["recipe"], "seed": seed}})
+        return [(name, name, REGIMES[name]) for name in names]
+    return [(f"{name}@seed{seed}", name, {**REGIMES[name], "recipe": {**REGIMES[name]["recipe"], "seed": seed}})
             for name in names for seed in seeds]
 
 
@@ -719,21 +720,21 @@ def main() -> None:
     path = Path(__file__).resolve().parent / "results" / args.out
     document = json.loads(path.read_text()) if path.is_file() else {}
     document.setdefault("regimes", {})
-    for name, regime in regimes(args.regimes, args.seeds):
+    command = "python -m benchmarks.label_errors " + " ".join(
+        ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else [])
+        + (["--seeds", *map(str, args.seeds)] if args.seeds is not None else []))
+    for name, base, regime in regimes(args.regimes, args.seeds):
         start = time.perf_counter()
         if not args.only_peers:
             kept = {row: value for row, value in document["regimes"].get(name, {}).get("rows", {}).items()
                     if row.endswith("_self") and row.removesuffix("_self") not in args.peers}   # peers' rows stay
-            base = name.split("@")[0]
             document["regimes"][name] = measure(base, regime, work, cv=args.cv is None or base in args.cv)
             document["regimes"][name]["rows"].update(kept)
             document["regimes"][name]["seconds"] = round(time.perf_counter() - start, 1)
             document["regimes"][name]["recipe"] = regime["recipe"]
             document["environment"] = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-            document["command"] = "python -m benchmarks.label_errors " + " ".join(
-                ["--regimes", *args.regimes] + (["--cv", *args.cv] if args.cv is not None else [])
-                + (["--seeds", *map(str, args.seeds)] if args.seeds is not None else []))
-            document["regimes"][name]["command"] = document["command"]      # the file may merge several runs
+            document["command"] = command
+            document["regimes"][name]["command"] = command      # the file may merge several runs
         for peer in args.peers:
             try:
                 row = peer_row(peer, name, work)
