@@ -32,3 +32,13 @@ def small_vit(num_classes: int = 10, image_size: int = 28, patch_size: int = 4, 
 
     return VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth, num_heads=4,
                              hidden_dim=width, mlp_dim=2 * width, num_classes=num_classes)
+
+
+def mobilenet_v3_small(num_classes: int = 10, image_size: int = 64) -> nn.Module:
+    """torchvision's MobileNetV3-small (no weights, hardswish and squeeze-excitation as shipped) seeing
+    the sample's 28-px images resized to `image_size` first: its five stride-2 stages would leave a
+    28-px image 1×1, and 64 px is what `benchmarks/architectures.py` feeds it."""
+    from torchvision.models import mobilenet_v3_small as stock
+
+    return nn.Sequential(nn.Upsample(size=(image_size, image_size), mode="bilinear", align_corners=False),
+                         stock(weights=None, num_classes=num_classes))
