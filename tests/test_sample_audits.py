@@ -65,3 +65,18 @@ def test_shortcut_fails_and_clean_passes(tmp_path):
     shirt = {g["predicted"]: g for g in shortcut["no-patch-shortcut"].result.extra["hotspots"]}["Shirt"]
     assert shirt["flagged"] and shirt["window"][0] <= 4 and shirt["window"][1] <= 4, shirt
     assert all(o.status != "failed" for o in clean.values()), {n: o.message for n, o in clean.items()}
+
+
+def test_mobilenet_factory_takes_the_samples_28px_images_and_offers_both_label_depths():
+    """The label benchmark's held-out MobileNetV3 reads 28-px images (resized inside) and the
+    mislabel rule finds its two representations: a mid-depth feature map and the head's input."""
+    from auditor.attribution.neighbours import representation_layers
+    from sample_audits.models import mobilenet_v3_small
+
+    model = mobilenet_v3_small().eval()
+    images = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        assert model(images).shape == (2, 10)
+    layers = representation_layers(model, images)
+    assert [use_input for _, use_input in layers] == [False, True]
+    assert layers[1][0] == "1.classifier.3"
