@@ -715,17 +715,17 @@ def main() -> None:
     if args.gaps:
         print(gaps_table(args.gaps))
         return
+    path = RESULTS / args.out
     if args.table:
-        print(markdown(json.loads((Path(__file__).resolve().parent / "results" / args.out).read_text())))
-        return
-    if args.look:
-        print(look(args.look, (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()))
+        print(markdown(json.loads(path.read_text())))
         return
     # resolved: the audits name their checkpoints relative to their own folder
     work = (args.work or Path(tempfile.mkdtemp(prefix="auditor-label-errors-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.look:
+        print(look(args.look, work))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    path = Path(__file__).resolve().parent / "results" / args.out
     document = json.loads(path.read_text()) if path.is_file() else {}
     document.setdefault("regimes", {})
     command = "python -m benchmarks.label_errors " + " ".join(

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 import yaml
 
 from auditor.attribution.influence import kernel_queries
-from benchmarks.common import environment, in_fresh_process, kronfluence_task, peak_memory_mb, write_json
+from benchmarks.common import RESULTS, environment, in_fresh_process, kronfluence_task, peak_memory_mb, write_json
 
 N_TRAIN = 5000
 WIDTH = 16
@@ -330,7 +330,7 @@ def main() -> None:
     trained(rec, args.work)
     masks = subset_masks(N_TRAIN, args.subsets, rec["seed"])
     actual, retrain_seconds = retrained_margins(rec, masks, args.work)
-    path = Path(__file__).resolve().parent / "results" / args.results
+    path = RESULTS / args.results
     document = json.loads(path.read_text()) if path.exists() else {}
     previous = document.get("rows", {})
     rows = {name: row for name, row in previous.items() if name not in expand(args.rows, previous)}
